@@ -1,0 +1,15 @@
+"""weightroll: roll trained Keras models into small `.wroll` archives and back.
+
+Importing weightroll does not import Keras or TensorFlow: `unroll` needs numpy,
+pillow and zstandard only, and `roll` / `load_rolled` import Keras when called.
+"""
+
+__version__ = "0.1.0"
+
+from weightroll._archive import unroll  # noqa: E402
+from weightroll._keras.load import load_rolled  # noqa: E402
+from weightroll._keras.roll import roll  # noqa: E402
+from weightroll.errors import WrollError  # noqa: E402
+from weightroll.report import RollReport  # noqa: E402
+
+__all__ = ["RollReport", "WrollError", "load_rolled", "roll", "unroll"]

@@ -1,0 +1,260 @@
+"""Write and read `.wroll` archives from numpy data (no Keras here).
+
+`write()` serialises an `Encoded` plus the architecture and decoder config;
+`RolledArchive` opens an archive, validates its manifest and hands out
+checksum-verified members; `decode()` turns it back into numpy tensors.
+"""
+
+import hashlib
+import io
+import os
+
+import numpy as np
+import zstandard
+
+from weightroll import _encode
+from weightroll._format import container, image, limits
+from weightroll._format import manifest as mf
+from weightroll._format.atomic import atomic_write
+from weightroll.codecs import mlp
+from weightroll.errors import ArchiveError, LimitError, WrollError
+
+_ZSTD_LEVEL = 19
+
+
+def _pack_arrays(arrays, names):
+    entries, parts, offset = [], [], 0
+    for name, array in zip(names, arrays):
+        raw = _encode.little_endian_bytes(array)
+        entries.append({"name": name, "shape": list(array.shape), "dtype": array.dtype.name, "offset": offset})
+        parts.append(raw)
+        offset += len(raw)
+    return entries, b"".join(parts)
+
+
+def decoder_array_names(kind, count):
+    if kind == "codebook":
+        return ["table"]
+    return [f"dense_{i // 2}/{'kernel' if i % 2 == 0 else 'bias'}" for i in range(count)]
+
+
+def build_members(encoded, decoder_config_json, architecture_json, producer, model_info, roll_value,
+                  compress_level=9):
+    """The archive's members, in order, as `(name, bytes)`, manifest first.
+
+    Returns:
+        `(members, manifest)`.
+    """
+    png, width, height = image.encode_png(encoded.codes, compress_level=compress_level)
+    kind = encoded.decoder["kind"]
+    weight_entries, decoder_bin = _pack_arrays(
+        encoded.decoder_arrays, decoder_array_names(kind, len(encoded.decoder_arrays))
+    )
+    architecture_zst = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True).compress(
+        architecture_json
+    )
+    payload = [
+        (mf.IMAGE_MEMBER, png),
+        (mf.DECODER_CONFIG_MEMBER, decoder_config_json),
+        (mf.DECODER_WEIGHTS_MEMBER, decoder_bin),
+        (mf.ARCHITECTURE_MEMBER, architecture_zst),
+    ]
+    if encoded.exact_bytes:
+        payload.append((mf.EXACT_MEMBER, encoded.exact_bytes))
+    manifest = {
+        "format": mf.FORMAT_NAME,
+        "format_version": mf.FORMAT_VERSION,
+        "producer": producer,
+        "model": model_info,
+        "image": {"member": mf.IMAGE_MEMBER, "width": width, "height": height, "codes": int(encoded.codes.size)},
+        "decoder": dict(encoded.decoder, config_member=mf.DECODER_CONFIG_MEMBER,
+                        weights_member=mf.DECODER_WEIGHTS_MEMBER, weights=weight_entries),
+        "architecture": {"member": mf.ARCHITECTURE_MEMBER, "size": len(architecture_json)},
+        "tensors": encoded.tensors,
+        "members": {
+            name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in payload
+        },
+        "roll_value": roll_value,
+    }
+    return [(mf.MANIFEST_MEMBER, mf.dumps(manifest))] + payload, manifest
+
+
+def write(target, members):
+    """Write members to `target`: a path (atomically) or a binary file object."""
+    if isinstance(target, (str, os.PathLike)):
+        atomic_write(target, lambda f: container.write_members(f, members))
+    else:
+        container.write_members(target, members)
+
+
+class RolledArchive:
+    """An opened archive whose manifest has been validated.
+
+    Args:
+        source: a path, a binary file object or bytes.
+    """
+
+    def __init__(self, source):
+        self._file = None
+        if isinstance(source, (str, os.PathLike)):
+            self._file = open(source, "rb")
+            source = self._file
+        try:
+            self._members = container.open_members(source)
+            names = self._members.names
+            if mf.MANIFEST_MEMBER not in names:
+                raise ArchiveError("The archive has no 'manifest.json'; it is not a .wroll archive.")
+            raw = self._members.read(mf.MANIFEST_MEMBER, limits.MAX_MANIFEST_BYTES)
+            manifest = mf.loads(raw, "manifest.json")
+            sizes = {n: self._members.size(n) for n in names if n != mf.MANIFEST_MEMBER}
+            self.manifest = mf.validate(manifest, sizes)
+        except BaseException:
+            self.close()
+            raise
+
+    def member(self, name):
+        """The bytes of member `name`, after checking its SHA-256."""
+        entry = self.manifest["members"][name]
+        data = self._members.read(name, entry["size"])
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ArchiveError(
+                f"Member '{name}' does not match its SHA-256 checksum in manifest.json; "
+                "the archive is damaged or was altered."
+            )
+        return data
+
+    def architecture_json(self):
+        """The model's architecture JSON bytes, decompressed within the declared size."""
+        declared = self.manifest["architecture"]["size"]
+        data = self.member(mf.ARCHITECTURE_MEMBER)
+        try:
+            size = zstandard.frame_content_size(data)
+        except zstandard.ZstdError as e:
+            raise ArchiveError(f"'{mf.ARCHITECTURE_MEMBER}' is not a zstd frame ({e}).") from None
+        if size not in (-1, declared):  # -1: the frame does not say
+            raise ArchiveError(
+                f"'{mf.ARCHITECTURE_MEMBER}' declares {size} bytes but manifest.json says {declared}."
+            )
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+            out = reader.read(declared + 1)
+        except zstandard.ZstdError as e:
+            raise ArchiveError(f"'{mf.ARCHITECTURE_MEMBER}' cannot be decompressed ({e}).") from None
+        if len(out) != declared:
+            raise LimitError(
+                f"'{mf.ARCHITECTURE_MEMBER}' expands to {'more than ' if len(out) > declared else ''}"
+                f"{len(out)} bytes; manifest.json declares {declared}."
+            )
+        return out
+
+    def decoder_arrays(self):
+        """The pix-to-weight network's weights, as numpy arrays in manifest order."""
+        data = self.member(mf.DECODER_WEIGHTS_MEMBER)
+        arrays = []
+        for entry in self.manifest["decoder"]["weights"]:
+            dtype = np.dtype(entry["dtype"]).newbyteorder("<")
+            count = int(np.prod(entry["shape"], dtype=np.int64))
+            a = np.frombuffer(data, dtype=dtype, count=count, offset=entry["offset"])
+            arrays.append(a.astype(a.dtype.newbyteorder("=")).reshape(entry["shape"]))
+        return arrays
+
+    def codes(self):
+        """All codes of the image, as a 1-D uint8 array."""
+        info = self.manifest["image"]
+        return image.decode_png(self.member(mf.IMAGE_MEMBER), info["width"], info["height"], info["codes"])
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def lookup_table(archive):
+    """The float32 value of every table index the decoder knows.
+
+    For `"codebook"` this is the stored table; for `"mlp"` it is the network
+    evaluated on every code (the numpy fast path).
+    """
+    decoder = archive.manifest["decoder"]
+    arrays = archive.decoder_arrays()
+    if decoder["kind"] == "codebook":
+        table = arrays[0][:, 0]
+    else:
+        table = mlp.evaluate(arrays, decoder["bits"], decoder["activation"])
+    if not np.all(np.isfinite(table)):
+        raise ArchiveError("The pix-to-weight decoder yields non-finite weights; the archive is corrupt.")
+    return table
+
+
+def decode(archive):
+    """Decode every tensor of an open archive and verify its digest.
+
+    Returns:
+        A dict mapping variable path to a numpy array of the recorded shape and dtype.
+    """
+    manifest = archive.manifest
+    tensors = manifest["tensors"]
+    coded = [t for t in tensors if t["storage"] == "coded"]
+    exact = [t for t in tensors if t["storage"] == "exact"]
+    kind = manifest["decoder"]["kind"]
+    codes = archive.codes() if coded else None
+    table = lookup_table(archive) if coded else None
+    has_exact = mf.EXACT_MEMBER in manifest["members"]
+    exact_bytes = archive.member(mf.EXACT_MEMBER) if exact and has_exact else b""
+    out = {}
+    for t in tensors:
+        dtype = np.dtype(t["dtype"])
+        if t["storage"] == "coded":
+            span = codes[t["codes"]["offset"]: t["codes"]["offset"] + t["codes"]["count"]]
+            if kind == "codebook":
+                offset, size = t["table"]["offset"], t["table"]["size"]
+            else:
+                offset, size = 0, table.size
+            top = int(span.max()) if span.size else 0
+            if top >= size:
+                raise ArchiveError(
+                    f"Tensor '{mf._short(t['path'])}' has code {top}, outside its {size}-entry table."
+                )
+            values = table[offset + span.astype(np.int64)] if offset else table[span]
+            array = values.astype(dtype).reshape(t["shape"])
+        else:
+            start, size = t["bytes"]["offset"], t["bytes"]["size"]
+            array = np.frombuffer(exact_bytes[start:start + size], dtype=dtype.newbyteorder("<"))
+            array = array.astype(dtype).reshape(t["shape"])
+        if _encode.tensor_digest(array) != t["sha256"]:
+            raise ArchiveError(
+                f"Tensor '{mf._short(t['path'])}' decodes to values whose SHA-256 differs from the "
+                "one recorded when it was rolled; the manifest or data was altered."
+            )
+        out[t["path"]] = array
+    return out
+
+
+def unroll(filepath):
+    """Decode a `.wroll` archive's weights without Keras or TensorFlow.
+
+    Only numpy, pillow and zstandard are used, so light tools and other
+    runtimes can read archives.
+
+    Args:
+        filepath: path of the archive (or a binary file object).
+
+    Returns:
+        A dict mapping each variable's path (e.g. `"dense/kernel"`) to a numpy
+        array with the variable's shape and dtype.
+
+    Example:
+
+    ```python
+    weights = weightroll.unroll("model.wroll")
+    print({path: w.shape for path, w in weights.items()})
+    ```
+    """
+    with RolledArchive(filepath) as archive:
+        return decode(archive)

@@ -1,0 +1,5 @@
+"""The `.wroll` container: zip members, manifest, code image, limits.
+
+This layer knows nothing of Keras or TensorFlow; it needs numpy, pillow and
+zstandard only.
+"""

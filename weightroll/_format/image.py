@@ -1,0 +1,127 @@
+"""The code image: integer codes as one 8-bit grayscale PNG.
+
+Codes are laid out row-major: code `i` is the pixel at row `i // width`,
+column `i % width`. Pixels after the last code are padding and must be 0.
+"""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from weightroll._format import limits
+from weightroll.errors import ArchiveError, LimitError
+
+# Rows of 4096 pixels keep a 100M-parameter model's image at 4096 x 24415:
+# a valid PNG that image viewers open, with a small per-row filter overhead.
+MAX_WRITE_WIDTH = 4096
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_shape(n_codes):
+    """The `(width, height)` a writer uses for `n_codes` codes (at least 1x1)."""
+    n = max(int(n_codes), 1)
+    width = min(n, MAX_WRITE_WIDTH)
+    return width, -(-n // width)
+
+
+def encode_png(codes, compress_level=9):
+    """Encode a 1-D uint8 array of codes as PNG bytes.
+
+    Returns:
+        `(png_bytes, width, height)`.
+    """
+    codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
+    width, height = image_shape(codes.size)
+    pixels = np.zeros(width * height, dtype=np.uint8)
+    pixels[: codes.size] = codes
+    image = Image.fromarray(pixels.reshape(height, width), mode="L")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue(), width, height
+
+
+def read_png_header(data):
+    """Parse the PNG signature and IHDR chunk without decoding any pixels.
+
+    Returns:
+        A dict with `width`, `height`, `bit_depth`, `color_type`, `interlace`.
+    """
+    if len(data) < 33 or data[:8] != _PNG_SIGNATURE:
+        raise ArchiveError("'weights.png' is not a PNG file (bad signature or too short).")
+    length, ctype = struct.unpack(">I4s", data[8:16])
+    if ctype != b"IHDR" or length != 13:
+        raise ArchiveError("'weights.png' does not start with a valid IHDR chunk.")
+    crc = struct.unpack(">I", data[29:33])[0]
+    if zlib.crc32(data[12:29]) != crc:
+        raise ArchiveError("'weights.png' has a damaged IHDR chunk (CRC mismatch).")
+    width, height, bit_depth, color_type, _, _, interlace = struct.unpack(
+        ">IIBBBBB", data[16:29]
+    )
+    return {
+        "width": width,
+        "height": height,
+        "bit_depth": bit_depth,
+        "color_type": color_type,
+        "interlace": interlace,
+    }
+
+
+def decode_png(data, width, height, n_codes):
+    """Decode PNG bytes into the first `n_codes` codes, checking everything.
+
+    The header must declare exactly `width` x `height`, 8-bit grayscale,
+    not interlaced; the raw size must be plausible for the compressed size;
+    the padding after the last code must be zero.
+    """
+    header = read_png_header(data)
+    expected = {"width": width, "height": height, "bit_depth": 8, "color_type": 0, "interlace": 0}
+    for key, want in expected.items():
+        if header[key] != want:
+            raise ArchiveError(
+                f"'weights.png' has {key}={header[key]}, but the manifest requires "
+                f"{key}={want} (8-bit grayscale, non-interlaced, {width}x{height})."
+            )
+    if width > limits.MAX_IMAGE_WIDTH or width * height > limits.MAX_PIXELS:
+        raise LimitError(
+            f"'weights.png' is {width}x{height}, beyond the reader's limits "
+            f"(width <= {limits.MAX_IMAGE_WIDTH}, pixels <= {limits.MAX_PIXELS})."
+        )
+    raw_size = height * (width + 1)
+    if raw_size > limits.DEFLATE_MAX_RATIO * len(data):
+        raise LimitError(
+            f"'weights.png' claims {raw_size} raw bytes from {len(data)} compressed "
+            f"bytes, beyond deflate's maximum ratio of {limits.DEFLATE_MAX_RATIO}:1; "
+            "it is a decompression bomb or damaged."
+        )
+    try:
+        # Constructed directly rather than through Image.open: the dimensions
+        # were bounded above, so Pillow's process-wide MAX_IMAGE_PIXELS check
+        # (which would refuse large honest models) is not needed.
+        image = PngImagePlugin.PngImageFile(io.BytesIO(data))
+        image.load()
+        if image.mode != "L" or image.size != (width, height):
+            raise ArchiveError(
+                f"'weights.png' decodes as mode {image.mode} {image.size}; "
+                f"expected mode L ({width}, {height})."
+            )
+        pixels = np.asarray(image, dtype=np.uint8).reshape(-1)
+    except ArchiveError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
+        raise ArchiveError(f"'weights.png' cannot be decoded ({e}).") from None
+    if pixels.size != width * height:
+        raise ArchiveError("'weights.png' decoded to the wrong number of pixels.")
+    if n_codes > pixels.size:
+        raise ArchiveError(
+            f"The manifest declares {n_codes} codes but 'weights.png' holds only "
+            f"{pixels.size} pixels."
+        )
+    if np.any(pixels[n_codes:]):
+        raise ArchiveError(
+            "'weights.png' has non-zero padding after the last code; padding must be 0."
+        )
+    return pixels[:n_codes]

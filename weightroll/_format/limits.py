@@ -1,0 +1,43 @@
+"""Resource limits a reader enforces before it allocates anything.
+
+Each constant is referenced by the numbered rejection rules in
+`spec/wroll-v1.md` ("Limits"). A legitimate archive written by weightroll stays
+far inside every one of them; they exist so that a hostile file cannot make a
+reader allocate or inflate without bound.
+"""
+
+# The manifest is read whole into memory before anything else is checked; a
+# 100M-parameter model with thousands of tensors needs a few MiB.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+
+# The architecture JSON of very large Keras models is a few MiB; 256 MiB leaves
+# room while bounding what a zstd frame may expand to.
+MAX_ARCHITECTURE_BYTES = 256 * 1024 * 1024
+
+# zlib documents deflate's best case as 1032:1, so a PNG whose declared raw
+# size (height * (width + 1) bytes, one filter byte per row) exceeds this
+# multiple of its own size cannot be honest: it is a decompression bomb.
+DEFLATE_MAX_RATIO = 1032
+
+# Absolute ceiling on pixels in the code image (8 GiB of codes), whatever the
+# ratio says; far beyond any model a single host serves.
+MAX_PIXELS = 1 << 33
+
+# Writers use a width of at most 4096; readers accept up to this, well inside
+# PNG's own limit of 2**31 - 1, so that a row buffer stays small.
+MAX_IMAGE_WIDTH = 1 << 20
+
+# numpy itself refuses more than 64 dimensions; no Keras weight has more than 8.
+MAX_TENSOR_RANK = 32
+
+# Upper bound on the element count of any one tensor (and of their sum).
+MAX_TENSOR_ELEMENTS = 1 << 33
+
+# Every JSON member is at most this deeply nested: a manifest is 4 levels deep,
+# a Keras config a few dozen. Deeper means a parser-exhaustion attempt.
+MAX_JSON_DEPTH = 200
+
+# The paper's pix-to-weight MLP has two hidden layers of 16 units; a reader
+# accepts up to this many layers and units so it never allocates much for one.
+MAX_MLP_LAYERS = 8
+MAX_MLP_UNITS = 1024

@@ -1,0 +1,42 @@
+"""`weightroll.load_rolled`: a `.wroll` archive back into a Keras model."""
+
+from weightroll import _archive
+from weightroll._keras import model_io
+
+
+def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """Load a model from a `.wroll` archive, like `keras.models.load_model`.
+
+    Every member's checksum and every tensor's digest is verified; the weights
+    are decoded with the archive's pix-to-weight network (numpy fast path,
+    bit-identical to running the network in Keras).
+
+    Args:
+        filepath: path of the `.wroll` archive, or a binary file object.
+        custom_objects: optional dict mapping names to custom classes or
+            functions used by the model, as for `keras.models.load_model`.
+        compile: whether to compile the model after loading, with the
+            compile configuration it was saved with. Optimizer state is not
+            stored in archives. Defaults to `True`.
+        safe_mode: whether to refuse architectures that would run stored
+            code (e.g. a `Lambda` layer's Python bytecode), exactly as Keras
+            does. Only set `False` for archives from a trusted source.
+            Defaults to `True`.
+
+    Returns:
+        A Keras model with the rolled weights.
+
+    Example:
+
+    ```python
+    model = weightroll.load_rolled("model.wroll")
+    predictions = model.predict(x)
+    ```
+    """
+    with _archive.RolledArchive(filepath) as archive:
+        architecture = archive.architecture_json()
+        weights = _archive.decode(archive)
+    model = model_io.rebuild(architecture, custom_objects=custom_objects, compile=compile,
+                             safe_mode=safe_mode)
+    model_io.assign(model, list(weights.items()))
+    return model

@@ -1,0 +1,82 @@
+"""The pix-to-weight network as a Keras model.
+
+`"codebook"`: input is a table index (the tensor's table offset plus the
+pixel's code), an `Embedding(N, 1)` holds the reconstruction values.
+`"mlp"`: input is the pixel's code; `Rescaling(1 / (2**bits - 1))` then
+float64 `Dense` layers, as in the 2019 paper.
+"""
+
+import json
+
+import numpy as np
+
+from weightroll.codecs import mlp
+
+
+def build(decoder, arrays):
+    """A Keras model equivalent to the decoder described by a manifest section."""
+    import keras
+
+    if decoder["kind"] == "codebook":
+        table = arrays[0]
+        inputs = keras.Input(shape=(), dtype="int32", name="table_index")
+        layer = keras.layers.Embedding(max(table.shape[0], 1), 1, name="codebook", dtype="float32")
+        outputs = layer(inputs)
+        model = keras.Model(inputs, outputs, name="pix_to_weight_codebook")
+        if table.shape[0]:
+            layer.set_weights([table])
+        return model
+    inputs = keras.Input(shape=(1,), dtype="float64", name="code")
+    x = keras.layers.Rescaling(mlp.input_scale(decoder["bits"]), dtype="float64", name="normalise")(inputs)
+    dense = []
+    for i in range(0, len(arrays), 2):
+        last = i == len(arrays) - 2
+        layer = keras.layers.Dense(
+            arrays[i].shape[1], activation=None if last else decoder["activation"], dtype="float64",
+            name=f"dense_{i // 2}",
+        )
+        x = layer(x)
+        dense.append(layer)
+    model = keras.Model(inputs, x, name="pix_to_weight_mlp")
+    for i, layer in enumerate(dense):
+        layer.set_weights([arrays[2 * i], arrays[2 * i + 1]])
+    return model
+
+
+def config_json(network):
+    """The network's Keras config as canonical JSON bytes."""
+    import keras
+
+    config = keras.saving.serialize_keras_object(network)
+    return (json.dumps(config, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def from_archive(archive):
+    """Rebuild the pix-to-weight network stored in an open archive.
+
+    The config is deserialised with `safe_mode=True` (it never holds code)
+    and the weights come from `decoder.bin`.
+    """
+    import keras
+
+    from weightroll._format import manifest as mf
+
+    config = mf.loads(archive.member(mf.DECODER_CONFIG_MEMBER), "decoder.json")
+    network = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    arrays = archive.decoder_arrays()
+    if archive.manifest["decoder"]["kind"] == "codebook":
+        if arrays[0].shape[0]:
+            network.get_layer("codebook").set_weights(arrays)
+    else:
+        for i in range(len(arrays) // 2):
+            network.get_layer(f"dense_{i}").set_weights(arrays[2 * i: 2 * i + 2])
+    return network
+
+
+def run(network, decoder, inputs):
+    """Run the Keras network over codes (or table indices); float32 outputs."""
+    if decoder["kind"] == "codebook":
+        out = network(np.asarray(inputs, np.int32), training=False)
+    else:
+        out = network(np.asarray(inputs, np.float64).reshape(-1, 1), training=False)
+    return np.asarray(out, dtype=np.float64).reshape(-1).astype(np.float32)

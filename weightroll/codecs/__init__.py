@@ -1,0 +1,1 @@
+"""Codecs: quantisers and pix-to-weight decoders, on numpy arrays only."""

@@ -1,0 +1,77 @@
+"""Per-tensor codebooks fitted by 1-D k-means (Lloyd-Max).
+
+A tensor's values are mapped to at most `2**bits` reconstruction values (its
+codebook); each value is stored as the index of its nearest entry. Decoding is
+a table look-up and therefore exact for the chosen codes.
+"""
+
+import numpy as np
+
+_MAX_ITERATIONS = 40
+
+
+def fit_codebook(values, bits):
+    """Fit a codebook to `values` and code them.
+
+    When the tensor has at most `2**bits` distinct values, the codebook is
+    those values and coding is lossless (up to float32). Otherwise Lloyd's
+    algorithm runs on the sorted values, started from quantiles, each
+    iteration costing `O(K log n)` thanks to prefix sums.
+
+    Args:
+        values: a float array of any shape.
+        bits: code width, 1 to 8.
+
+    Returns:
+        `(table, codes)`: a sorted float32 array of at most `2**bits` entries and
+        a uint8 array of `values.size` indices into it.
+    """
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    k = 1 << bits
+    if x.size == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.uint8)
+    s = np.sort(x)
+    distinct = np.concatenate(([True], s[1:] != s[:-1]))
+    if np.count_nonzero(distinct) <= k:
+        table = np.unique(s[distinct].astype(np.float32))
+    else:
+        table = _lloyd(s, k).astype(np.float32)
+        table = np.unique(table)
+    codes = assign(x, table)
+    # Re-centre each entry on the mean of the values it now codes: the float32
+    # rounding above may have moved a boundary.
+    counts = np.bincount(codes, minlength=table.size)
+    sums = np.bincount(codes, weights=x, minlength=table.size)
+    used = counts > 0
+    table = np.where(used, sums / np.maximum(counts, 1), table).astype(np.float32)
+    if not np.all(table[1:] > table[:-1]):  # a re-centred entry collided
+        table = np.unique(table)
+        codes = assign(x, table)
+    return table, codes
+
+
+def assign(x, table):
+    """Index of the nearest entry of the sorted `table` for each value of `x`."""
+    if table.size == 1:
+        return np.zeros(x.size, np.uint8)
+    t = table.astype(np.float64)
+    boundaries = (t[:-1] + t[1:]) / 2
+    return np.searchsorted(boundaries, x, side="left").astype(np.uint8)
+
+
+def _lloyd(s, k):
+    """k-means centroids of the sorted float64 array `s`."""
+    n = s.size
+    prefix = np.concatenate(([0.0], np.cumsum(s)))
+    centroids = np.unique(s[((np.arange(k) + 0.5) * n / k).astype(np.int64)])
+    for _ in range(_MAX_ITERATIONS):
+        boundaries = (centroids[:-1] + centroids[1:]) / 2
+        edges = np.concatenate(([0], np.searchsorted(s, boundaries, side="left"), [n]))
+        counts = np.diff(edges)
+        keep = counts > 0
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        updated = sums[keep] / counts[keep]
+        if updated.size == centroids.size and np.array_equal(updated, centroids):
+            break
+        centroids = np.unique(updated)
+    return centroids

@@ -1,0 +1,143 @@
+"""The roll value: what rolling cost, measured on weights and outputs (numpy)."""
+
+import dataclasses
+
+import numpy as np
+
+from weightroll._format.manifest import finite_or_none
+
+
+def tensor_error(original, decoded):
+    """Relative RMSE and max absolute error of one tensor (0 for exact ones)."""
+    a = np.asarray(original, np.float64).reshape(-1)
+    b = np.asarray(decoded, np.float64).reshape(-1)
+    if a.size == 0:
+        return {"relative_rmse": 0.0, "max_abs_error": 0.0}
+    err = a - b
+    with np.errstate(invalid="ignore", over="ignore"):
+        err[np.isnan(err) & (np.isnan(a) & np.isnan(b))] = 0.0  # NaN stored as NaN
+        err[(a == b)] = 0.0  # includes matching infinities
+    sq_err = float(np.dot(err, err))
+    sq_ref = float(np.dot(a, a)) if np.all(np.isfinite(a)) else float("inf")
+    if sq_err == 0.0:
+        rel = 0.0
+    elif sq_ref == 0.0:
+        rel = float("inf")
+    else:
+        rel = float(np.sqrt(sq_err / sq_ref))
+    return {"relative_rmse": finite_or_none(rel), "max_abs_error": finite_or_none(np.max(np.abs(err)))}
+
+
+def weights_roll_value(originals, decoded, storage):
+    """Per-tensor and overall weight errors.
+
+    Args:
+        originals: dict path -> original array.
+        decoded: dict path -> decoded array.
+        storage: dict path -> "coded" or "exact".
+
+    Returns:
+        `(per_tensor, overall)`; only float tensors count towards `overall`.
+    """
+    per_tensor, sq_err, sq_ref, max_err = {}, 0.0, 0.0, 0.0
+    coded = exact = 0
+    for path, original in originals.items():
+        per_tensor[path] = tensor_error(original, decoded[path])
+        a = np.asarray(original)
+        if storage[path] == "coded":
+            coded += a.size
+            e = a.astype(np.float64).reshape(-1) - np.asarray(decoded[path], np.float64).reshape(-1)
+            sq_err += float(np.dot(e, e))
+            sq_ref += float(np.dot(a.astype(np.float64).reshape(-1), a.astype(np.float64).reshape(-1)))
+            max_err = max(max_err, per_tensor[path]["max_abs_error"] or 0.0)
+        else:
+            exact += a.size
+            if np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)):
+                sq_ref += float(np.dot(a.astype(np.float64).reshape(-1), a.astype(np.float64).reshape(-1)))
+    overall = {
+        "relative_rmse": finite_or_none(np.sqrt(sq_err / sq_ref)) if sq_ref > 0 else 0.0,
+        "max_abs_error": finite_or_none(max_err),
+        "coded_values": int(coded),
+        "exact_values": int(exact),
+    }
+    return per_tensor, overall
+
+
+def outputs_roll_value(original, rolled):
+    """How far a rolled model's outputs moved from the original's.
+
+    Args:
+        original: list of output arrays of the original model.
+        rolled: the same outputs from the rolled model.
+
+    Returns:
+        A dict: `samples`, `max_abs_diff`, `mean_abs_diff`, `relative_rmse`,
+        `cosine` (mean over samples) and, for a single output whose last axis
+        has more than one entry, `top1_agreement`.
+    """
+    a = np.concatenate([np.asarray(o, np.float64).reshape(len(o), -1) for o in original], axis=1)
+    b = np.concatenate([np.asarray(o, np.float64).reshape(len(o), -1) for o in rolled], axis=1)
+    diff = np.abs(a - b)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where((na > 0) & (nb > 0), np.sum(a * b, axis=1) / (na * nb), np.where(na == nb, 1.0, 0.0))
+    result = {
+        "samples": int(a.shape[0]),
+        "max_abs_diff": finite_or_none(diff.max() if diff.size else 0.0),
+        "mean_abs_diff": finite_or_none(diff.mean() if diff.size else 0.0),
+        "relative_rmse": finite_or_none(np.linalg.norm(a - b) / np.linalg.norm(a)) if np.linalg.norm(a) else 0.0,
+        "cosine": finite_or_none(cos.mean() if cos.size else 1.0),
+    }
+    if len(original) == 1 and np.ndim(original[0]) >= 2 and np.shape(original[0])[-1] > 1:
+        top_a = np.argmax(np.asarray(original[0]), axis=-1)
+        top_b = np.argmax(np.asarray(rolled[0]), axis=-1)
+        result["top1_agreement"] = float(np.mean(top_a == top_b))
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class RollReport:
+    """What `weightroll.roll` wrote and what it cost.
+
+    Attributes:
+        filepath: where the archive was written (None for a file object).
+        archive_bytes: size of the archive.
+        float32_bytes: size of the model's variables as float32 (4 bytes per value).
+        member_bytes: size of each archive member.
+        parameters: number of values in the model's variables.
+        decoder: `"codebook"` or `"mlp"`.
+        bits: code width.
+        roll_value: the roll value stored in the archive: `"weights"` (overall
+            `relative_rmse`, `max_abs_error`), `"tensors"` (the same per
+            variable path) and `"outputs"` (None unless `validation_data` was given).
+    """
+
+    filepath: object
+    archive_bytes: int
+    float32_bytes: int
+    member_bytes: dict
+    parameters: int
+    decoder: str
+    bits: int
+    roll_value: dict
+
+    @property
+    def compression_ratio(self):
+        """How many times smaller the archive is than the float32 weights."""
+        return self.float32_bytes / self.archive_bytes if self.archive_bytes else float("inf")
+
+    def __str__(self):
+        w = self.roll_value["weights"]
+        lines = [
+            f"Rolled {self.parameters:,} values into {self.archive_bytes:,} bytes "
+            f"({self.compression_ratio:.1f}x smaller than float32; decoder={self.decoder}, bits={self.bits}).",
+            f"Weight roll value: relative RMSE {w['relative_rmse']:.3g}, max abs error {w['max_abs_error']:.3g}.",
+        ]
+        out = self.roll_value.get("outputs")
+        if out:
+            line = (f"Output roll value on {out['samples']} samples: max abs diff {out['max_abs_diff']:.3g}, "
+                    f"mean abs diff {out['mean_abs_diff']:.3g}, cosine {out['cosine']:.6f}")
+            if "top1_agreement" in out:
+                line += f", top-1 agreement {out['top1_agreement']:.2%}"
+            lines.append(line + ".")
+        return "\n".join(lines)
