@@ -2,15 +2,14 @@
 
 `"codebook"`: input is a table index (the tensor's table offset plus the
 pixel's code), an `Embedding(N, 1)` holds the reconstruction values.
-`"mlp"`: input is the pixel's code; `Rescaling(1 / (2**bits - 1))` then
-float64 `Dense` layers, as in the 2019 paper.
+`"mlp"`: input is the pixel's code; float64 `Dense` layers, as in the
+2019 paper (the grey-level normalisation is folded into the first kernel).
 """
 
 import json
 
 import numpy as np
 
-from weightroll.codecs import mlp
 
 
 def build(decoder, arrays):
@@ -27,7 +26,7 @@ def build(decoder, arrays):
             layer.set_weights([table])
         return model
     inputs = keras.Input(shape=(1,), dtype="float64", name="code")
-    x = keras.layers.Rescaling(mlp.input_scale(decoder["bits"]), dtype="float64", name="normalise")(inputs)
+    x = inputs
     dense = []
     for i in range(0, len(arrays), 2):
         last = i == len(arrays) - 2

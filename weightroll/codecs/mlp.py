@@ -73,9 +73,11 @@ def fit(codes, values, bits, seed=0):
             v *= 0.999
             v += 0.001 * g * g
             p -= lr * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-12)
-    # Fold the target standardisation into the last layer.
+    # Fold the target standardisation into the last layer and the input
+    # normalisation into the first: the network then maps raw codes to weights.
     params[-2] = params[-2] * std
     params[-1] = params[-1] * std + mean
+    params[0] = params[0] * input_scale(bits)
     return params
 
 
@@ -101,7 +103,7 @@ def evaluate(params, bits, activation=ACTIVATION, codes=None):
     """The MLP's float32 output for `codes` (all `2**bits` codes by default)."""
     if codes is None:
         codes = np.arange(1 << bits)
-    h = np.asarray(codes, np.float64).reshape(-1, 1) * input_scale(bits)
+    h = np.asarray(codes, np.float64).reshape(-1, 1)
     act = {"relu": lambda z: np.maximum(z, 0.0), "tanh": np.tanh}[activation]
     for i in range(0, len(params) - 2, 2):
         h = act(h @ params[i] + params[i + 1])

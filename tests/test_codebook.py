@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from weightroll.codecs import codebook
+
+
+def test_few_distinct_values_are_coded_losslessly(rng):
+    values = rng.choice(np.array([-1.5, 0.0, 0.25, 3.0], np.float32), size=1000)
+    table, codes = codebook.fit_codebook(values, bits=2)
+    np.testing.assert_array_equal(table[codes], values)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_codes_index_a_sorted_table_of_at_most_2_pow_bits(rng, bits):
+    values = rng.standard_t(3, size=5000).astype(np.float32)
+    table, codes = codebook.fit_codebook(values, bits)
+    assert table.dtype == np.float32 and codes.dtype == np.uint8
+    assert table.size <= 1 << bits
+    assert np.all(np.diff(table) > 0)
+    assert codes.max() < table.size
+
+
+def test_each_value_gets_its_nearest_entry(rng):
+    values = rng.normal(size=4000)
+    table, codes = codebook.fit_codebook(values, bits=4)
+    nearest = np.abs(values[:, None] - table[None, :].astype(np.float64)).argmin(axis=1)
+    chosen = np.abs(values - table[codes])
+    best = np.abs(values - table[nearest])
+    np.testing.assert_allclose(chosen, best, rtol=0, atol=1e-7)
+
+
+def test_kmeans_beats_a_uniform_grid_on_heavy_tails(rng):
+    values = rng.standard_t(2, size=20000)
+    table, codes = codebook.fit_codebook(values, bits=4)
+    kmeans_mse = np.mean((values - table[codes]) ** 2)
+    lo, hi = values.min(), values.max()
+    grid = np.rint((values - lo) / (hi - lo) * 15) / 15 * (hi - lo) + lo
+    uniform_mse = np.mean((values - grid) ** 2)
+    assert kmeans_mse < uniform_mse / 4
+
+
+def test_empty_and_constant_tensors():
+    table, codes = codebook.fit_codebook(np.zeros(0), bits=8)
+    assert table.size == 0 and codes.size == 0
+    table, codes = codebook.fit_codebook(np.full(10, 0.5), bits=8)
+    np.testing.assert_array_equal(table[codes], np.full(10, 0.5, np.float32))

@@ -1,0 +1,127 @@
+import keras
+import numpy as np
+import pytest
+
+import weightroll
+from tests import _models
+
+BUILDERS = {
+    "sequential_cnn": _models.sequential_cnn,
+    "functional_text": _models.functional_text,
+    "subclassed": _models.subclassed,
+}
+
+
+def _trained(name):
+    model, x = BUILDERS[name]()
+    y = np.asarray(model(x))
+    model.compile("adam", "mse")
+    model.fit(x, y + 0.1, epochs=2, batch_size=8, verbose=0)  # non-trivial BN statistics
+    return model, x
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def rolled(request, tmp_path_factory):
+    model, x = _trained(request.param)
+    path = tmp_path_factory.mktemp(request.param) / "model.wroll"
+    report = weightroll.roll(model, path, validation_data=x)
+    return model, x, path, report
+
+
+def test_unroll_gives_every_variable_with_its_shape_and_dtype(rolled):
+    model, _, path, _ = rolled
+    weights = weightroll.unroll(path)
+    assert list(weights) == [v.path for v in model.variables]
+    for variable, (name, array) in zip(model.variables, weights.items()):
+        assert array.shape == tuple(variable.shape), name
+        assert array.dtype == np.dtype(variable.dtype), name
+
+
+def test_non_float_variables_are_bit_exact(rolled):
+    model, _, path, _ = rolled
+    weights = weightroll.unroll(path)
+    non_float = [v for v in model.variables if not np.issubdtype(np.dtype(v.dtype), np.floating)]
+    for v in non_float:
+        np.testing.assert_array_equal(weights[v.path], v.numpy())
+
+
+def test_load_rolled_restores_the_model_class_and_decoded_weights(rolled):
+    model, _, path, _ = rolled
+    loaded = weightroll.load_rolled(path)
+    assert type(loaded) is type(model)
+    assert len(loaded.variables) == len(model.variables)
+    for variable, array in zip(loaded.variables, weightroll.unroll(path).values()):
+        np.testing.assert_array_equal(variable.numpy(), array)
+
+
+def test_loaded_model_predicts_like_the_original(rolled):
+    model, x, path, report = rolled
+    loaded = weightroll.load_rolled(path)
+    original = model.predict(x, verbose=0)
+    restored = loaded.predict(x, verbose=0)
+    diff = np.abs(original - restored).max()
+    # The stored roll value is exactly what a user will see after loading.
+    assert diff == pytest.approx(report.roll_value["outputs"]["max_abs_diff"], rel=1e-5, abs=1e-7)
+    assert diff < 0.05
+
+
+def test_roll_value_is_stored_in_the_manifest(rolled):
+    _, _, path, report = rolled
+    from weightroll._archive import RolledArchive
+
+    with RolledArchive(path) as archive:
+        manifest = archive.manifest
+    assert manifest["roll_value"]["weights"] == report.roll_value["weights"]
+    assert manifest["roll_value"]["outputs"] == report.roll_value["outputs"]
+    for entry in manifest["tensors"]:
+        assert entry["error"] == report.roll_value["tensors"][entry["path"]]
+    assert 0 < report.roll_value["weights"]["relative_rmse"] < 0.01
+
+
+def test_compile_false_gives_an_uncompiled_model(rolled):
+    _, _, path, _ = rolled
+    assert not weightroll.load_rolled(path, compile=False).compiled
+
+
+def test_compile_true_restores_the_compile_config(rolled):
+    _, _, path, _ = rolled
+    loaded = weightroll.load_rolled(path)
+    assert loaded.loss == "mse"
+    assert isinstance(loaded.optimizer, keras.optimizers.Adam)
+
+
+def test_paths_of_a_model_with_two_dropouts_stay_unique(tmp_path):
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dropout(0.1, seed=1), keras.layers.Dropout(0.1, seed=2),
+         keras.layers.Dense(2)]
+    )
+    weightroll.roll(model, tmp_path / "m.wroll")
+    weights = weightroll.unroll(tmp_path / "m.wroll")
+    assert len(weights) == len(model.variables)
+    loaded = weightroll.load_rolled(tmp_path / "m.wroll")
+    for a, b in zip(loaded.variables, model.variables):
+        if not np.issubdtype(np.dtype(a.dtype), np.floating):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_lambda_layer_is_refused_in_safe_mode_like_keras(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda t: t * 2), keras.layers.Dense(1)])
+    weightroll.roll(model, tmp_path / "lambda.wroll")
+    with pytest.raises(weightroll.WrollError, match="safe_mode=False"):
+        weightroll.load_rolled(tmp_path / "lambda.wroll")
+    loaded = weightroll.load_rolled(tmp_path / "lambda.wroll", safe_mode=False)
+    x = np.ones((2, 3), "float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.05)
+
+
+def test_unregistered_custom_layer_needs_custom_objects(tmp_path):
+    class Doubler(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    model = keras.Sequential([keras.Input((3,)), Doubler(), keras.layers.Dense(1)])
+    weightroll.roll(model, tmp_path / "custom.wroll")
+    with pytest.raises(weightroll.WrollError, match="custom_objects"):
+        weightroll.load_rolled(tmp_path / "custom.wroll")
+    loaded = weightroll.load_rolled(tmp_path / "custom.wroll", custom_objects={"Doubler": Doubler})
+    assert isinstance(loaded.layers[0], Doubler)
