@@ -1,0 +1,158 @@
+"""The archive as a file: paths, file objects, determinism, atomic writes, refusals."""
+
+import io
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+import weightroll
+from weightroll._format import container
+from weightroll.errors import ArchiveError, VersionError
+
+UNITS = 40
+
+
+def _model(seed=0, dtype="float32"):
+    keras.utils.set_random_seed(seed)
+    # Explicit names: Keras numbers auto-generated names per process, and the
+    # names are part of the archive.
+    return keras.Sequential(
+        [keras.Input((30,), name="x"), keras.layers.Dense(UNITS, dtype=dtype, name="hidden"),
+         keras.layers.Dense(3, dtype=dtype, name="head")],
+        name="tiny",
+    )
+
+
+def test_refuses_a_path_without_the_wroll_suffix(tmp_path):
+    with pytest.raises(weightroll.WrollError, match=r"ending in `\.wroll`"):
+        weightroll.roll(_model(), tmp_path / "model.keras")
+
+
+def test_refuses_a_model_that_is_not_built(tmp_path):
+    model = keras.Sequential([keras.layers.Dense(2)])
+    with pytest.raises(weightroll.WrollError, match="build it"):
+        weightroll.roll(model, tmp_path / "m.wroll")
+
+
+@pytest.mark.parametrize("bits", [0, 9, 2.5, True])
+def test_refuses_bits_outside_1_to_8(tmp_path, bits):
+    with pytest.raises(weightroll.WrollError, match="`bits`"):
+        weightroll.roll(_model(), tmp_path / "m.wroll", bits=bits)
+
+
+def test_refuses_an_unknown_decoder(tmp_path):
+    with pytest.raises(weightroll.WrollError, match="`decoder`"):
+        weightroll.roll(_model(), tmp_path / "m.wroll", decoder="jpeg")
+
+
+def test_file_objects_work_both_ways():
+    buf = io.BytesIO()
+    report = weightroll.roll(_model(), buf)
+    assert report.filepath is None and report.archive_bytes == len(buf.getvalue())
+    buf.seek(0)
+    assert set(weightroll.unroll(buf)) == {v.path for v in _model().variables}
+    buf.seek(0)
+    assert isinstance(weightroll.load_rolled(buf), keras.Sequential)
+
+
+def test_same_model_and_options_give_the_same_bytes(tmp_path):
+    for decoder in ("codebook", "mlp"):
+        a, b = io.BytesIO(), io.BytesIO()
+        weightroll.roll(_model(), a, decoder=decoder)
+        weightroll.roll(_model(), b, decoder=decoder)
+        assert a.getvalue() == b.getvalue(), decoder
+
+
+def test_members_are_stored_in_a_fixed_order_with_a_fixed_timestamp():
+    buf = io.BytesIO()
+    weightroll.roll(_model(), buf)
+    infos = zipfile.ZipFile(buf).infolist()
+    assert [i.filename for i in infos][:5] == [
+        "manifest.json", "weights.png", "decoder.json", "decoder.bin", "architecture.json.zst"]
+    assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
+    assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED}
+
+
+def test_a_failed_write_leaves_the_previous_archive_intact(tmp_path, monkeypatch):
+    path = tmp_path / "m.wroll"
+    weightroll.roll(_model(seed=0), path)
+    before = path.read_bytes()
+
+    def broken(fileobj, members):
+        fileobj.write(b"PK half an archive")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(container, "write_members", broken)
+    with pytest.raises(OSError, match="disk full"):
+        weightroll.roll(_model(seed=1), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.wroll"]  # no temp file left
+
+
+def test_non_finite_weights_are_stored_exactly(tmp_path):
+    model = _model()
+    kernel = model.layers[0].kernel.numpy()
+    kernel[0, :3] = [np.nan, np.inf, -np.inf]
+    model.layers[0].kernel.assign(kernel)
+    weightroll.roll(model, tmp_path / "m.wroll")
+    decoded = weightroll.unroll(tmp_path / "m.wroll")[model.layers[0].kernel.path]
+    np.testing.assert_array_equal(decoded.view(np.uint32), kernel.view(np.uint32))
+
+
+def test_float16_variables_come_back_as_float16(tmp_path):
+    model = _model(dtype="float16")
+    weightroll.roll(model, tmp_path / "m.wroll")
+    loaded = weightroll.load_rolled(tmp_path / "m.wroll")
+    for v in loaded.variables:
+        assert v.dtype == "float16"
+    kernel = weightroll.unroll(tmp_path / "m.wroll")[model.layers[0].kernel.path]
+    assert np.abs(kernel.astype(float) - model.layers[0].kernel.numpy()).max() < 0.01
+
+
+def test_not_a_zip_is_an_archive_error(tmp_path):
+    path = tmp_path / "m.wroll"
+    path.write_bytes(b"this is not a zip file at all")
+    with pytest.raises(ArchiveError, match="not a readable zip"):
+        weightroll.unroll(path)
+
+
+def _rewrite(buf, edit):
+    """Re-zip an archive after `edit(name, data) -> data` (None drops the member)."""
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    members = []
+    for info in src.infolist():
+        data = edit(info.filename, src.read(info))
+        if data is not None:
+            members.append((info.filename, data))
+    out = io.BytesIO()
+    container.write_members(out, members)
+    out.seek(0)
+    return out
+
+
+def test_a_member_that_changed_is_named_in_the_error():
+    buf = io.BytesIO()
+    weightroll.roll(_model(), buf)
+
+    def flip(name, data):
+        if name == "decoder.bin":
+            data = bytearray(data)
+            data[5] ^= 0x40
+            data = bytes(data)
+        return data
+
+    with pytest.raises(ArchiveError, match="'decoder.bin' does not match its SHA-256"):
+        weightroll.unroll(_rewrite(buf, flip))
+
+
+def test_a_newer_major_version_says_which_weightroll_reads_it():
+    buf = io.BytesIO()
+    weightroll.roll(_model(), buf)
+
+    def bump(name, data):
+        return data.replace(b'"format_version": "1.0"', b'"format_version": "2.0"') if name == "manifest.json" else data
+
+    with pytest.raises(VersionError, match="format 2.0.*Upgrade weightroll"):
+        weightroll.unroll(_rewrite(buf, bump))
