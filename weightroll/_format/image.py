@@ -9,7 +9,7 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import PngImagePlugin
 
 from weightroll._format import limits
 from weightroll.errors import ArchiveError, LimitError
@@ -28,8 +28,34 @@ def image_shape(n_codes):
     return width, -(-n // width)
 
 
+# IDAT data is split into chunks of this size, as common encoders do.
+_IDAT_CHUNK = 1 << 20
+# Below this many bits per code, LZ77 matching (runs of zeros in pruned
+# tensors) can beat plain Huffman coding, so both are tried.
+_TRY_LZ77_BELOW_BITS = 3.0
+
+
+def _chunk(kind, payload):
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def code_entropy_bits(codes):
+    """Empirical order-0 entropy of `codes`, in bits per code."""
+    if codes.size == 0:
+        return 0.0
+    p = np.bincount(codes, minlength=256)
+    p = p[p > 0] / codes.size
+    return float(-(p * np.log2(p)).sum())
+
+
 def encode_png(codes, compress_level=9):
     """Encode a 1-D uint8 array of codes as PNG bytes.
+
+    Every row uses PNG filter type 0 (None): codes are close to independent,
+    and the predictive filters only add entropy to them. The zlib stream is
+    Huffman-only (which lands within a few percent of the codes' order-0
+    entropy), or full deflate when that is smaller (very low-entropy codes,
+    where LZ77 finds runs).
 
     Returns:
         `(png_bytes, width, height)`.
@@ -38,10 +64,24 @@ def encode_png(codes, compress_level=9):
     width, height = image_shape(codes.size)
     pixels = np.zeros(width * height, dtype=np.uint8)
     pixels[: codes.size] = codes
-    image = Image.fromarray(pixels.reshape(height, width), mode="L")
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue(), width, height
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # column 0: filter byte 0
+    rows[:, 1:] = pixels.reshape(height, width)
+    raw = rows.tobytes()
+    strategies = [zlib.Z_HUFFMAN_ONLY]
+    if code_entropy_bits(codes) < _TRY_LZ77_BELOW_BITS:
+        strategies.append(zlib.Z_DEFAULT_STRATEGY)
+    best = None
+    for strategy in strategies:
+        packer = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, strategy)
+        data = packer.compress(raw) + packer.flush()
+        if best is None or len(data) < len(best):
+            best = data
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    parts = [_PNG_SIGNATURE, _chunk(b"IHDR", header)]
+    for start in range(0, len(best), _IDAT_CHUNK):
+        parts.append(_chunk(b"IDAT", best[start:start + _IDAT_CHUNK]))
+    parts.append(_chunk(b"IEND", b""))
+    return b"".join(parts), width, height
 
 
 def read_png_header(data):

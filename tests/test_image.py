@@ -1,0 +1,47 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from weightroll._format import image
+from weightroll.errors import ArchiveError
+
+
+@pytest.mark.parametrize("n", [1, 5, 4096, 4097, 100_000])
+def test_png_round_trips_through_pillow(rng, n):
+    codes = rng.integers(0, 256, size=n).astype(np.uint8)
+    png, width, height = image.encode_png(codes)
+    opened = Image.open(io.BytesIO(png))
+    assert opened.mode == "L" and opened.size == (width, height)
+    pixels = np.asarray(opened).reshape(-1)
+    np.testing.assert_array_equal(pixels[:n], codes)
+    np.testing.assert_array_equal(image.decode_png(png, width, height, n), codes)
+
+
+def test_width_is_at_most_4096_and_the_image_at_least_1x1():
+    assert image.image_shape(0) == (1, 1)
+    assert image.image_shape(10) == (10, 1)
+    assert image.image_shape(100_000_000) == (4096, 24415)
+
+
+@pytest.mark.parametrize("step", [0.1, 0.3])
+def test_png_size_is_within_3_percent_of_the_codes_entropy(rng, step):
+    values = rng.standard_t(5, size=1 << 20)
+    codes = np.clip(np.rint(values / step) + 128, 0, 255).astype(np.uint8)
+    png, _, _ = image.encode_png(codes)
+    entropy_bytes = image.code_entropy_bits(codes) * codes.size / 8
+    assert len(png) <= 1.03 * entropy_bytes
+
+
+def test_low_entropy_codes_use_lz77_when_it_is_smaller(rng):
+    codes = np.zeros(1 << 18, np.uint8)
+    codes[rng.integers(0, codes.size, 500)] = 7
+    png, _, _ = image.encode_png(codes)
+    assert len(png) < codes.size / 8 / 4  # far below Huffman's 1 bit per code
+
+
+def test_nonzero_padding_is_rejected():
+    png, width, height = image.encode_png(np.full(10, 3, np.uint8))
+    with pytest.raises(ArchiveError, match="padding"):
+        image.decode_png(png, width, height, 9)
