@@ -22,11 +22,59 @@ def _dense_model():
     return model
 
 
-@pytest.fixture(scope="module", params=["codebook", "mlp"])
+PLANTED = 3
+
+
+def heavy_tailed_model(planted=None):
+    """Student-t kernels whose channels differ in scale, with planted 100-sigma values.
+
+    `planted`, if a dict, receives each kernel's path -> flat indices of the planted values.
+    """
+    model = _dense_model()
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        kernel = rng.standard_t(3, size=layer.kernel.shape) * 0.05
+        kernel *= np.exp(rng.normal(size=kernel.shape[-1]))  # per-channel scale
+        index = rng.choice(kernel.size, PLANTED, replace=False)
+        kernel.reshape(-1)[index] = 100 * kernel.std()
+        layer.kernel.assign(kernel.astype("float32"))
+        if planted is not None:
+            planted[layer.kernel.path] = index
+    return model
+
+
+@pytest.fixture(scope="module", params=["codebook", "mlp", "codebook-heavy"])
 def archive_path(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param) / "m.wroll"
-    weightroll.roll(_dense_model(), path, decoder=request.param)
+    if request.param == "codebook-heavy":
+        weightroll.roll(heavy_tailed_model(), path)
+    else:
+        weightroll.roll(_dense_model(), path, decoder=request.param)
     return path
+
+
+def test_planted_100_sigma_values_survive_within_the_tolerance(tmp_path):
+    planted = {}
+    model = heavy_tailed_model(planted)
+    weightroll.roll(model, tmp_path / "h.wroll")
+    decoded = weightroll.unroll(tmp_path / "h.wroll")
+    for layer in model.layers:
+        path = layer.kernel.path
+        original = layer.kernel.numpy().reshape(-1)[planted[path]]
+        # Either stored exactly or coded on a grid whose step is far below them.
+        np.testing.assert_allclose(decoded[path].reshape(-1)[planted[path]], original, rtol=0.02)
+
+
+def test_channels_of_very_different_scales_get_per_channel_scales(tmp_path):
+    keras.utils.set_random_seed(8)
+    model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(128, name="wide")])
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(256, 128)) * np.logspace(-3, 0, 128)  # channel scales span 1000x
+    model.layers[0].kernel.assign(kernel.astype("float32"))
+    weightroll.roll(model, tmp_path / "c.wroll")
+    with _archive.RolledArchive(tmp_path / "c.wroll") as archive:
+        entry = archive.manifest["tensors"][0]
+    assert entry["scales"]["axis"] == 1 and entry["scales"]["count"] == 128
 
 
 def test_keras_network_and_numpy_fast_path_agree_bit_for_bit(archive_path):
@@ -40,8 +88,19 @@ def test_keras_network_and_numpy_fast_path_agree_bit_for_bit(archive_path):
                 continue
             span = codes[entry["codes"]["offset"]: entry["codes"]["offset"] + entry["codes"]["count"]]
             inputs = span.astype(np.int64) + (entry["table"]["offset"] if decoder["kind"] == "codebook" else 0)
-            by_network = network.run(net, decoder, inputs).reshape(entry["shape"])
-            np.testing.assert_array_equal(by_network.view(np.uint32), fast[entry["path"]].view(np.uint32))
+            scale_inputs = None
+            if "scales" in entry:
+                shape, axis = entry["shape"], entry["scales"]["axis"]
+                channel = np.indices(shape)[axis].reshape(-1)
+                scale_inputs = entry["scales"]["offset"] + channel
+            by_network = network.run(net, decoder, inputs, scale_inputs).reshape(entry["shape"])
+            expected = fast[entry["path"]].copy()
+            if "outliers" in entry:  # stored exactly beside the image, not by the network
+                with _archive.RolledArchive(archive_path) as again:
+                    index, _ = _archive._read_outliers(again.member(mf.EXACT_MEMBER), entry,
+                                                       np.dtype(entry["dtype"]), expected.size)
+                by_network.reshape(-1)[index] = expected.reshape(-1)[index]
+            np.testing.assert_array_equal(by_network.view(np.uint32), expected.view(np.uint32))
 
 
 def test_decoder_config_holds_no_code(archive_path):
@@ -60,14 +119,14 @@ def test_decoder_config_holds_no_code(archive_path):
                 walk(value)
 
     walk(config)
-    allowed = {"Functional", "InputLayer", "Embedding", "Rescaling", "Dense", "DTypePolicy",
+    allowed = {"Functional", "InputLayer", "Embedding", "Multiply", "Dense", "DTypePolicy",
                "RandomUniform", "GlorotUniform", "Zeros", "__keras_tensor__"}
     assert classes <= allowed, classes - allowed
 
 
 def test_mlp_decoder_reports_its_real_roll_value(tmp_path):
     model = _dense_model()
-    codebook = weightroll.roll(model, tmp_path / "c.wroll")
+    codebook = weightroll.roll(model, tmp_path / "c.wroll", bits=8)
     paper = weightroll.roll(model, tmp_path / "p.wroll", decoder="mlp")
     assert paper.decoder == "mlp"
     measured = weightroll.unroll(tmp_path / "p.wroll")

@@ -34,12 +34,12 @@ def _pack_arrays(arrays, names):
 
 def decoder_array_names(kind, count):
     if kind == "codebook":
-        return ["table"]
+        return ["table", "scales"]
     return [f"dense_{i // 2}/{'kernel' if i % 2 == 0 else 'bias'}" for i in range(count)]
 
 
 def build_members(encoded, decoder_config_json, architecture_json, producer, model_info, roll_value,
-                  compress_level=9):
+                  settings=None, compress_level=9):
     """The archive's members, in order, as `(name, bytes)`, manifest first.
 
     Returns:
@@ -75,6 +75,7 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
             name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in payload
         },
         "roll_value": roll_value,
+        "settings": settings or {},
     }
     return [(mf.MANIFEST_MEMBER, mf.dumps(manifest))] + payload, manifest
 
@@ -175,21 +176,68 @@ class RolledArchive:
         self.close()
 
 
-def lookup_table(archive):
-    """The float32 value of every table index the decoder knows.
+def lookup_tables(archive):
+    """`(table, scales)`: the float32 value of every table index, and the scales.
 
-    For `"codebook"` this is the stored table; for `"mlp"` it is the network
-    evaluated on every code (the numpy fast path).
+    For `"codebook"` these are stored; for `"mlp"` the table is the network
+    evaluated on every code (the numpy fast path) and there are no scales.
     """
     decoder = archive.manifest["decoder"]
     arrays = archive.decoder_arrays()
     if decoder["kind"] == "codebook":
-        table = arrays[0][:, 0]
+        table, scales = arrays[0][:, 0], arrays[1][:, 0]
+        if scales[0] != 1.0:
+            raise ArchiveError("decoder.bin: scales[0] must be 1.0 (the reserved 'no scale' entry).")
     else:
-        table = mlp.evaluate(arrays, decoder["bits"], decoder["activation"])
-    if not np.all(np.isfinite(table)):
+        table, scales = mlp.evaluate(arrays, decoder["bits"], decoder["activation"]), None
+    if not np.all(np.isfinite(table)) or (scales is not None and not np.all(np.isfinite(scales))):
         raise ArchiveError("The pix-to-weight decoder yields non-finite weights; the archive is corrupt.")
-    return table
+    return table, scales
+
+
+def _read_outliers(exact_bytes, entry, dtype, size):
+    count = entry["outliers"]["count"]
+    start = entry["outliers"]["offset"]
+    index = np.frombuffer(exact_bytes, dtype="<i8", count=count, offset=start).astype(np.int64)
+    values = np.frombuffer(exact_bytes, dtype=dtype.newbyteorder("<"), count=count, offset=start + 8 * count)
+    if count and (index[0] < 0 or index[-1] >= size or np.any(np.diff(index) <= 0)):
+        raise ArchiveError(
+            f"Tensor '{mf._short(entry['path'])}' has outlier indices that are not strictly increasing "
+            f"within [0, {size})."
+        )
+    return index, values.astype(dtype)
+
+
+def decode_tensor(entry, codes, table, scales, exact_bytes, kind):
+    """Decode one tensor described by its manifest entry."""
+    dtype = np.dtype(entry["dtype"])
+    shape = entry["shape"]
+    if entry["storage"] == "exact":
+        start, size = entry["bytes"]["offset"], entry["bytes"]["size"]
+        array = np.frombuffer(exact_bytes, dtype=dtype.newbyteorder("<"), count=size // dtype.itemsize,
+                              offset=start)
+        return array.astype(dtype).reshape(shape)
+    span = codes[entry["codes"]["offset"]: entry["codes"]["offset"] + entry["codes"]["count"]]
+    if kind == "codebook":
+        offset, size = entry["table"]["offset"], entry["table"]["size"]
+    else:
+        offset, size = 0, table.size
+    top = int(span.max()) if span.size else 0
+    if top >= size:
+        raise ArchiveError(
+            f"Tensor '{mf._short(entry['path'])}' has code {top}, outside its {size}-entry table."
+        )
+    values = table[offset: offset + size][span].reshape(shape)
+    if "scales" in entry and kind == "codebook":
+        s = entry["scales"]
+        view = [1] * len(shape)
+        view[s["axis"]] = s["count"]
+        values = values * scales[s["offset"]: s["offset"] + s["count"]].reshape(view)
+    array = values.astype(dtype)
+    if "outliers" in entry:
+        index, exact = _read_outliers(exact_bytes, entry, dtype, array.size)
+        array.reshape(-1)[index] = exact
+    return array
 
 
 def decode(archive):
@@ -200,33 +248,15 @@ def decode(archive):
     """
     manifest = archive.manifest
     tensors = manifest["tensors"]
-    coded = [t for t in tensors if t["storage"] == "coded"]
-    exact = [t for t in tensors if t["storage"] == "exact"]
     kind = manifest["decoder"]["kind"]
+    coded = any(t["storage"] == "coded" for t in tensors)
     codes = archive.codes() if coded else None
-    table = lookup_table(archive) if coded else None
+    table, scales = lookup_tables(archive) if coded else (None, None)
     has_exact = mf.EXACT_MEMBER in manifest["members"]
-    exact_bytes = archive.member(mf.EXACT_MEMBER) if exact and has_exact else b""
+    exact_bytes = archive.member(mf.EXACT_MEMBER) if has_exact else b""
     out = {}
     for t in tensors:
-        dtype = np.dtype(t["dtype"])
-        if t["storage"] == "coded":
-            span = codes[t["codes"]["offset"]: t["codes"]["offset"] + t["codes"]["count"]]
-            if kind == "codebook":
-                offset, size = t["table"]["offset"], t["table"]["size"]
-            else:
-                offset, size = 0, table.size
-            top = int(span.max()) if span.size else 0
-            if top >= size:
-                raise ArchiveError(
-                    f"Tensor '{mf._short(t['path'])}' has code {top}, outside its {size}-entry table."
-                )
-            values = table[offset + span.astype(np.int64)] if offset else table[span]
-            array = values.astype(dtype).reshape(t["shape"])
-        else:
-            start, size = t["bytes"]["offset"], t["bytes"]["size"]
-            array = np.frombuffer(exact_bytes[start:start + size], dtype=dtype.newbyteorder("<"))
-            array = array.astype(dtype).reshape(t["shape"])
+        array = decode_tensor(t, codes, table, scales, exact_bytes, kind)
         if _encode.tensor_digest(array) != t["sha256"]:
             raise ArchiveError(
                 f"Tensor '{mf._short(t['path'])}' decodes to values whose SHA-256 differs from the "

@@ -9,10 +9,18 @@ import hashlib
 import numpy as np
 
 from weightroll._format import manifest as mf
-from weightroll.codecs import codebook, mlp
+from weightroll.codecs import codebook, mlp, select
 from weightroll.errors import WrollError
 
 DECODERS = mf.DECODER_KINDS
+
+# Named quality presets: the largest relative RMSE each coded tensor may have.
+PRESETS = {
+    "lossless-ish": 0.005,
+    "balanced": 0.02,
+    "small": 0.06,
+}
+DEFAULT_PRESET = "balanced"
 
 
 @dataclasses.dataclass
@@ -51,86 +59,153 @@ def _dtype_name(array, path):
 
 
 def codebook_pays(size, itemsize, bits):
-    """Whether coding beats storing exactly: codes (1 byte each) plus table
-    entries (4 bytes each) against the raw bytes."""
+    """Whether a fixed-width codebook beats exact storage: codes (1 byte each)
+    plus table entries (4 bytes each) against the raw bytes."""
     return size + 4 * min(1 << bits, size) < size * itemsize
 
 
-def encode(named_tensors, decoder="codebook", bits=8, seed=0):
+def resolve_quality(decoder, bits, tolerance, quality):
+    """Check the rate options and return `(bits, tolerance)`; exactly one is not None."""
+    if decoder not in DECODERS:
+        raise WrollError(f"`decoder` must be one of {DECODERS}. Received: decoder={decoder!r}")
+    if bits is not None and (
+        isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8
+    ):
+        raise WrollError(f"`bits` must be an integer from 1 to 8. Received: bits={bits!r}")
+    if quality is not None and quality not in PRESETS:
+        raise WrollError(f"`quality` must be one of {sorted(PRESETS)}. Received: quality={quality!r}")
+    if tolerance is not None and not isinstance(tolerance, dict):
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
+            raise WrollError(
+                "`tolerance` must be a relative RMSE in [0, 1), e.g. 0.02. "
+                f"Received: tolerance={tolerance!r}"
+            )
+    given = [name for name, v in (("bits", bits), ("tolerance", tolerance), ("quality", quality)) if v is not None]
+    if len(given) > 1:
+        raise WrollError(f"Pass at most one of `bits`, `tolerance` and `quality`. Received: {', '.join(given)}")
+    if decoder == "mlp":
+        if tolerance is not None or quality is not None:
+            raise WrollError('decoder="mlp" (the paper\'s global grid) takes `bits` only, not `tolerance` or `quality`.')
+        return int(bits or 8), None
+    if bits is not None:
+        return int(bits), None
+    if tolerance is None:
+        tolerance = PRESETS[quality or DEFAULT_PRESET]
+    return None, tolerance
+
+
+def describe_settings(decoder, bits, tolerance, quality):
+    """The rate setting as recorded in the manifest and the report."""
+    bits, tolerance = resolve_quality(decoder, bits, tolerance, quality)
+    if bits is not None:
+        return {"bits": bits}
+    settings = {"tolerance": tolerance if not isinstance(tolerance, dict) else "per-tensor"}
+    if quality is not None or tolerance == PRESETS[DEFAULT_PRESET]:
+        settings["quality"] = quality or DEFAULT_PRESET
+    return settings
+
+
+def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality=None, seed=0):
     """Quantise and code tensors.
 
     Args:
         named_tensors: sequence of `(path, numpy array)` in archive order.
-        decoder: `"codebook"` (per-tensor k-means tables, the default) or
-            `"mlp"` (the paper's global grid and regression MLP).
-        bits: code width, 1 to 8.
+        decoder: `"codebook"` (table look-up, the default) or `"mlp"` (the
+            paper's global grid and regression MLP).
+        bits: fixed code width, 1 to 8: per-tensor k-means codebooks of at
+            most `2**bits` entries (or the paper's grid for `"mlp"`).
+        tolerance: largest relative RMSE per coded tensor; the cheapest code
+            meeting it is chosen per tensor. A float, or a dict path -> float.
+        quality: a preset name from `PRESETS`, mapped to a tolerance.
         seed: seed of the MLP fit (ignored by `"codebook"`).
 
     Returns:
         An `Encoded`.
     """
-    if decoder not in DECODERS:
-        raise WrollError(f"`decoder` must be one of {DECODERS}. Received: decoder={decoder!r}")
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
-        raise WrollError(f"`bits` must be an integer from 1 to 8. Received: bits={bits!r}")
-    bits = int(bits)
-
-    plans = []  # (path, array, dtype name, coded?)
+    bits, tolerance = resolve_quality(decoder, bits, tolerance, quality)
+    plans = []  # (path, array, dtype name, codable?)
     for path, array in named_tensors:
         array = np.asarray(array)
         dtype = _dtype_name(array, path)
-        coded = dtype in mf.CODED_DTYPES and array.size > 0 and bool(np.all(np.isfinite(array)))
-        if coded and decoder == "codebook":
-            coded = codebook_pays(array.size, array.dtype.itemsize, bits)
-        plans.append((path, array, dtype, coded))
-
-    if decoder == "codebook":
-        per_tensor, decoder_section, arrays = _codebook(plans, bits)
+        codable = dtype in mf.CODED_DTYPES and array.size > 0 and bool(np.all(np.isfinite(array)))
+        plans.append((path, array, dtype, codable))
+    if decoder == "mlp":
+        per_tensor, section, arrays = _mlp(plans, bits, seed)
     else:
-        per_tensor, decoder_section, arrays = _mlp(plans, bits, seed)
+        per_tensor, section, arrays = _codebook(plans, bits, tolerance)
+    return _assemble(plans, per_tensor, dict(section, bits=bits if bits is not None else 8), arrays)
 
+
+def _assemble(plans, per_tensor, section, arrays):
     entries, codes_parts, exact_parts, decoded = [], [], [], {}
     code_offset = byte_offset = 0
-    for (path, array, dtype, coded), coding in zip(plans, per_tensor):
+    for (path, array, dtype, _), coding in zip(plans, per_tensor):
         entry = {"path": path, "shape": [int(d) for d in array.shape], "dtype": dtype}
-        if coded:
-            tensor_codes, values, table_entry = coding
-            entry["storage"] = "coded"
-            entry["codes"] = {"offset": code_offset, "count": int(array.size)}
-            if table_entry is not None:
-                entry["table"] = table_entry
-            codes_parts.append(tensor_codes)
-            code_offset += array.size
-            out = values.astype(array.dtype).reshape(array.shape)
-        else:
+        if coding is None:
             raw = little_endian_bytes(array)
             entry["storage"] = "exact"
             entry["bytes"] = {"offset": byte_offset, "size": len(raw)}
             exact_parts.append(raw)
             byte_offset += len(raw)
             out = array.copy()
+        else:
+            entry["storage"] = "coded"
+            entry["codes"] = {"offset": code_offset, "count": int(array.size)}
+            entry.update(coding["entry"])
+            codes_parts.append(coding["codes"])
+            code_offset += array.size
+            out = coding["values"].astype(array.dtype).reshape(array.shape)
+            index = coding.get("outliers")
+            if index is not None and index.size:
+                flat = out.reshape(-1)
+                flat[index] = array.reshape(-1)[index]
+                raw = little_endian_bytes(index.astype(np.int64)) + little_endian_bytes(array.reshape(-1)[index])
+                entry["outliers"] = {"offset": byte_offset, "count": int(index.size)}
+                exact_parts.append(raw)
+                byte_offset += len(raw)
         entry["sha256"] = tensor_digest(out)
         decoded[path] = out
         entries.append(entry)
-
     codes = np.concatenate(codes_parts) if codes_parts else np.zeros(0, np.uint8)
-    decoder_section = dict(decoder_section, bits=bits)
-    return Encoded(entries, codes, decoder_section, arrays, b"".join(exact_parts), decoded)
+    return Encoded(entries, codes, section, arrays, b"".join(exact_parts), decoded)
 
 
-def _codebook(plans, bits):
-    tables, per_tensor, offset = [], [], 0
-    for path, array, dtype, coded in plans:
-        if not coded:
-            per_tensor.append(None)
-            continue
-        table, codes = codebook.fit_codebook(array, bits)
-        per_tensor.append((codes, table[codes], {"offset": offset, "size": int(table.size)}))
-        tables.append(table)
-        offset += table.size
+def _codebook(plans, bits, tolerance):
+    tables, scale_parts = [], [np.ones(1, np.float32)]  # scales[0] == 1: "no scale"
+    table_offset, scale_offset = 0, 1
+    per_tensor = []
+    for path, array, dtype, codable in plans:
+        coding = None
+        if codable and bits is not None:
+            if codebook_pays(array.size, array.dtype.itemsize, bits):
+                table, codes = codebook.fit_codebook(array, bits)
+                coding = {"table": table, "codes": codes, "values": table[codes],
+                          "entry": {"quantizer": "kmeans"}}
+        elif codable:
+            tol = tolerance.get(path, 0.0) if isinstance(tolerance, dict) else tolerance
+            choice = select.choose(array, tol, array.dtype.itemsize)
+            if choice.kind == "lossless":
+                table, codes = choice.code
+                coding = {"table": table, "codes": codes, "values": table[codes],
+                          "entry": {"quantizer": "lossless"}}
+            elif choice.kind == "uniform":
+                code = choice.code
+                coding = {"table": code.table, "codes": code.codes, "values": code.decoded.reshape(-1),
+                          "outliers": code.outlier_index,
+                          "entry": {"quantizer": "uniform", "step": float(code.step)}}
+                if code.scales is not None:
+                    coding["entry"]["scales"] = {"offset": scale_offset, "axis": int(code.axis),
+                                                 "count": int(code.scales.size)}
+                    scale_parts.append(code.scales)
+                    scale_offset += code.scales.size
+        if coding is not None:
+            coding["entry"]["table"] = {"offset": table_offset, "size": int(coding["table"].size)}
+            tables.append(coding["table"])
+            table_offset += coding["table"].size
+        per_tensor.append(coding)
     table = np.concatenate(tables) if tables else np.zeros(0, np.float32)
-    section = {"kind": "codebook"}
-    return per_tensor, section, [table.reshape(-1, 1)]
+    scales = np.concatenate(scale_parts)
+    return per_tensor, {"kind": "codebook"}, [table.reshape(-1, 1), scales.reshape(-1, 1)]
 
 
 def _mlp(plans, bits, seed):
@@ -148,6 +223,8 @@ def _mlp(plans, bits, seed):
     else:
         params = mlp.fit(np.zeros(1, np.uint8), np.zeros(1), bits, seed=seed)
     table = mlp.evaluate(params, bits)
-    per_tensor = [None if c is None else (c, table[c], None) for c in per_codes]
+    per_tensor = [
+        None if c is None else {"codes": c, "values": table[c], "entry": {"quantizer": "grid"}} for c in per_codes
+    ]
     section = {"kind": "mlp", "activation": mlp.ACTIVATION, "grid": {"min": lo, "max": hi}}
     return per_tensor, section, params

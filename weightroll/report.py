@@ -106,7 +106,8 @@ class RollReport:
         member_bytes: size of each archive member.
         parameters: number of values in the model's variables.
         decoder: `"codebook"` or `"mlp"`.
-        bits: code width.
+        settings: how the rate was set: `{"bits": N}` or `{"tolerance": t}`
+            (with `"quality"` when a preset was named).
         roll_value: the roll value stored in the archive: `"weights"` (overall
             `relative_rmse`, `max_abs_error`), `"tensors"` (the same per
             variable path) and `"outputs"` (None unless `validation_data` was given).
@@ -118,7 +119,7 @@ class RollReport:
     member_bytes: dict
     parameters: int
     decoder: str
-    bits: int
+    settings: dict
     roll_value: dict
 
     @property
@@ -126,11 +127,17 @@ class RollReport:
         """How many times smaller the archive is than the float32 weights."""
         return self.float32_bytes / self.archive_bytes if self.archive_bytes else float("inf")
 
+    @property
+    def bits_per_value(self):
+        """Archive bits per stored value, all members included."""
+        return 8 * self.archive_bytes / self.parameters if self.parameters else 0.0
+
     def __str__(self):
         w = self.roll_value["weights"]
         lines = [
             f"Rolled {self.parameters:,} values into {self.archive_bytes:,} bytes "
-            f"({self.compression_ratio:.1f}x smaller than float32; decoder={self.decoder}, bits={self.bits}).",
+            f"({self.compression_ratio:.1f}x smaller than float32, {self.bits_per_value:.2f} bits per value; "
+            f"decoder={self.decoder}, {', '.join(f'{k}={v}' for k, v in self.settings.items())}).",
             f"Weight roll value: relative RMSE {w['relative_rmse']:.3g}, max abs error {w['max_abs_error']:.3g}.",
         ]
         out = self.roll_value.get("outputs")

@@ -190,7 +190,7 @@ def validate(manifest, member_sizes):
     bits = _get(decoder, "bits", "int", "decoder")
     if not 1 <= bits <= 8:
         raise ArchiveError(f"manifest.json: decoder.bits must be in 1..8; received {bits}.")
-    table_size = _check_decoder_weights(decoder, kind, members)
+    table_size, scales_size = _check_decoder_weights(decoder, kind, members)
 
     architecture = _get(manifest, "architecture", "dict", "manifest")
     if _get(architecture, "member", "str", "architecture") != ARCHITECTURE_MEMBER:
@@ -201,7 +201,7 @@ def validate(manifest, member_sizes):
         if required not in members:
             raise ArchiveError(f"manifest.json: members must list the required member '{required}'.")
 
-    _check_tensors(manifest, kind, bits, n_codes, table_size, members)
+    _check_tensors(manifest, kind, bits, n_codes, table_size, scales_size, members)
     return manifest
 
 
@@ -251,9 +251,13 @@ def _check_decoder_weights(decoder, kind, members):
             f"manifest.json: the decoder weights take {end} bytes but '{DECODER_WEIGHTS_MEMBER}' is {total}."
         )
     if kind == "codebook":
-        if len(shapes) != 1 or len(shapes[0][0]) != 2 or shapes[0][0][1] != 1 or shapes[0][1] != "float32":
-            raise ArchiveError("manifest.json: a codebook decoder has exactly one float32 table of shape [N, 1].")
-        return shapes[0][0][0]
+        if len(shapes) != 2 or any(len(sh) != 2 or sh[1] != 1 or dt != "float32" for sh, dt in shapes) \
+                or shapes[1][0][0] < 1:
+            raise ArchiveError(
+                "manifest.json: a codebook decoder has two float32 arrays, the table [N, 1] "
+                "and the scales [M, 1] with M >= 1."
+            )
+        return shapes[0][0][0], shapes[1][0][0]
     # mlp: (kernel, bias) pairs chaining 1 -> hidden... -> 1, float64.
     activation = _get(decoder, "activation", "str", "decoder")
     if activation not in MLP_ACTIVATIONS:
@@ -274,10 +278,14 @@ def _check_decoder_weights(decoder, kind, members):
         if kshape[1] > limits.MAX_MLP_UNITS:
             raise LimitError(f"manifest.json: mlp layer {k // 2} has more than {limits.MAX_MLP_UNITS} units.")
         fan_in = kshape[1]
-    return 0
+    return 0, 0
 
 
-def _check_tensors(manifest, kind, bits, n_codes, table_size, members):
+def _itemsize(dtype):
+    return 1 if dtype == "bool" else int("".join(c for c in dtype if c.isdigit())) // 8
+
+
+def _check_tensors(manifest, kind, bits, n_codes, table_size, scales_size, members):
     tensors = _get(manifest, "tensors", "list", "manifest")
     exact_size = members[EXACT_MEMBER]["size"] if EXACT_MEMBER in members else 0
     seen = set()
@@ -312,18 +320,44 @@ def _check_tensors(manifest, kind, bits, n_codes, table_size, members):
                 table = _get(entry, "table", "dict", where)
                 t_off = _get_count(table, "offset", where + ".table")
                 t_size = _get_count(table, "size", where + ".table")
-                if t_size > (1 << bits) or t_off + t_size > table_size or (count and t_size == 0):
+                if t_size > 256 or t_off + t_size > table_size or (count and t_size == 0):
                     raise ArchiveError(
                         f"manifest.json: {where} uses table entries [{t_off}, {t_off + t_size}) but the "
-                        f"decoder table has {table_size} entries and {bits}-bit codes allow {1 << bits}."
+                        f"decoder table has {table_size} entries (and a tensor at most 256)."
                     )
+                scales = _get(entry, "scales", "dict", where, optional=True)
+                if scales is not None:
+                    s_off = _get_count(scales, "offset", where + ".scales")
+                    s_count = _get_count(scales, "count", where + ".scales")
+                    axis = _get_count(scales, "axis", where + ".scales", limits.MAX_TENSOR_RANK)
+                    if axis >= len(shape) or s_count != shape[axis]:
+                        raise ArchiveError(
+                            f"manifest.json: {where} has scales along axis {axis} with {s_count} entries, "
+                            f"which does not match its shape {shape}."
+                        )
+                    if s_off < 1 or s_off + s_count > scales_size:
+                        raise ArchiveError(
+                            f"manifest.json: {where} uses scales [{s_off}, {s_off + s_count}) but the decoder "
+                            f"has {scales_size} scales (index 0 is reserved)."
+                        )
+            outliers = _get(entry, "outliers", "dict", where, optional=True)
+            if outliers is not None:
+                o_off = _get_count(outliers, "offset", where + ".outliers", 1 << 62)
+                o_count = _get_count(outliers, "count", where + ".outliers")
+                o_size = o_count * (8 + _itemsize(dtype))
+                if o_count > size or o_off + o_size > exact_size:
+                    raise ArchiveError(
+                        f"manifest.json: {where} has {o_count} outliers at bytes [{o_off}, {o_off + o_size}) "
+                        f"of '{EXACT_MEMBER}' ({exact_size} bytes, tensor of {size} values)."
+                    )
+                byte_ranges.append((o_off, o_off + o_size, path))
         elif storage == "exact":
             if dtype not in EXACT_DTYPES:
                 raise ArchiveError(f"manifest.json: {where} has unsupported dtype {dtype[:20]!r}.")
             span = _get(entry, "bytes", "dict", where)
             offset = _get_count(span, "offset", where + ".bytes", 1 << 62)
             nbytes = _get_count(span, "size", where + ".bytes", 1 << 62)
-            itemsize = 1 if dtype == "bool" else int("".join(c for c in dtype if c.isdigit())) // 8
+            itemsize = _itemsize(dtype)
             if nbytes != size * itemsize:
                 raise ArchiveError(f"manifest.json: {where} is {shape} {dtype} ({size * itemsize} bytes) but records {nbytes} bytes.")
             if offset + nbytes > exact_size:

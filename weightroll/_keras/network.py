@@ -1,7 +1,9 @@
 """The pix-to-weight network as a Keras model.
 
-`"codebook"`: input is a table index (the tensor's table offset plus the
-pixel's code), an `Embedding(N, 1)` holds the reconstruction values.
+`"codebook"`: inputs are a table index (the tensor's table offset plus the
+pixel's code) and a scale index (the tensor's scale offset plus the value's
+channel, or 0 for no scale); two `Embedding(·, 1)` layers hold the
+reconstruction values and the scales, and their float32 product is the weight.
 `"mlp"`: input is the pixel's code; float64 `Dense` layers, as in the
 2019 paper (the grey-level normalisation is folded into the first kernel).
 """
@@ -17,13 +19,18 @@ def build(decoder, arrays):
     import keras
 
     if decoder["kind"] == "codebook":
-        table = arrays[0]
-        inputs = keras.Input(shape=(), dtype="int32", name="table_index")
-        layer = keras.layers.Embedding(max(table.shape[0], 1), 1, name="codebook", dtype="float32")
-        outputs = layer(inputs)
-        model = keras.Model(inputs, outputs, name="pix_to_weight_codebook")
+        table, scales = arrays
+        index = keras.Input(shape=(), dtype="int32", name="table_index")
+        scale_index = keras.Input(shape=(), dtype="int32", name="scale_index")
+        table_layer = keras.layers.Embedding(max(table.shape[0], 1), 1, name="codebook", dtype="float32")
+        scale_layer = keras.layers.Embedding(scales.shape[0], 1, name="scales", dtype="float32")
+        outputs = keras.layers.Multiply(name="scaled", dtype="float32")(
+            [table_layer(index), scale_layer(scale_index)]
+        )
+        model = keras.Model([index, scale_index], outputs, name="pix_to_weight_codebook")
         if table.shape[0]:
-            layer.set_weights([table])
+            table_layer.set_weights([table])
+        scale_layer.set_weights([scales])
         return model
     inputs = keras.Input(shape=(1,), dtype="float64", name="code")
     x = inputs
@@ -65,17 +72,25 @@ def from_archive(archive):
     arrays = archive.decoder_arrays()
     if archive.manifest["decoder"]["kind"] == "codebook":
         if arrays[0].shape[0]:
-            network.get_layer("codebook").set_weights(arrays)
+            network.get_layer("codebook").set_weights(arrays[:1])
+        network.get_layer("scales").set_weights(arrays[1:])
     else:
         for i in range(len(arrays) // 2):
             network.get_layer(f"dense_{i}").set_weights(arrays[2 * i: 2 * i + 2])
     return network
 
 
-def run(network, decoder, inputs):
-    """Run the Keras network over codes (or table indices); float32 outputs."""
+def run(network, decoder, inputs, scale_inputs=None):
+    """Run the Keras network; float32 outputs.
+
+    For `"codebook"`, `inputs` are table indices (table offset + code) and
+    `scale_inputs` scale indices (0 for an unscaled value); for `"mlp"`,
+    `inputs` are codes.
+    """
     if decoder["kind"] == "codebook":
-        out = network(np.asarray(inputs, np.int32), training=False)
+        if scale_inputs is None:
+            scale_inputs = np.zeros(np.shape(inputs), np.int32)
+        out = network([np.asarray(inputs, np.int32), np.asarray(scale_inputs, np.int32)], training=False)
     else:
         out = network(np.asarray(inputs, np.float64).reshape(-1, 1), training=False)
     return np.asarray(out, dtype=np.float64).reshape(-1).astype(np.float32)

@@ -58,15 +58,16 @@ def snapshot(model):
     )
 
 
-def write_snapshot(snap, filepath, decoder="codebook", bits=8, reference_outputs=None,
-                   validation_data=None, batch_size=None):
+def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None, quality=None,
+                   reference_outputs=None, validation_data=None, batch_size=None):
     """Encode a snapshot, measure its roll value and write the archive.
 
     Args:
         reference_outputs: the original model's outputs on `validation_data`
             (a list of arrays); required when `validation_data` is given.
     """
-    encoded = _encode.encode(snap.tensors, decoder=decoder, bits=bits)
+    encoded = _encode.encode(snap.tensors, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality)
+    settings = _encode.describe_settings(decoder, bits, tolerance, quality)
     originals = dict(snap.tensors)
     storage = {t["path"]: t["storage"] for t in encoded.tensors}
     per_tensor, overall = weights_roll_value(originals, encoded.decoded, storage)
@@ -87,6 +88,7 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=8, reference_outputs
         producer=snap.producer,
         model_info=snap.model_info,
         roll_value={"weights": overall, "outputs": outputs},
+        settings=settings,
     )
     _archive.write(filepath, members)
     sizes = {name: len(data) for name, data in members}
@@ -97,7 +99,7 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=8, reference_outputs
         member_bytes=sizes,
         parameters=snap.model_info["parameters"],
         decoder=encoded.decoder["kind"],
-        bits=encoded.decoder["bits"],
+        settings=settings,
         roll_value={"weights": overall, "tensors": per_tensor, "outputs": outputs},
     )
 
@@ -113,7 +115,8 @@ def _split_x(validation_data):
     return validation_data
 
 
-def roll(model, filepath, *, decoder="codebook", bits=8, validation_data=None, batch_size=None):
+def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, quality=None,
+         validation_data=None, batch_size=None):
     """Roll a Keras model into a small `.wroll` archive.
 
     The weights become integer codes in one 8-bit grayscale PNG, a
@@ -121,15 +124,25 @@ def roll(model, filepath, *, decoder="codebook", bits=8, validation_data=None, b
     JSON travels beside them. The roll value (what quantisation cost) is
     always measured and stored in the archive.
 
+    How small, at what cost, is set by at most one of `bits`, `tolerance`
+    and `quality`; with none of them the `"balanced"` preset applies.
+
     Args:
         model: a built `keras.Model` (Sequential, Functional or subclassed).
         filepath: path ending in `.wroll`, or a writable binary file object.
             A path is written atomically: a failure leaves any previous file intact.
-        decoder: `"codebook"` (default): each tensor gets a table of at most
-            `2**bits` values fitted by 1-D k-means, decoded exactly by an
-            embedding layer. `"mlp"`: the 2019 paper's method, one global
-            min-max grid and a small MLP fitted by regression (a baseline).
-        bits: code width, 1 to 8. Defaults to `8`.
+        decoder: `"codebook"` (default): codes are decoded by table look-up
+            (an embedding layer), exactly. `"mlp"`: the 2019 paper's method,
+            one global min-max grid and a small MLP fitted by regression
+            (a baseline; takes `bits` only).
+        bits: a fixed code width, 1 to 8: each tensor gets a k-means codebook
+            of at most `2**bits` values. Defaults to `None` (8 for `"mlp"`).
+        tolerance: the largest relative RMSE allowed per tensor (e.g. `0.02`).
+            Each tensor gets the cheapest code that meets it: exact storage,
+            a lossless table, or entropy-coded uniform codes with per-tensor,
+            per-channel or per-row scales and outliers stored exactly.
+        quality: a preset: `"lossless-ish"` (tolerance 0.005), `"balanced"`
+            (0.02, the default) or `"small"` (0.06).
         validation_data: optional inputs for the model (what `model.predict`
             takes; for a tuple `(x, y)` the `x` is used). When given, the
             outputs of the original and the rolled model are compared and
@@ -147,11 +160,12 @@ def roll(model, filepath, *, decoder="codebook", bits=8, validation_data=None, b
     ```
     """
     check_filepath(filepath)
+    _encode.resolve_quality(decoder, bits, tolerance, quality)  # fail before any work
     snap = snapshot(model)
     reference = None
     validation_x = None
     if validation_data is not None:
         validation_x = _split_x(validation_data)
         reference = model_io.predict_outputs(model, validation_x, batch_size)
-    return write_snapshot(snap, filepath, decoder=decoder, bits=bits, reference_outputs=reference,
-                          validation_data=validation_x, batch_size=batch_size)
+    return write_snapshot(snap, filepath, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
+                          reference_outputs=reference, validation_data=validation_x, batch_size=batch_size)

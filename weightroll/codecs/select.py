@@ -1,0 +1,161 @@
+"""Choose, per tensor, the cheapest code that keeps its error within a tolerance.
+
+Candidates: exact storage; a lossless codebook when the tensor has at most
+256 distinct values; uniform entropy-coded codes (see `uniform`) with one
+scale per tensor, per output channel (last axis) or per row (first axis),
+each at the largest step whose relative RMSE stays within the tolerance.
+Sizes are estimated from the codes' order-0 entropy, which the PNG writer
+reaches within a few percent, plus tables, scales and outliers.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from weightroll.codecs import codebook, uniform
+
+# Search on a strided sample of this many values at most, then code the
+# whole tensor once at the chosen step.
+_SAMPLE = 1 << 16
+_STEP_ITERATIONS = 4
+_OUTLIER_BYTES = 8 + 4  # int64 index + the value (float32 assumed for the estimate)
+# A channel may be this many times worse than the tolerance (see coding_error).
+CHANNEL_FACTOR = 3.0
+
+
+@dataclasses.dataclass
+class Choice:
+    """The code chosen for one tensor.
+
+    Attributes:
+        kind: "exact", "lossless" or "uniform".
+        estimated_bytes: the size estimate that won.
+        code: a `uniform.UniformCode` for "uniform"; `(table, codes)` for
+            "lossless"; None for "exact".
+    """
+
+    kind: str
+    estimated_bytes: float
+    code: object
+
+
+def relative_rmse(original, decoded):
+    a = np.asarray(original, np.float64).reshape(-1)
+    e = a - np.asarray(decoded, np.float64).reshape(-1)
+    ref, sq = float(np.dot(a, a)), float(np.dot(e, e))
+    if ref > 0:
+        return float(np.sqrt(sq / ref))
+    return 0.0 if sq == 0 else float("inf")
+
+
+def entropy_bytes(codes):
+    if codes.size == 0:
+        return 0.0
+    p = np.bincount(codes, minlength=256)
+    p = p[p > 0] / codes.size
+    return float(-(p * np.log2(p)).sum()) * codes.size / 8
+
+
+def uniform_bytes(code):
+    scales = 0 if code.scales is None else 4 * code.scales.size
+    return entropy_bytes(code.codes) + 4 * code.table.size + scales + _OUTLIER_BYTES * code.outlier_index.size
+
+
+def _axes(shape):
+    """Scale axes worth trying: none, the output channels (last axis) and,
+    for matrices such as embedding tables, the rows."""
+    if len(shape) < 2:
+        return [None]
+    return [None, len(shape) - 1] + ([0] if len(shape) == 2 and shape[0] > 1 else [])
+
+
+def _view(x):
+    """`x` as a matrix of output channels (columns), or a vector."""
+    return x.reshape(-1, x.shape[-1]) if x.ndim >= 2 else x.reshape(-1)
+
+
+def _sample(view):
+    """Every k-th row of the channel matrix: each channel keeps its samples."""
+    stride = max(1, view.size // _SAMPLE)
+    return view[::stride]
+
+
+def coding_error(original, decoded):
+    """The error a tolerance bounds: the tensor's relative RMSE, or, if larger,
+    a third of its worst output channel's, so that no channel (one a batch
+    normalisation will rescale, say) is wiped out under a tolerance that only
+    looks at the whole tensor."""
+    err = relative_rmse(original, decoded)
+    if np.ndim(original) >= 2 and err < np.inf:
+        a = np.asarray(original, np.float64)
+        e = a - np.asarray(decoded, np.float64)
+        other = tuple(range(a.ndim - 1))
+        ref, sq = np.sum(a * a, axis=other), np.sum(e * e, axis=other)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_channel = np.where(ref > 0, np.sqrt(sq / np.where(ref > 0, ref, 1)), np.where(sq > 0, np.inf, 0))
+        err = max(err, float(per_channel.max()) / CHANNEL_FACTOR)
+    return err
+
+
+def _largest_step(view, axis, tolerance):
+    """The largest grid step (found on a sample) whose error stays within tolerance."""
+    sample = _sample(view)
+    step = tolerance * np.sqrt(12.0)
+    best = None
+    for _ in range(_STEP_ITERATIONS):
+        err = coding_error(sample, uniform.encode(sample, step, axis).decoded)
+        if err <= tolerance:
+            best = step if best is None else max(best, step)
+        if err == 0:
+            break
+        step *= float(np.clip(tolerance / err, 0.5, 2.0)) * (0.995 if err > tolerance else 1.0)
+    return best if best is not None else step
+
+
+def choose(values, tolerance, itemsize):
+    """The cheapest code of `values` whose `coding_error` is at most `tolerance`.
+
+    Args:
+        values: a finite float array.
+        tolerance: the largest relative RMSE allowed, >= 0.
+        itemsize: bytes per value when stored exactly.
+
+    Returns:
+        A `Choice`.
+    """
+    x = np.asarray(values)
+    best = Choice("exact", float(x.size * itemsize), None)
+    table, codes = _lossless(x)
+    if table is not None:
+        cost = entropy_bytes(codes) + 4 * table.size
+        if cost < best.estimated_bytes:
+            best = Choice("lossless", cost, (table, codes))
+    if tolerance <= 0 or x.size < 64:
+        return best
+    view = _view(x)
+    for axis in _axes(x.shape):
+        view_axis = None if axis is None else (0 if axis == 0 else 1)
+        step = _largest_step(view, view_axis, tolerance)
+        for _ in range(4):
+            code = uniform.encode(x, step, axis)
+            err = coding_error(x, code.decoded)
+            if err <= tolerance:
+                break
+            step *= 0.97 * tolerance / err
+        else:
+            continue
+        cost = uniform_bytes(code)
+        if cost < best.estimated_bytes:
+            best = Choice("uniform", cost, code)
+    return best
+
+
+def _lossless(x):
+    """A lossless float32 codebook when `x` has at most 256 distinct values."""
+    flat = x.reshape(-1)
+    if flat.size == 0 or flat.dtype.itemsize > 4 and not np.array_equal(flat, flat.astype(np.float32)):
+        return None, None
+    distinct = np.unique(flat.astype(np.float32))
+    if distinct.size > 256:
+        return None, None
+    return codebook.fit_codebook(flat, 8)
