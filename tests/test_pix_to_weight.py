@@ -105,7 +105,7 @@ def test_keras_network_and_numpy_fast_path_agree_bit_for_bit(archive_path):
 
 def test_decoder_config_holds_no_code(archive_path):
     with _archive.RolledArchive(archive_path) as archive:
-        config = mf.loads(archive.member(mf.DECODER_CONFIG_MEMBER), "decoder.json")
+        config = mf.loads(archive.decoder_config_json(), "decoder.json")
     classes = set()
 
     def walk(node):

@@ -50,12 +50,11 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
     weight_entries, decoder_bin = _pack_arrays(
         encoded.decoder_arrays, decoder_array_names(kind, len(encoded.decoder_arrays))
     )
-    architecture_zst = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True).compress(
-        architecture_json
-    )
+    packer = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True)
+    architecture_zst = packer.compress(architecture_json)
     payload = [
         (mf.IMAGE_MEMBER, png),
-        (mf.DECODER_CONFIG_MEMBER, decoder_config_json),
+        (mf.DECODER_CONFIG_MEMBER, packer.compress(decoder_config_json)),
         (mf.DECODER_WEIGHTS_MEMBER, decoder_bin),
         (mf.ARCHITECTURE_MEMBER, architecture_zst),
     ]
@@ -68,6 +67,7 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
         "model": model_info,
         "image": {"member": mf.IMAGE_MEMBER, "width": width, "height": height, "codes": int(encoded.codes.size)},
         "decoder": dict(encoded.decoder, config_member=mf.DECODER_CONFIG_MEMBER,
+                        config_size=len(decoder_config_json),
                         weights_member=mf.DECODER_WEIGHTS_MEMBER, weights=weight_entries),
         "architecture": {"member": mf.ARCHITECTURE_MEMBER, "size": len(architecture_json)},
         "tensors": encoded.tensors,
@@ -126,24 +126,29 @@ class RolledArchive:
 
     def architecture_json(self):
         """The model's architecture JSON bytes, decompressed within the declared size."""
-        declared = self.manifest["architecture"]["size"]
-        data = self.member(mf.ARCHITECTURE_MEMBER)
+        return self._zstd_member(mf.ARCHITECTURE_MEMBER, self.manifest["architecture"]["size"])
+
+    def decoder_config_json(self):
+        """The pix-to-weight network's Keras config JSON bytes."""
+        return self._zstd_member(mf.DECODER_CONFIG_MEMBER, self.manifest["decoder"]["config_size"])
+
+    def _zstd_member(self, name, declared):
+        """A zstd-compressed member's content, never more than `declared` bytes."""
+        data = self.member(name)
         try:
             size = zstandard.frame_content_size(data)
         except zstandard.ZstdError as e:
-            raise ArchiveError(f"'{mf.ARCHITECTURE_MEMBER}' is not a zstd frame ({e}).") from None
+            raise ArchiveError(f"'{name}' is not a zstd frame ({e}).") from None
         if size not in (-1, declared):  # -1: the frame does not say
-            raise ArchiveError(
-                f"'{mf.ARCHITECTURE_MEMBER}' declares {size} bytes but manifest.json says {declared}."
-            )
+            raise ArchiveError(f"'{name}' declares {size} bytes but manifest.json says {declared}.")
         try:
             reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
             out = reader.read(declared + 1)
         except zstandard.ZstdError as e:
-            raise ArchiveError(f"'{mf.ARCHITECTURE_MEMBER}' cannot be decompressed ({e}).") from None
+            raise ArchiveError(f"'{name}' cannot be decompressed ({e}).") from None
         if len(out) != declared:
             raise LimitError(
-                f"'{mf.ARCHITECTURE_MEMBER}' expands to {'more than ' if len(out) > declared else ''}"
+                f"'{name}' expands to {'more than ' if len(out) > declared else ''}"
                 f"{len(out)} bytes; manifest.json declares {declared}."
             )
         return out
@@ -240,8 +245,28 @@ def decode_tensor(entry, codes, table, scales, exact_bytes, kind):
     return array
 
 
-def decode(archive):
+def base_index(arrays):
+    """Index base tensors by `(dtype, shape, sha256)` for reference look-ups.
+
+    Args:
+        arrays: an iterable of numpy arrays, or a dict whose values are.
+    """
+    if isinstance(arrays, dict):
+        arrays = arrays.values()
+    index = {}
+    for array in arrays:
+        array = np.asarray(array)
+        index.setdefault(_encode.reference_key(array), array)
+    return index
+
+
+def decode(archive, base=None):
     """Decode every tensor of an open archive and verify its digest.
+
+    Args:
+        archive: an open `RolledArchive`.
+        base: for archives that reference a base model's tensors, a dict
+            from `base_index`.
 
     Returns:
         A dict mapping variable path to a numpy array of the recorded shape and dtype.
@@ -254,8 +279,25 @@ def decode(archive):
     table, scales = lookup_tables(archive) if coded else (None, None)
     has_exact = mf.EXACT_MEMBER in manifest["members"]
     exact_bytes = archive.member(mf.EXACT_MEMBER) if has_exact else b""
+    references = [t for t in tensors if t["storage"] == "reference"]
+    if references and base is None:
+        raise ArchiveError(
+            f"This archive stores {len(references)} tensors as references to a base model "
+            f"(e.g. '{mf._short(references[0]['path'])}'); pass the base it was rolled against "
+            "(`base=`) to load it."
+        )
     out = {}
     for t in tensors:
+        if t["storage"] == "reference":
+            key = (t["dtype"], tuple(t["shape"]), t["sha256"])
+            if key not in base:
+                raise ArchiveError(
+                    f"Tensor '{mf._short(t['path'])}' references a base tensor ({t['dtype']} "
+                    f"{t['shape']}, SHA-256 {t['sha256'][:12]}...) that the given base does not "
+                    "hold bit for bit; pass the exact base model the archive was rolled against."
+                )
+            out[t["path"]] = np.array(base[key], copy=True)
+            continue
         array = decode_tensor(t, codes, table, scales, exact_bytes, kind)
         if _encode.tensor_digest(array) != t["sha256"]:
             raise ArchiveError(
@@ -266,7 +308,7 @@ def decode(archive):
     return out
 
 
-def unroll(filepath):
+def unroll(filepath, base=None):
     """Decode a `.wroll` archive's weights without Keras or TensorFlow.
 
     Only numpy, pillow and zstandard are used, so light tools and other
@@ -274,6 +316,9 @@ def unroll(filepath):
 
     Args:
         filepath: path of the archive (or a binary file object).
+        base: for an archive rolled with `base=`, the base model's weights
+            as a dict or list of numpy arrays (e.g. `{v.path: v.numpy() for v
+            in base_model.variables}`). Defaults to `None`.
 
     Returns:
         A dict mapping each variable's path (e.g. `"dense/kernel"`) to a numpy
@@ -286,5 +331,6 @@ def unroll(filepath):
     print({path: w.shape for path, w in weights.items()})
     ```
     """
+    index = None if base is None else base_index(base)
     with RolledArchive(filepath) as archive:
-        return decode(archive)
+        return decode(archive, index)

@@ -105,7 +105,14 @@ def describe_settings(decoder, bits, tolerance, quality):
     return settings
 
 
-def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality=None, seed=0):
+def reference_key(array):
+    """How a base tensor is recognised: dtype, shape and SHA-256 of its bytes."""
+    array = np.asarray(array)
+    return array.dtype.name, tuple(int(d) for d in array.shape), tensor_digest(array)
+
+
+def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality=None, seed=0,
+           base_keys=None):
     """Quantise and code tensors.
 
     Args:
@@ -118,21 +125,28 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
             meeting it is chosen per tensor. A float, or a dict path -> float.
         quality: a preset name from `PRESETS`, mapped to a tolerance.
         seed: seed of the MLP fit (ignored by `"codebook"`).
+        base_keys: optional set of `reference_key`s of a base model's tensors;
+            a tensor bit-identical to one of them is stored as a reference.
 
     Returns:
         An `Encoded`.
     """
     bits, tolerance = resolve_quality(decoder, bits, tolerance, quality)
-    plans = []  # (path, array, dtype name, codable?)
+    plans, referenced = [], {}  # plans: (path, array, dtype name, codable?)
     for path, array in named_tensors:
         array = np.asarray(array)
         dtype = _dtype_name(array, path)
-        codable = dtype in mf.CODED_DTYPES and array.size > 0 and bool(np.all(np.isfinite(array)))
+        if base_keys and array.size and reference_key(array) in base_keys:
+            referenced[path] = array
+            codable = False
+        else:
+            codable = dtype in mf.CODED_DTYPES and array.size > 0 and bool(np.all(np.isfinite(array)))
         plans.append((path, array, dtype, codable))
     if decoder == "mlp":
         per_tensor, section, arrays = _mlp(plans, bits, seed)
     else:
         per_tensor, section, arrays = _codebook(plans, bits, tolerance)
+    per_tensor = ["reference" if path in referenced else c for (path, *_), c in zip(plans, per_tensor)]
     return _assemble(plans, per_tensor, dict(section, bits=bits if bits is not None else 8), arrays)
 
 
@@ -141,7 +155,10 @@ def _assemble(plans, per_tensor, section, arrays):
     code_offset = byte_offset = 0
     for (path, array, dtype, _), coding in zip(plans, per_tensor):
         entry = {"path": path, "shape": [int(d) for d in array.shape], "dtype": dtype}
-        if coding is None:
+        if coding == "reference":
+            entry["storage"] = "reference"
+            out = array.copy()
+        elif coding is None:
             raw = little_endian_bytes(array)
             entry["storage"] = "exact"
             entry["bytes"] = {"offset": byte_offset, "size": len(raw)}

@@ -19,7 +19,7 @@ FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 
 MANIFEST_MEMBER = "manifest.json"
 IMAGE_MEMBER = "weights.png"
-DECODER_CONFIG_MEMBER = "decoder.json"
+DECODER_CONFIG_MEMBER = "decoder.json.zst"
 DECODER_WEIGHTS_MEMBER = "decoder.bin"
 ARCHITECTURE_MEMBER = "architecture.json.zst"
 EXACT_MEMBER = "exact.bin"
@@ -34,9 +34,8 @@ MLP_ACTIVATIONS = ("relu", "tanh")
 
 def dumps(obj):
     """Canonical JSON bytes: sorted keys, fixed separators, ASCII, no NaN."""
-    return (json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False) + "\n").encode(
-        "ascii"
-    )
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return (text + "\n").encode("ascii")
 
 
 def _no_duplicate_keys(pairs):
@@ -191,6 +190,9 @@ def validate(manifest, member_sizes):
     if not 1 <= bits <= 8:
         raise ArchiveError(f"manifest.json: decoder.bits must be in 1..8; received {bits}.")
     table_size, scales_size = _check_decoder_weights(decoder, kind, members)
+    if _get(decoder, "config_member", "str", "decoder") != DECODER_CONFIG_MEMBER:
+        raise ArchiveError(f"manifest.json: decoder.config_member must be '{DECODER_CONFIG_MEMBER}'.")
+    _get_count(decoder, "config_size", "decoder", limits.MAX_ARCHITECTURE_BYTES)
 
     architecture = _get(manifest, "architecture", "dict", "manifest")
     if _get(architecture, "member", "str", "architecture") != ARCHITECTURE_MEMBER:
@@ -366,8 +368,14 @@ def _check_tensors(manifest, kind, bits, n_codes, table_size, scales_size, membe
                     f"which is {exact_size} bytes."
                 )
             byte_ranges.append((offset, offset + nbytes, path))
+        elif storage == "reference":
+            if dtype not in EXACT_DTYPES:
+                raise ArchiveError(f"manifest.json: {where} has unsupported dtype {dtype[:20]!r}.")
         else:
-            raise ArchiveError(f"manifest.json: {where}.storage must be 'coded' or 'exact'; received {storage[:20]!r}.")
+            raise ArchiveError(
+                f"manifest.json: {where}.storage must be 'coded', 'exact' or 'reference'; "
+                f"received {storage[:20]!r}."
+            )
     _check_disjoint(code_ranges, "codes")
     _check_disjoint(byte_ranges, f"'{EXACT_MEMBER}' bytes")
 

@@ -4,7 +4,7 @@ from weightroll import _archive
 from weightroll._keras import model_io
 
 
-def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True):
+def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, base=None):
     """Load a model from a `.wroll` archive, like `keras.models.load_model`.
 
     Every member's checksum and every tensor's digest is verified; the weights
@@ -22,6 +22,10 @@ def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True):
             code (e.g. a `Lambda` layer's Python bytecode), exactly as Keras
             does. Only set `False` for archives from a trusted source.
             Defaults to `True`.
+        base: for an archive rolled with `base=`, the same base model (a
+            `keras.Model`, a `.keras` / `.weights.h5` file, or a dict of numpy
+            arrays); referenced tensors are filled in from it, and a base
+            whose tensors differ is refused. Defaults to `None`.
 
     Returns:
         A Keras model with the rolled weights.
@@ -33,9 +37,14 @@ def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True):
     predictions = model.predict(x)
     ```
     """
+    index = None
+    if base is not None:
+        from weightroll._keras.base import base_index
+
+        index = base_index(base)
     with _archive.RolledArchive(filepath) as archive:
         architecture = archive.architecture_json()
-        weights = _archive.decode(archive)
+        weights = _archive.decode(archive, index)
     model = model_io.rebuild(architecture, custom_objects=custom_objects, compile=compile,
                              safe_mode=safe_mode)
     model_io.assign(model, list(weights.items()))

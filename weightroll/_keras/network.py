@@ -67,7 +67,7 @@ def from_archive(archive):
 
     from weightroll._format import manifest as mf
 
-    config = mf.loads(archive.member(mf.DECODER_CONFIG_MEMBER), "decoder.json")
+    config = mf.loads(archive.decoder_config_json(), "decoder.json")
     network = keras.saving.deserialize_keras_object(config, safe_mode=True)
     arrays = archive.decoder_arrays()
     if archive.manifest["decoder"]["kind"] == "codebook":

@@ -59,14 +59,15 @@ def snapshot(model):
 
 
 def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None, quality=None,
-                   reference_outputs=None, validation_data=None, batch_size=None):
+                   reference_outputs=None, validation_data=None, batch_size=None, base_keys=None):
     """Encode a snapshot, measure its roll value and write the archive.
 
     Args:
         reference_outputs: the original model's outputs on `validation_data`
             (a list of arrays); required when `validation_data` is given.
     """
-    encoded = _encode.encode(snap.tensors, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality)
+    encoded = _encode.encode(snap.tensors, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
+                             base_keys=base_keys)
     settings = _encode.describe_settings(decoder, bits, tolerance, quality)
     originals = dict(snap.tensors)
     storage = {t["path"]: t["storage"] for t in encoded.tensors}
@@ -116,7 +117,7 @@ def _split_x(validation_data):
 
 
 def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, quality=None,
-         validation_data=None, batch_size=None):
+         validation_data=None, batch_size=None, base=None):
     """Roll a Keras model into a small `.wroll` archive.
 
     The weights become integer codes in one 8-bit grayscale PNG, a
@@ -148,6 +149,12 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
             outputs of the original and the rolled model are compared and
             stored in the roll value.
         batch_size: batch size for those predictions. Defaults to `None` (Keras's 32).
+        base: for transfer learning, the pre-trained model the weights came
+            from (a `keras.Model`, a `.keras` / `.weights.h5` file, or a dict
+            of numpy arrays). Every variable bit-identical to a base tensor is
+            stored as a reference (its SHA-256) instead of its values, so a
+            frozen base costs almost nothing; `load_rolled` then needs the same
+            `base=`. Defaults to `None`.
 
     Returns:
         A `RollReport` with the archive's size and the roll value.
@@ -161,6 +168,11 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
     """
     check_filepath(filepath)
     _encode.resolve_quality(decoder, bits, tolerance, quality)  # fail before any work
+    base_keys = None
+    if base is not None:
+        from weightroll._keras.base import base_index
+
+        base_keys = set(base_index(base))
     snap = snapshot(model)
     reference = None
     validation_x = None
@@ -168,4 +180,5 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
         validation_x = _split_x(validation_data)
         reference = model_io.predict_outputs(model, validation_x, batch_size)
     return write_snapshot(snap, filepath, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
-                          reference_outputs=reference, validation_data=validation_x, batch_size=batch_size)
+                          reference_outputs=reference, validation_data=validation_x, batch_size=batch_size,
+                          base_keys=base_keys)
