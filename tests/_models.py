@@ -58,3 +58,42 @@ def subclassed():
     x = np.random.default_rng(0).normal(size=(16, 10)).astype("float32")
     model(x)
     return model, x
+
+
+HT_VOCAB, HT_WIDTH, HT_FFN, HT_BLOCKS, HT_SEQ = 1000, 128, 512, 2, 16
+
+
+def heavy_tailed_transformer(seed=0):
+    """A transformer-like encoder whose kernels are heavy-tailed, as trained ones are.
+
+    Every kernel and the token embedding is Student-t (3 degrees of freedom)
+    at Glorot scale, and each feed-forward matrix has a few planted values of
+    100 standard deviations. The output is a mean-pooled embedding, compared
+    by cosine. Returns `(model, token_batch)`.
+    """
+    keras.utils.set_random_seed(seed)
+    tokens = keras.Input((HT_SEQ,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(HT_VOCAB, HT_WIDTH, name="tok_embed")(tokens)
+    for b in range(HT_BLOCKS):
+        h = keras.layers.LayerNormalization(name=f"ln_a{b}")(x)
+        h = keras.layers.MultiHeadAttention(4, HT_WIDTH // 4, name=f"attn{b}")(h, h)
+        x = keras.layers.Add(name=f"res_a{b}")([x, h])
+        h = keras.layers.LayerNormalization(name=f"ln_f{b}")(x)
+        h = keras.layers.Dense(HT_FFN, activation="gelu", name=f"ffn_in{b}")(h)
+        h = keras.layers.Dense(HT_WIDTH, name=f"ffn_out{b}")(h)
+        x = keras.layers.Add(name=f"res_f{b}")([x, h])
+    out = keras.layers.GlobalAveragePooling1D(name="pool")(keras.layers.LayerNormalization(name="ln_out")(x))
+    model = keras.Model(tokens, out, name="heavy_tailed_transformer")
+    rng = np.random.default_rng(seed)
+    for v in model.variables:
+        shape = tuple(v.shape)
+        if len(shape) < 2 or not v.path.endswith(("kernel", "embeddings")):
+            continue
+        fan_in, fan_out = int(np.prod(shape[:-1])), shape[-1]
+        std = np.sqrt(2.0 / (fan_in + fan_out))
+        w = rng.standard_t(3, size=shape) * std / np.sqrt(3.0)
+        if "ffn" in v.path:
+            w.reshape(-1)[rng.choice(w.size, 8, replace=False)] = 100 * std * rng.choice([-1, 1], 8)
+        v.assign(w.astype("float32"))
+    batch = rng.integers(0, HT_VOCAB, size=(256, HT_SEQ)).astype("int32")
+    return model, batch

@@ -75,9 +75,9 @@ def test_roll_value_is_stored_in_the_manifest(rolled):
     assert manifest["roll_value"]["outputs"] == report.roll_value["outputs"]
     for entry in manifest["tensors"]:
         assert entry["error"] == report.roll_value["tensors"][entry["path"]]
-    # The default preset ("balanced") keeps every tensor within a relative RMSE of 0.02.
-    assert 0 < report.roll_value["weights"]["relative_rmse"] <= 0.02
-    assert all(e["relative_rmse"] <= 0.02 for e in report.roll_value["tensors"].values())
+    # With calibration data the default allocates tolerances; each stays <= 0.5.
+    assert 0 < report.roll_value["weights"]["relative_rmse"] <= 0.5
+    assert all(e["relative_rmse"] <= 0.5 for e in report.roll_value["tensors"].values())
 
 
 def test_compile_false_gives_an_uncompiled_model(rolled):

@@ -47,7 +47,7 @@ def test_presets_map_to_their_documented_tolerance(preset):
 
 def test_default_is_the_balanced_preset():
     report = weightroll.roll(_model(), io.BytesIO())
-    assert report.settings == {"tolerance": 0.02, "quality": "balanced"}
+    assert report.settings == {"tolerance": _encode.PRESETS["balanced"], "quality": "balanced"}
 
 
 def test_tolerance_zero_stores_floats_exactly():

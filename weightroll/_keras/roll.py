@@ -59,16 +59,24 @@ def snapshot(model):
 
 
 def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None, quality=None,
-                   reference_outputs=None, validation_data=None, batch_size=None, base_keys=None):
+                   reference_outputs=None, validation_data=None, batch_size=None, base_keys=None,
+                   output_tolerance=None):
     """Encode a snapshot, measure its roll value and write the archive.
 
     Args:
         reference_outputs: the original model's outputs on `validation_data`
             (a list of arrays); required when `validation_data` is given.
+        output_tolerance: when not None (needs `validation_data`), tensors get
+            tolerances allocated by measured output sensitivity to meet it.
     """
+    settings = _encode.describe_settings(decoder, bits, tolerance, quality, output_tolerance)
+    if output_tolerance is not None:
+        from weightroll._keras.allocate import allocate
+
+        tolerance, _ = allocate(snap, validation_data, output_tolerance, batch_size)
+        bits = quality = None
     encoded = _encode.encode(snap.tensors, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
                              base_keys=base_keys)
-    settings = _encode.describe_settings(decoder, bits, tolerance, quality)
     originals = dict(snap.tensors)
     storage = {t["path"]: t["storage"] for t in encoded.tensors}
     per_tensor, overall = weights_roll_value(originals, encoded.decoded, storage)
@@ -117,7 +125,7 @@ def _split_x(validation_data):
 
 
 def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, quality=None,
-         validation_data=None, batch_size=None, base=None):
+         validation_data=None, output_tolerance=None, batch_size=None, base=None):
     """Roll a Keras model into a small `.wroll` archive.
 
     The weights become integer codes in one 8-bit grayscale PNG, a
@@ -142,12 +150,20 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
             Each tensor gets the cheapest code that meets it: exact storage,
             a lossless table, or entropy-coded uniform codes with per-tensor,
             per-channel or per-row scales and outliers stored exactly.
-        quality: a preset: `"lossless-ish"` (tolerance 0.005), `"balanced"`
-            (0.02, the default) or `"small"` (0.06).
+        quality: a preset: `"lossless-ish"`, `"balanced"` (the default) or
+            `"small"`. Without `validation_data` it sets a weight tolerance
+            (0.003, 0.01, 0.04); with it, an output tolerance (0.01, 0.04, 0.12).
         validation_data: optional inputs for the model (what `model.predict`
             takes; for a tuple `(x, y)` the `x` is used). When given, the
             outputs of the original and the rolled model are compared and
-            stored in the roll value.
+            stored in the roll value, and, unless `bits` or `tolerance` is
+            set, bits are spent where the outputs are sensitive: each
+            tensor's effect on the outputs is measured on (up to 256 of)
+            these samples and tolerances are allocated to reach the output
+            tolerance with the smallest archive.
+        output_tolerance: the largest relative RMSE of the outputs on
+            `validation_data` (e.g. `0.04`, about cosine 0.999); overrides
+            the preset's.
         batch_size: batch size for those predictions. Defaults to `None` (Keras's 32).
         base: for transfer learning, the pre-trained model the weights came
             from (a `keras.Model`, a `.keras` / `.weights.h5` file, or a dict
@@ -168,6 +184,8 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
     """
     check_filepath(filepath)
     _encode.resolve_quality(decoder, bits, tolerance, quality)  # fail before any work
+    output_tolerance = _encode.resolve_output_tolerance(
+        decoder, bits, tolerance, quality, output_tolerance, validation_data is not None)
     base_keys = None
     if base is not None:
         from weightroll._keras.base import base_index
@@ -181,4 +199,4 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
         reference = model_io.predict_outputs(model, validation_x, batch_size)
     return write_snapshot(snap, filepath, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
                           reference_outputs=reference, validation_data=validation_x, batch_size=batch_size,
-                          base_keys=base_keys)
+                          base_keys=base_keys, output_tolerance=output_tolerance)

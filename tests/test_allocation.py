@@ -1,0 +1,76 @@
+"""Rate-distortion allocation with calibration data, on the heavy-tailed transformer-like model."""
+
+import io
+
+import numpy as np
+import pytest
+
+import weightroll
+from tests import _models
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    return _models.heavy_tailed_transformer()
+
+
+def _cosine(a, b):
+    return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def _held_out():
+    return np.random.default_rng(99).integers(0, _models.HT_VOCAB, size=(128, _models.HT_SEQ)).astype("int32")
+
+
+def test_default_setting_keeps_heavy_tailed_outputs_within_cosine_0_999(transformer):
+    model, _ = transformer
+    buf = io.BytesIO()
+    weightroll.roll(model, buf)
+    buf.seek(0)
+    x = _held_out()
+    assert _cosine(model.predict(x, verbose=0), weightroll.load_rolled(buf).predict(x, verbose=0)) >= 0.999
+
+
+def test_allocation_meets_the_output_tolerance_on_the_calibration_data(transformer):
+    model, x = transformer
+    report = weightroll.roll(model, io.BytesIO(), validation_data=x, output_tolerance=0.045)
+    assert report.settings == {"output_tolerance": 0.045}
+    assert report.roll_value["outputs"]["relative_rmse"] <= 0.045
+    assert report.roll_value["outputs"]["cosine"] >= 0.999
+
+
+def test_allocation_spends_fewer_bits_than_one_tolerance_for_all(transformer):
+    model, x = transformer
+    allocated = weightroll.roll(model, io.BytesIO(), validation_data=x, output_tolerance=0.045)
+    # The weights-only tolerance that reaches at least the same output quality:
+    uniform = weightroll.roll(model, io.BytesIO(), validation_data=x, tolerance=0.0125)
+    assert uniform.roll_value["outputs"]["relative_rmse"] <= 0.045
+    assert allocated.archive_bytes < 0.95 * uniform.archive_bytes
+
+
+def test_sensitive_tensors_get_finer_codes(transformer):
+    model, x = transformer
+    report = weightroll.roll(model, io.BytesIO(), validation_data=x)
+    errors = {path: e["relative_rmse"] for path, e in report.roll_value["tensors"].items()}
+    value = [e for p, e in errors.items() if "value/kernel" in p]
+    query = [e for p, e in errors.items() if "query/kernel" in p]
+    assert max(value) < min(query)  # attention logits tolerate far more noise than values
+
+
+def test_output_tolerance_needs_validation_data(transformer):
+    model, _ = transformer
+    with pytest.raises(weightroll.WrollError, match="needs `validation_data`"):
+        weightroll.roll(model, io.BytesIO(), output_tolerance=0.04)
+
+
+def test_output_tolerance_excludes_bits(transformer):
+    model, x = transformer
+    with pytest.raises(weightroll.WrollError, match="cannot be combined"):
+        weightroll.roll(model, io.BytesIO(), validation_data=x, output_tolerance=0.04, bits=8)
+
+
+def test_bits_with_validation_data_only_measures(transformer):
+    model, x = transformer
+    report = weightroll.roll(model, io.BytesIO(), validation_data=x, bits=8)
+    assert report.settings == {"bits": 8}
+    assert report.roll_value["outputs"] is not None
