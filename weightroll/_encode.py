@@ -3,8 +3,10 @@
 Numpy only: this module knows nothing of Keras or of the zip container.
 """
 
+import concurrent.futures
 import dataclasses
 import hashlib
+import os
 
 import numpy as np
 
@@ -225,34 +227,54 @@ def _assemble(plans, per_tensor, section, arrays):
     return Encoded(entries, codes, section, arrays, b"".join(exact_parts), decoded)
 
 
+def _code_one(plan, bits, tolerance):
+    """One tensor's coding (None: store it exactly). Pure, so tensors run in parallel."""
+    path, array, dtype, codable = plan
+    if not codable:
+        return None
+    if bits is not None:
+        if not codebook_pays(array.size, array.dtype.itemsize, bits):
+            return None
+        table, codes = codebook.fit_codebook(array, bits)
+        return {"table": table, "codes": codes, "values": table[codes], "entry": {"quantizer": "kmeans"}}
+    tol = tolerance.get(path, 0.0) if isinstance(tolerance, dict) else tolerance
+    choice = select.choose(array, tol, array.dtype.itemsize)
+    if choice.kind == "lossless":
+        table, codes = choice.code
+        return {"table": table, "codes": codes, "values": table[codes], "entry": {"quantizer": "lossless"}}
+    if choice.kind == "uniform":
+        code = choice.code
+        coding = {"table": code.table, "codes": code.codes, "values": code.decoded.reshape(-1),
+                  "outliers": code.outlier_index, "entry": {"quantizer": "uniform", "step": float(code.step)}}
+        if code.scales is not None:
+            coding["scales"] = code.scales
+            coding["entry"]["scales"] = {"axis": int(code.axis), "count": int(code.scales.size)}
+        return coding
+    return None
+
+
+def _parallel_map(function, items):
+    """`map` over a small thread pool: numpy releases the GIL in the heavy parts."""
+    workers = min(len(items), os.cpu_count() or 1, 8)
+    if workers <= 1:
+        return [function(item) for item in items]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, items))
+
+
 def _codebook(plans, bits, tolerance):
     tables, scale_parts = [], [np.ones(1, np.float32)]  # scales[0] == 1: "no scale"
     table_offset, scale_offset = 0, 1
+    # Largest tensors first keeps both workers busy; results keep archive order.
+    order = sorted(range(len(plans)), key=lambda i: -plans[i][1].size)
+    codings = dict(zip(order, _parallel_map(lambda i: _code_one(plans[i], bits, tolerance), order)))
     per_tensor = []
-    for path, array, dtype, codable in plans:
-        coding = None
-        if codable and bits is not None:
-            if codebook_pays(array.size, array.dtype.itemsize, bits):
-                table, codes = codebook.fit_codebook(array, bits)
-                coding = {"table": table, "codes": codes, "values": table[codes],
-                          "entry": {"quantizer": "kmeans"}}
-        elif codable:
-            tol = tolerance.get(path, 0.0) if isinstance(tolerance, dict) else tolerance
-            choice = select.choose(array, tol, array.dtype.itemsize)
-            if choice.kind == "lossless":
-                table, codes = choice.code
-                coding = {"table": table, "codes": codes, "values": table[codes],
-                          "entry": {"quantizer": "lossless"}}
-            elif choice.kind == "uniform":
-                code = choice.code
-                coding = {"table": code.table, "codes": code.codes, "values": code.decoded.reshape(-1),
-                          "outliers": code.outlier_index,
-                          "entry": {"quantizer": "uniform", "step": float(code.step)}}
-                if code.scales is not None:
-                    coding["entry"]["scales"] = {"offset": scale_offset, "axis": int(code.axis),
-                                                 "count": int(code.scales.size)}
-                    scale_parts.append(code.scales)
-                    scale_offset += code.scales.size
+    for i in range(len(plans)):
+        coding = codings[i]
+        if coding is not None and "scales" in coding:
+            coding["entry"]["scales"]["offset"] = scale_offset
+            scale_parts.append(coding["scales"])
+            scale_offset += coding["scales"].size
         if coding is not None:
             coding["entry"]["table"] = {"offset": table_offset, "size": int(coding["table"].size)}
             tables.append(coding["table"])

@@ -7,25 +7,41 @@ import numpy as np
 from weightroll._format.manifest import finite_or_none
 
 
+def _sum_sq(v):
+    v = np.asarray(v).reshape(-1)
+    if v.dtype not in (np.float32, np.float64):
+        v = v.astype(np.float64)
+    return float(np.dot(v, v))
+
+
 def tensor_error(original, decoded):
-    """Relative RMSE and max absolute error of one tensor (0 for exact ones)."""
-    a = np.asarray(original, np.float64).reshape(-1)
-    b = np.asarray(decoded, np.float64).reshape(-1)
-    if a.size == 0:
-        return {"relative_rmse": 0.0, "max_abs_error": 0.0}
-    err = a - b
+    """Relative RMSE and max absolute error of one tensor, with the sums behind them.
+
+    Returns:
+        `(error, sq_err, sq_ref)`: the dict stored in the manifest, and the
+        squared error and squared norm (for the overall figure).
+    """
+    a = np.asarray(original).reshape(-1)
+    b = np.asarray(decoded).reshape(-1)
+    if a.size == 0 or not np.issubdtype(a.dtype, np.floating):
+        exact = a.size == 0 or bool(np.array_equal(a, b))
+        return {"relative_rmse": 0.0 if exact else None, "max_abs_error": 0.0 if exact else None}, 0.0, 0.0
     with np.errstate(invalid="ignore", over="ignore"):
-        err[np.isnan(err) & (np.isnan(a) & np.isnan(b))] = 0.0  # NaN stored as NaN
-        err[(a == b)] = 0.0  # includes matching infinities
-    sq_err = float(np.dot(err, err))
-    sq_ref = float(np.dot(a, a)) if np.all(np.isfinite(a)) else float("inf")
+        err = a - b.astype(a.dtype)
+        if not np.all(np.isfinite(err)):  # matching infinities and NaNs are no error
+            err = np.where((a == b) | (np.isnan(a) & np.isnan(b)), 0, err)
+    sq_err = _sum_sq(err)
+    finite = bool(np.all(np.isfinite(a)))
+    sq_ref = _sum_sq(a) if finite else float("inf")
     if sq_err == 0.0:
         rel = 0.0
     elif sq_ref == 0.0:
         rel = float("inf")
     else:
         rel = float(np.sqrt(sq_err / sq_ref))
-    return {"relative_rmse": finite_or_none(rel), "max_abs_error": finite_or_none(np.max(np.abs(err)))}
+    max_err = float(np.max(np.abs(err))) if err.size else 0.0
+    return ({"relative_rmse": finite_or_none(rel), "max_abs_error": finite_or_none(max_err)},
+            sq_err, sq_ref if finite else 0.0)
 
 
 def weights_roll_value(originals, decoded, storage):
@@ -34,7 +50,7 @@ def weights_roll_value(originals, decoded, storage):
     Args:
         originals: dict path -> original array.
         decoded: dict path -> decoded array.
-        storage: dict path -> "coded" or "exact".
+        storage: dict path -> "coded", "exact" or "reference".
 
     Returns:
         `(per_tensor, overall)`; only float tensors count towards `overall`.
@@ -42,18 +58,15 @@ def weights_roll_value(originals, decoded, storage):
     per_tensor, sq_err, sq_ref, max_err = {}, 0.0, 0.0, 0.0
     coded = exact = 0
     for path, original in originals.items():
-        per_tensor[path] = tensor_error(original, decoded[path])
-        a = np.asarray(original)
+        error, e2, r2 = tensor_error(original, decoded[path])
+        per_tensor[path] = error
+        sq_ref += r2
         if storage[path] == "coded":
-            coded += a.size
-            e = a.astype(np.float64).reshape(-1) - np.asarray(decoded[path], np.float64).reshape(-1)
-            sq_err += float(np.dot(e, e))
-            sq_ref += float(np.dot(a.astype(np.float64).reshape(-1), a.astype(np.float64).reshape(-1)))
-            max_err = max(max_err, per_tensor[path]["max_abs_error"] or 0.0)
+            coded += np.size(original)
+            sq_err += e2
+            max_err = max(max_err, error["max_abs_error"] or 0.0)
         else:
-            exact += a.size
-            if np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)):
-                sq_ref += float(np.dot(a.astype(np.float64).reshape(-1), a.astype(np.float64).reshape(-1)))
+            exact += np.size(original)
     overall = {
         "relative_rmse": finite_or_none(np.sqrt(sq_err / sq_ref)) if sq_ref > 0 else 0.0,
         "max_abs_error": finite_or_none(max_err),

@@ -68,7 +68,7 @@ def encode_png(codes, compress_level=9):
     rows[:, 1:] = pixels.reshape(height, width)
     raw = rows.tobytes()
     strategies = [zlib.Z_HUFFMAN_ONLY]
-    if code_entropy_bits(codes) < _TRY_LZ77_BELOW_BITS:
+    if code_entropy_bits(codes[:: max(1, codes.size >> 20)]) < _TRY_LZ77_BELOW_BITS:  # on <= ~1M codes
         strategies.append(zlib.Z_DEFAULT_STRATEGY)
     best = None
     for strategy in strategies:

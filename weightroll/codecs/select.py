@@ -39,10 +39,18 @@ class Choice:
     code: object
 
 
+def _energy(v):
+    """Sum of squares; float32 data is summed by BLAS (accurate to ~1e-6 here)."""
+    v = v.reshape(-1)
+    if v.dtype not in (np.float32, np.float64):
+        v = v.astype(np.float32)
+    return float(np.dot(v, v))
+
+
 def relative_rmse(original, decoded):
-    a = np.asarray(original, np.float64).reshape(-1)
-    e = a - np.asarray(decoded, np.float64).reshape(-1)
-    ref, sq = float(np.dot(a, a)), float(np.dot(e, e))
+    a = np.asarray(original)
+    e = a - np.asarray(decoded, dtype=a.dtype)
+    ref, sq = _energy(a), _energy(e)
     if ref > 0:
         return float(np.sqrt(sq / ref))
     return 0.0 if sq == 0 else float("inf")
@@ -87,33 +95,46 @@ def coding_error(original, decoded):
     looks at the whole tensor."""
     err = relative_rmse(original, decoded)
     if np.ndim(original) >= 2 and err < np.inf:
-        a = np.asarray(original, np.float64)
-        e = a - np.asarray(decoded, np.float64)
-        other = tuple(range(a.ndim - 1))
-        ref, sq = np.sum(a * a, axis=other), np.sum(e * e, axis=other)
+        a = np.asarray(original).reshape(-1, np.shape(original)[-1])
+        e = a - np.asarray(decoded, dtype=a.dtype).reshape(a.shape)
+        ref, sq = np.einsum("ij,ij->j", a, a), np.einsum("ij,ij->j", e, e)
         with np.errstate(divide="ignore", invalid="ignore"):
             per_channel = np.where(ref > 0, np.sqrt(sq / np.where(ref > 0, ref, 1)), np.where(sq > 0, np.inf, 0))
         err = max(err, float(per_channel.max()) / CHANNEL_FACTOR)
     return err
 
 
-def _largest_step(view, axis, tolerance):
-    """The largest grid step (found on a sample) whose error stays within tolerance."""
-    sample = _sample(view)
+def _largest_step(sample, axis, tolerance):
+    """The largest grid step whose error on `sample` stays within tolerance.
+
+    Returns:
+        `(step, code)`: the step and the sample's code at that step.
+    """
     step = tolerance * np.sqrt(12.0)
     best = None
     for _ in range(_STEP_ITERATIONS):
-        err = coding_error(sample, uniform.encode(sample, step, axis).decoded)
-        if err <= tolerance:
-            best = step if best is None else max(best, step)
+        code = uniform.encode(sample, step, axis)
+        err = coding_error(sample, code.decoded)
+        if err <= tolerance and (best is None or step > best[0]):
+            best = (step, code)
         if err == 0:
             break
         step *= float(np.clip(tolerance / err, 0.5, 2.0)) * (0.995 if err > tolerance else 1.0)
-    return best if best is not None else step
+    return best if best is not None else (step, uniform.encode(sample, step, axis))
+
+
+def _estimate_bytes(sample_code, n, scale_count):
+    """A whole tensor's coded size, extrapolated from its sample's code."""
+    m = sample_code.codes.size
+    per_value = (entropy_bytes(sample_code.codes) + _OUTLIER_BYTES * sample_code.outlier_index.size) / m
+    return per_value * n + 4 * sample_code.table.size + 4 * scale_count
 
 
 def choose(values, tolerance, itemsize):
     """The cheapest code of `values` whose `coding_error` is at most `tolerance`.
+
+    Each scale layout is tried on a sample (all of a small tensor); the
+    cheapest estimate is then coded in full and its error checked.
 
     Args:
         values: a finite float array.
@@ -133,27 +154,32 @@ def choose(values, tolerance, itemsize):
     if tolerance <= 0 or x.size < 64:
         return best
     view = _view(x)
+    sample = _sample(view)
+    candidates = []
     for axis in _axes(x.shape):
         view_axis = None if axis is None else (0 if axis == 0 else 1)
-        step = _largest_step(view, view_axis, tolerance)
-        for _ in range(4):
-            code = uniform.encode(x, step, axis)
-            err = coding_error(x, code.decoded)
-            if err <= tolerance:
-                break
-            step *= 0.97 * tolerance / err
-        else:
-            continue
-        cost = uniform_bytes(code)
-        if cost < best.estimated_bytes:
-            best = Choice("uniform", cost, code)
+        step, code = _largest_step(sample, view_axis, tolerance)
+        scale_count = 0 if axis is None else x.shape[axis]
+        candidates.append((_estimate_bytes(code, x.size, scale_count), axis, step))
+    estimate, axis, step = min(candidates, key=lambda c: c[0])
+    if estimate >= best.estimated_bytes:
+        return best
+    for _ in range(6):
+        code = uniform.encode(x, step, axis)
+        err = coding_error(x, code.decoded)
+        if err <= tolerance:
+            cost = uniform_bytes(code)
+            return Choice("uniform", cost, code) if cost < best.estimated_bytes else best
+        step *= 0.97 * tolerance / err
     return best
 
 
 def _lossless(x):
     """A lossless float32 codebook when `x` has at most 256 distinct values."""
     flat = x.reshape(-1)
-    if flat.size == 0 or flat.dtype.itemsize > 4 and not np.array_equal(flat, flat.astype(np.float32)):
+    if flat.size == 0 or np.unique(flat[:4096]).size > 256:  # cheap early exit
+        return None, None
+    if flat.dtype.itemsize > 4 and not np.array_equal(flat, flat.astype(np.float32)):
         return None, None
     distinct = np.unique(flat.astype(np.float32))
     if distinct.size > 256:
