@@ -88,7 +88,8 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
             reference_outputs, model_io.predict_outputs(rolled, validation_data, batch_size)
         )
     for entry in encoded.tensors:
-        entry["error"] = per_tensor[entry["path"]]
+        if entry["storage"] == "coded":  # exact and referenced tensors have no error
+            entry["error"] = per_tensor[entry["path"]]
     net = network.build(encoded.decoder, encoded.decoder_arrays)
     members, _ = _archive.build_members(
         encoded,

@@ -1,0 +1,828 @@
+"""Regenerate the `.wroll` format test vectors (spec/wroll-v1.md, "Test vectors").
+
+Usage:
+
+    TF_CPP_MIN_LOG_LEVEL=2 python spec/vectors/make_vectors.py [OUTDIR]
+    TF_CPP_MIN_LOG_LEVEL=2 python spec/vectors/make_vectors.py --example [ARCHIVE]
+
+The first form writes every vector into OUTDIR (default: the folder of this
+script). The second prints the byte-level worked example of spec/wroll-v1.md
+for ARCHIVE (default: the committed `dense_codebook_2bit.wroll`).
+
+Valid vectors are written by `weightroll.roll` from tiny Keras models whose
+weights are fixed numbers set with `layer.set_weights` (nothing is trained or
+drawn at random). Invalid vectors are derived from valid ones by one documented
+edit each and listed in `invalid/index.json` with the rejection rule (R..) of
+the spec, the exception class and a stable fragment of its message.
+
+The output is a function of the inputs and of the library versions recorded in
+`environment.json` (Python's zipfile and zlib, libzstd, Keras's config format,
+the BLAS and SIMD code paths numpy takes in the MLP fit).
+"""
+
+import hashlib
+import io
+import json
+import os
+import platform
+import re
+import struct
+import sys
+import warnings
+import zipfile
+import zlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLE = "dense_codebook_2bit"
+
+# --- valid vectors -------------------------------------------------------------
+
+
+def _reset_names():
+    """Reset Keras's auto-naming counters: a seed generator's variable path
+    (`seed_generator_N/...`) depends on how many were made before."""
+    import keras
+
+    try:
+        keras.utils.clear_session(free_memory=False)  # skips a slow gc.collect()
+    except TypeError:  # Keras before 3.6
+        keras.utils.clear_session()
+
+
+def _dense_model(name, kernel, bias, dtype=None, dropout_seed=None):
+    """Input(4) -> Dense(3) [-> Dropout], every name explicit, weights fixed."""
+    import keras
+
+    _reset_names()
+    inputs = keras.Input(shape=(4,), name="x")
+    dense = keras.layers.Dense(3, name="dense", dtype=dtype)
+    outputs = dense(inputs)
+    if dropout_seed is not None:
+        outputs = keras.layers.Dropout(0.5, seed=dropout_seed, name="dropout")(outputs)
+    model = keras.Model(inputs, outputs, name=name)
+    dense.set_weights([np.asarray(kernel), np.asarray(bias)])
+    return model
+
+
+def _model_dense_codebook_2bit():
+    # Four distinct kernel values: a 2-bit codebook holds them exactly.
+    kernel = np.array(
+        [[0.1, -0.2, 1.5], [-0.75, 0.1, -0.2], [1.5, -0.75, 0.1], [-0.2, 1.5, -0.75]], np.float32
+    )
+    bias = np.array([0.125, -0.5, 0.0], np.float32)
+    return _dense_model("tiny", kernel, bias)
+
+
+def _model_dense_reference():
+    """A fine-tuned model whose kernel is bit-identical to the base's (frozen)."""
+    base = _model_dense_codebook_2bit()
+    kernel = base.get_layer("dense").get_weights()[0]
+    return _dense_model("tiny_finetuned", kernel, np.array([1.0, 2.0, 3.0], np.float32))
+
+
+def _base_of_dense_reference():
+    """The base model's tensors, as `weightroll.roll(base=...)` takes them."""
+    return {v.path: np.array(v.numpy()) for v in _model_dense_codebook_2bit().variables}
+
+
+def _model_dense_dropout_exact():
+    kernel = (np.arange(12, dtype=np.float32).reshape(4, 3) / 8 - 0.5).astype(np.float32)
+    bias = np.array([0.25, -1.0, 2.0], np.float32)
+    return _dense_model("tiny_dropout", kernel, bias, dropout_seed=1234)
+
+
+def _model_dense_mlp_8bit():
+    kernel = np.array(
+        [[0.31, -0.52, 0.08], [0.77, -0.12, -0.94], [0.45, 0.02, -0.33], [-0.61, 0.89, 0.14]], np.float32
+    )
+    bias = np.array([0.05, -0.07, 0.11], np.float32)
+    return _dense_model("tiny_mlp", kernel, bias)
+
+
+def _model_dense_float16_1bit():
+    kernel = np.array(
+        [[0.3, -0.7, 0.2], [-0.5, 0.9, -0.1], [0.6, -0.4, 0.8], [-0.3, 0.1, -0.9]], np.float16
+    )
+    bias = np.array([0.01, -0.02, 0.03], np.float16)
+    return _dense_model("tiny_float16", kernel, bias, dtype="float16")
+
+
+def _model_dense_codebook_8bit():
+    import keras
+
+    _reset_names()
+    inputs = keras.Input(shape=(16,), name="x")
+    dense = keras.layers.Dense(24, name="dense")
+    model = keras.Model(inputs, dense(inputs), name="small")
+    # 384 distinct multiples of 1/512 (exact in float32): more than 2**8, so
+    # the 8-bit codebook is lossy.
+    i = np.arange(384)
+    kernel = ((((i * 7919) % 1009) - 504) / 512).astype(np.float32).reshape(16, 24)
+    dense.set_weights([kernel, np.zeros(24, np.float32)])
+    return model
+
+
+def _model_dense_tolerance():
+    import keras
+
+    _reset_names()
+    inputs = keras.Input(shape=(8,), name="x")
+    hidden = keras.layers.Dense(16, name="hidden")
+    head = keras.layers.Dense(4, name="head")
+    model = keras.Model(inputs, head(hidden(inputs)), name="tolerance")
+    # Every number is a small multiple of a power of two: exact in float32.
+    i = np.arange(128)
+    columns = np.array([2.0 ** (k % 8 - 4) for k in range(16)])  # channel scales 1/16 .. 8
+    kernel1 = ((((i * 37) % 101) - 50) / 64.0).reshape(8, 16) * columns
+    bias1 = np.array([0.0, 0.5] * 8)  # two distinct values: a lossless table
+    j = np.arange(64)
+    kernel2 = (((j * 53) % 67) - 33) / 128.0
+    kernel2[[5, 40]] = [24.0, -31.5]  # far beyond 127 grid steps: outliers
+    bias2 = np.array([0.25, -0.25, 0.125, 0.0])
+    hidden.set_weights([kernel1.astype(np.float32), bias1.astype(np.float32)])
+    head.set_weights([kernel2.reshape(16, 4).astype(np.float32), bias2.astype(np.float32)])
+    return model
+
+
+VALID = [
+    # name, model builder, roll() arguments, what it exercises
+    (EXAMPLE, _model_dense_codebook_2bit, {"decoder": "codebook", "bits": 2},
+     "Dense(3) on 4 inputs; 2-bit codebook: the kernel is coded (exactly: 4 distinct values), "
+     "the bias is stored exact. The spec's worked example."),
+    ("dense_dropout_exact", _model_dense_dropout_exact, {"decoder": "codebook", "tolerance": 0.02},
+     "Dense(3) + Dropout(seed=1234); tolerance 0.02: every tensor is too small for codes to pay "
+     "and is exact, including the int64 seed-generator state."),
+    ("dense_mlp_8bit", _model_dense_mlp_8bit, {"decoder": "mlp", "bits": 8},
+     "Dense(3) on 4 inputs; the paper's MLP decoder, 8 bits: every tensor is coded."),
+    ("dense_float16_1bit", _model_dense_float16_1bit, {"decoder": "codebook", "bits": 1},
+     "float16 Dense(3); 1-bit codebook: the kernel is coded (float32 table cast to float16), "
+     "the bias is exact float16."),
+    ("dense_codebook_8bit", _model_dense_codebook_8bit, {"decoder": "codebook", "bits": 8},
+     "Dense(24) on 16 inputs; 8-bit codebook, lossy k-means on 384 distinct values."),
+    ("dense_reference", _model_dense_reference, {"decoder": "codebook", "bits": 2, "base": "base"},
+     "The worked example's kernel, fine-tuned bias; rolled with base= the worked example's "
+     "tensors: the kernel is stored as a reference, the new bias exact. Readers need the base: "
+     "dense_reference.base.json."),
+    ("dense_tolerance", _model_dense_tolerance, {"decoder": "codebook", "tolerance": 0.05},
+     "Dense(16) -> Dense(4); tolerance 0.05: uniform codes with per-channel scales, a lossless "
+     "table, uniform codes with two exact outliers, and an exact bias."),
+]
+
+
+def _expected(archive_path, base=None):
+    """{path: {shape, dtype, values, sha256}} of an archive, via weightroll.unroll."""
+    import weightroll
+
+    return _entries(weightroll.unroll(archive_path, base=base))
+
+
+def load_base(path):
+    """The base tensors of a `NAME.base.json` file as a dict of arrays, or None."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        entries = json.load(f)
+    return {p: np.array(e["values"], dtype=e["dtype"]).reshape(e["shape"]) for p, e in entries.items()}
+
+
+def _entries(arrays):
+    """{path: {shape, dtype, values, sha256}} of a dict of arrays, in its order."""
+    from weightroll._encode import tensor_digest
+
+    out = {}  # in archive order, which is model.variables order
+    for path, array in arrays.items():
+        out[path] = {
+            "shape": list(array.shape),
+            "dtype": array.dtype.name,
+            "values": array.reshape(-1).tolist(),  # Python numbers: shortest round-trip repr
+            "sha256": tensor_digest(array),
+        }
+    return out
+
+
+def _write_json(path, obj, sort_keys=True):
+    with open(path, "w", encoding="ascii", newline="\n") as f:
+        f.write(json.dumps(obj, indent=1, sort_keys=sort_keys, allow_nan=False) + "\n")
+
+
+# --- zip, manifest and PNG helpers for the edited archives ---------------------
+
+
+def read_members(data):
+    """The `(name, bytes)` members of zip bytes, in stored order."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return [(info.filename, zf.read(info)) for info in zf.infolist()]
+
+
+def zip_bytes(members):
+    from weightroll._format.container import write_members
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # a duplicate name is wanted in one vector
+        warnings.simplefilter("ignore", UserWarning)
+        write_members(buf, members)
+    return buf.getvalue()
+
+
+def manifest_of(members):
+    return json.loads(dict(members)["manifest.json"])
+
+
+def repack(members, manifest=None, replace=None, drop=(), add=(), fix=True):
+    """A new archive from `members` with the given edits.
+
+    Args:
+        manifest: the manifest to write (default: the original, unchanged).
+        replace: dict name -> new bytes for existing members.
+        drop: member names to leave out of the zip.
+        add: `(name, bytes)` to append to the zip.
+        fix: recompute `members[...]` size and sha256 for every listed member
+            present in the zip, so that the edit gets past R6 and R21.
+    """
+    from weightroll._format.manifest import dumps
+
+    replace = replace or {}
+    manifest = manifest_of(members) if manifest is None else manifest
+    payload = [(n, replace.get(n, d)) for n, d in members if n != "manifest.json" and n not in drop]
+    payload += list(add)
+    if fix:
+        for name, data in payload:
+            if name in manifest.get("members", {}):
+                manifest["members"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return zip_bytes([("manifest.json", dumps(manifest))] + payload)
+
+
+def repack_manifest_bytes(members, manifest_bytes):
+    """An archive whose manifest.json is exactly `manifest_bytes`."""
+    return zip_bytes([("manifest.json", manifest_bytes)] + [(n, d) for n, d in members if n != "manifest.json"])
+
+
+def _central_entries(data):
+    """Offsets of the central-directory entries of zip bytes, by name."""
+    eocd = data.rindex(b"PK\x05\x06")
+    count, _, cd_offset = struct.unpack("<HII", data[eocd + 10: eocd + 20])
+    out, pos = {}, cd_offset
+    for _ in range(count):
+        nlen, xlen, clen = struct.unpack("<HHH", data[pos + 28: pos + 34])
+        name = data[pos + 46: pos + 46 + nlen].decode()
+        local = struct.unpack("<I", data[pos + 42: pos + 46])[0]
+        out[name] = (pos, local)
+        pos += 46 + nlen + xlen + clen
+    return out
+
+
+def patch_entry(data, name, local_field=None, central_field=None, value=None, fmt="<H"):
+    """Overwrite one field of a member's local header and/or central entry."""
+    data = bytearray(data)
+    central, local = _central_entries(bytes(data))[name]
+    if local_field is not None:
+        struct.pack_into(fmt, data, local + local_field, value)
+    if central_field is not None:
+        struct.pack_into(fmt, data, central + central_field, value)
+    return bytes(data)
+
+
+def member_data_offset(data, name):
+    _, local = _central_entries(data)[name]
+    nlen, xlen = struct.unpack("<HH", data[local + 26: local + 30])
+    return local + 30 + nlen + xlen
+
+
+def png_chunk(ctype, body):
+    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+
+def png_bytes(pixels, bit_depth=8, color_type=0, interlace=0, idat=None, size=None):
+    """A PNG of a 2-D uint8 array (filter 0 on every row).
+
+    `idat` replaces the IDAT chunk's body and `size`, a `(width, height)`, the
+    dimensions written in IHDR.
+    """
+    pixels = np.asarray(pixels, np.uint8)
+    height, width = pixels.shape[:2]
+    if size is not None:
+        width, height = size
+    if idat is None:
+        rows = b"".join(b"\x00" + row.tobytes() for row in pixels)
+        idat = zlib.compress(rows, 9)
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, interlace)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def _zstd(data, content_size=True):
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=19, write_checksum=True, write_content_size=content_size).compress(data)
+
+
+def _unzstd(data):
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompress(data)
+
+
+# --- invalid vectors -------------------------------------------------------------
+
+
+def _edit(fn):
+    """Apply `fn` to a deep copy of a manifest and return the copy."""
+    def apply(manifest):
+        manifest = json.loads(json.dumps(manifest))
+        fn(manifest)
+        return manifest
+    return apply
+
+
+def _tensor(manifest, path):
+    return next(t for t in manifest["tensors"] if t["path"] == path)
+
+
+def invalid_vectors(bases):
+    """Yield `(name, bytes, rule, error class, message fragment, operation, edit[, base])`.
+
+    `base`, when given, names the `NAME.base.json` whose tensors the reader is
+    given as `base=`.
+
+    `bases` maps a valid vector's name to its archive bytes.
+    """
+    tiny = bases[EXAMPLE]
+    tm = read_members(tiny)
+    tman = manifest_of(tm)
+    tdict = dict(tm)
+    dm = read_members(bases["dense_dropout_exact"])
+    mm = read_members(bases["dense_mlp_8bit"])
+    um = read_members(bases["dense_tolerance"])
+    uman = manifest_of(um)
+    udict = dict(um)
+
+    def man(fn, members=tm):
+        return repack(members, _edit(fn)(manifest_of(members)))
+
+    def kernel(fn):
+        return man(lambda m: fn(_tensor(m, "dense/kernel")))
+
+    def bias(fn):
+        return man(lambda m: fn(_tensor(m, "dense/bias")))
+
+    def tol_tensor(path, fn):
+        return man(lambda m: fn(_tensor(m, path)), um)
+
+    manifest_text = tdict["manifest.json"]
+
+    # R1: the zip container
+    yield ("not_a_zip", b"This is not a .wroll archive, nor any zip.\n", "R1", "ArchiveError",
+           "not a readable zip", "unroll", "A short text file.")
+    yield ("empty_file", b"", "R1", "ArchiveError", "not a readable zip", "unroll", "Zero bytes.")
+    yield ("truncated", tiny[: len(tiny) // 2], "R1", "ArchiveError", "not a readable zip", "unroll",
+           f"The first half ({len(tiny) // 2} bytes) of {EXAMPLE}.wroll: no end of central directory.")
+    yield ("duplicate_member", zip_bytes(tm + [("weights.png", tdict["weights.png"])]), "R1",
+           "ArchiveError", "appears twice", "unroll",
+           "weights.png written a second time at the end of the zip.")
+    yield ("encrypted_member", patch_entry(tiny, "weights.png", 6, 8, 0x1), "R1", "ArchiveError",
+           "is encrypted", "unroll",
+           "General-purpose flag bit 0 (encrypted) set on weights.png, local header and central entry.")
+    yield ("deflated_member", patch_entry(tiny, "weights.png", 8, 10, 8), "R1", "ArchiveError",
+           "compression method 8", "unroll",
+           "Compression method of weights.png set to 8 (deflate) in both headers; data left stored.")
+    size = len(tdict["weights.png"])
+    yield ("sizes_disagree", patch_entry(tiny, "weights.png", None, 20, size + 1, fmt="<I"), "R1",
+           "ArchiveError", "a stored member's sizes must agree", "unroll",
+           "Central-directory compressed size of weights.png set to its size + 1.")
+
+    # R2: manifest.json present and strict JSON
+    yield ("manifest_missing", zip_bytes([(n, d) for n, d in tm if n != "manifest.json"]), "R2",
+           "ArchiveError", "has no 'manifest.json'", "unroll", "manifest.json left out of the zip.")
+    yield ("manifest_not_json", repack_manifest_bytes(tm, manifest_text[:-40]), "R2", "ArchiveError",
+           "manifest.json is not valid JSON", "unroll", "The last 40 bytes of manifest.json cut off.")
+    yield ("manifest_not_utf8", repack_manifest_bytes(tm, manifest_text.replace(b'"tiny"', b'"t\xffny"')),
+           "R2", "ArchiveError", "manifest.json is not UTF-8", "unroll",
+           "Byte 0xFF inside the model name string.")
+    yield ("manifest_duplicate_key",
+           repack_manifest_bytes(tm, manifest_text.replace(b"{", b'{"format": "wroll",', 1)),
+           "R2", "ArchiveError", "has the key 'format' twice", "unroll",
+           "A second \"format\" key inserted at the top of the manifest object.")
+    yield ("manifest_nan",
+           repack_manifest_bytes(tm, re.sub(rb'"relative_rmse":( ?)0\.0', rb'"relative_rmse":\1NaN', manifest_text, 1)),
+           "R2", "ArchiveError", "JSON holds NaN", "unroll",
+           "The first relative_rmse (an informative field) written as the bare token NaN.")
+    yield ("manifest_not_object", repack_manifest_bytes(tm, b"[]\n"), "R2", "ArchiveError",
+           "must hold a JSON object", "unroll", "manifest.json holds an empty array.")
+
+    # R3, R4: format name and version
+    yield ("format_name", man(lambda m: m.update(format="zip")), "R3", "ArchiveError",
+           "'format' must be 'wroll'", "unroll", "format set to \"zip\".")
+    yield ("version_2_0", man(lambda m: m.update(format_version="2.0")), "R4", "VersionError",
+           "reads format 1.x only", "unroll", "format_version set to \"2.0\".")
+    yield ("version_0_9", man(lambda m: m.update(format_version="0.9")), "R4", "VersionError",
+           "reads format 1.x only", "unroll", "format_version set to \"0.9\".")
+    yield ("version_malformed", man(lambda m: m.update(format_version="1.0.0")), "R4", "ArchiveError",
+           "must look like 'MAJOR.MINOR'", "unroll", "format_version set to \"1.0.0\".")
+    yield ("version_number", man(lambda m: m.update(format_version=1.0)), "R4", "ArchiveError",
+           "must look like 'MAJOR.MINOR'", "unroll", "format_version written as the JSON number 1.0.")
+
+    # R5, R6: members
+    yield ("unlisted_member", repack(tm, add=[("notes.txt", b"hello\n")]), "R5", "ArchiveError",
+           "does not list", "unroll", "A member notes.txt added to the zip but not to members.")
+    yield ("listed_member_missing", repack(tm, drop=["exact.bin"]), "R6", "ArchiveError",
+           "lacks the member 'exact.bin'", "unroll", "exact.bin left out of the zip, still listed.")
+    yield ("member_size_mismatch",
+           repack(tm, _edit(lambda m: m["members"]["exact.bin"].update(size=13))(tman), fix=False),
+           "R6", "ArchiveError", "but manifest.json records 13", "unroll",
+           "members[\"exact.bin\"].size set to 13 (the member is 12 bytes).")
+    yield ("member_sha256_malformed",
+           repack(tm, _edit(lambda m: m["members"]["exact.bin"].update(sha256="AB" * 32))(tman), fix=False),
+           "R6", "ArchiveError", "sha256 must be 64 lowercase hex digits", "unroll",
+           "members[\"exact.bin\"].sha256 set to 64 upper-case hex digits.")
+
+    # R7: field types
+    yield ("field_wrong_type", man(lambda m: m["image"].update(width="12")), "R7", "ArchiveError",
+           "image.width must be of type int", "unroll", "image.width written as the string \"12\".")
+    yield ("field_missing", kernel(lambda t: t.pop("sha256")), "R7", "ArchiveError",
+           "is missing the field 'sha256'", "unroll", "The kernel's sha256 field removed.")
+
+    # R8: image section
+    yield ("image_member_name", man(lambda m: m["image"].update(member="codes.png")), "R8", "ArchiveError",
+           "image.member must be 'weights.png'", "unroll", "image.member set to \"codes.png\".")
+    yield ("image_zero_width", man(lambda m: m["image"].update(width=0)), "R8", "LimitError",
+           "both must be >= 1", "unroll", "image.width set to 0.")
+    yield ("image_too_many_codes", man(lambda m: m["image"].update(codes=13)), "R8", "ArchiveError",
+           "does not fit a 12x1 image", "unroll", "image.codes set to 13 for a 12x1 image.")
+
+    # R9: decoder section
+    yield ("decoder_kind", man(lambda m: m["decoder"].update(kind="lut")), "R9", "ArchiveError",
+           "decoder.kind must be one of", "unroll", "decoder.kind set to \"lut\".")
+    yield ("decoder_bits", man(lambda m: m["decoder"].update(bits=9)), "R9", "ArchiveError",
+           "decoder.bits must be in 1..8", "unroll", "decoder.bits set to 9.")
+    yield ("decoder_table_shape", man(lambda m: m["decoder"]["weights"][0].update(shape=[4])), "R9",
+           "ArchiveError", "a codebook decoder has two float32 arrays", "unroll",
+           "The codebook table's shape set to [4] (same byte count).")
+    yield ("decoder_bin_size", man(lambda m: m["decoder"]["weights"][1].update(shape=[2, 1])), "R9",
+           "ArchiveError", "the decoder weights take 24 bytes but 'decoder.bin' is 20", "unroll",
+           "The scales array's shape set to [2, 1] while decoder.bin holds 4 + 1 entries.")
+    yield ("decoder_config_member", man(lambda m: m["decoder"].update(config_member="decoder.json")), "R9",
+           "ArchiveError", "decoder.config_member must be 'decoder.json.zst'", "unroll",
+           "decoder.config_member set to \"decoder.json\".")
+    yield ("decoder_config_too_large", man(lambda m: m["decoder"].update(config_size=1 << 30)), "R9",
+           "LimitError", "decoder.config_size=1073741824 exceeds the limit", "unroll",
+           "decoder.config_size set to 2**30.")
+    yield ("mlp_activation", man(lambda m: m["decoder"].update(activation="gelu"), mm),
+           "R9", "ArchiveError", "decoder.activation must be one of", "unroll",
+           "dense_mlp_8bit with decoder.activation set to \"gelu\".")
+
+    # R10, R11: architecture section, required members
+    yield ("architecture_too_large", man(lambda m: m["architecture"].update(size=1 << 30)), "R10",
+           "LimitError", "architecture.size=1073741824 exceeds the limit", "unroll",
+           "architecture.size set to 2**30.")
+    no_json = _edit(lambda m: m["members"].pop("decoder.json.zst"))(tman)
+    yield ("required_member_unlisted", repack(tm, no_json, drop=["decoder.json.zst"]), "R11", "ArchiveError",
+           "must list the required member 'decoder.json.zst'", "unroll",
+           "decoder.json.zst removed from the zip and from members.")
+
+    # R12 - R21: tensors
+    yield ("tensor_duplicate_path", bias(lambda t: t.update(path="dense/kernel")), "R12", "ArchiveError",
+           "tensor path 'dense/kernel' appears twice", "unroll", "The bias's path set to \"dense/kernel\".")
+    yield ("shape_negative", kernel(lambda t: t.update(shape=[-4, -3])), "R13", "ArchiveError",
+           "must hold non-negative integers", "unroll", "The kernel's shape set to [-4, -3].")
+    yield ("shape_too_many_elements", bias(lambda t: t.update(shape=[1 << 17, 1 << 17])), "R13",
+           "LimitError", "has more than 8589934592 elements", "unroll",
+           "The bias's shape set to [131072, 131072] (2**34 elements).")
+    yield ("shape_rank", bias(lambda t: t.update(shape=[1] * 33)), "R13", "LimitError", "has rank 33",
+           "unroll", "The bias's shape set to 33 ones.")
+    yield ("tensor_sha256_malformed", kernel(lambda t: t.update(sha256=t["sha256"][:63])), "R14",
+           "ArchiveError", "sha256 must be 64 lowercase hex digits", "unroll",
+           "The kernel's sha256 cut to 63 hex digits.")
+    yield ("storage_unknown", bias(lambda t: t.update(storage="packed")), "R15", "ArchiveError",
+           "storage must be 'coded', 'exact' or 'reference'", "unroll", "The bias's storage set to \"packed\".")
+    yield ("coded_int_dtype", kernel(lambda t: t.update(dtype="int32")), "R15", "ArchiveError",
+           "is coded but has dtype 'int32'", "unroll", "The coded kernel's dtype set to \"int32\".")
+    yield ("exact_dtype_unknown", bias(lambda t: t.update(dtype="complex64")), "R15", "ArchiveError",
+           "has unsupported dtype 'complex64'", "unroll", "The exact bias's dtype set to \"complex64\".")
+    yield ("code_count_mismatch", kernel(lambda t: t["codes"].update(count=11)), "R16", "ArchiveError",
+           "but 11 codes", "unroll", "The kernel's codes.count set to 11 for shape [4, 3].")
+    yield ("code_range_outside_image", kernel(lambda t: t["codes"].update(offset=1)), "R16", "ArchiveError",
+           "but the image holds 12 codes", "unroll", "The kernel's codes.offset set to 1 (needs codes 1..12).")
+    yield ("table_range_outside_table", kernel(lambda t: t["table"].update(offset=1)), "R17", "ArchiveError",
+           "uses table entries [1, 5)", "unroll", "The kernel's table.offset set to 1 (the table has 4 entries).")
+    yield ("scales_offset_reserved", tol_tensor("hidden/kernel", lambda t: t["scales"].update(offset=0)),
+           "R18", "ArchiveError", "uses scales [0, 16)", "unroll",
+           "dense_tolerance with hidden/kernel's scales.offset set to 0 (the reserved entry).")
+    yield ("scales_axis_mismatch", tol_tensor("hidden/kernel", lambda t: t["scales"].update(axis=0)),
+           "R18", "ArchiveError", "which does not match its shape", "unroll",
+           "dense_tolerance with hidden/kernel's scales.axis set to 0 (8 rows, 16 scales).")
+    yield ("scales_outside", tol_tensor("hidden/kernel", lambda t: t["scales"].update(offset=2)),
+           "R18", "ArchiveError", "uses scales [2, 18)", "unroll",
+           "dense_tolerance with hidden/kernel's scales.offset set to 2 (the decoder has 17 scales).")
+    yield ("outliers_outside", tol_tensor("head/kernel", lambda t: t["outliers"].update(offset=20)),
+           "R19", "ArchiveError", "has 2 outliers at bytes [20, 44)", "unroll",
+           "dense_tolerance with head/kernel's outliers.offset set to 20 (exact.bin is 40 bytes).")
+    yield ("exact_size_mismatch", bias(lambda t: t["bytes"].update(size=8)), "R20", "ArchiveError",
+           "records 8 bytes", "unroll", "The bias's bytes.size set to 8 (3 float32 take 12).")
+    yield ("exact_range_outside", bias(lambda t: t["bytes"].update(offset=4)), "R20", "ArchiveError",
+           "needs bytes [4, 16)", "unroll", "The bias's bytes.offset set to 4 (exact.bin is 12 bytes).")
+
+    def bias_coded(t):
+        t.update(storage="coded", codes={"offset": 9, "count": 3}, table={"offset": 0, "size": 4})
+        t.pop("bytes")
+    yield ("code_ranges_overlap", bias(bias_coded), "R21", "ArchiveError", "overlap in their codes",
+           "unroll", "The bias made coded with codes [9, 12), inside the kernel's codes [0, 12).")
+    yield ("exact_ranges_overlap",
+           man(lambda m: _tensor(m, "dense/bias")["bytes"].update(offset=40), dm),
+           "R21", "ArchiveError", "overlap in their 'exact.bin' bytes", "unroll",
+           "dense_dropout_exact with the bias's bytes.offset set to 40, inside the kernel's [0, 48).")
+    yield ("outliers_overlap_exact", tol_tensor("head/bias", lambda t: t["bytes"].update(offset=16)),
+           "R21", "ArchiveError", "overlap in their 'exact.bin' bytes", "unroll",
+           "dense_tolerance with head/bias's bytes at [16, 32), inside head/kernel's outliers [0, 24).")
+
+    # R22, R23: member bytes
+    raw = bytearray(tiny)
+    raw[member_data_offset(tiny, "exact.bin")] ^= 0x01
+    yield ("zip_crc_mismatch", bytes(raw), "R22", "ArchiveError", "Zip member 'exact.bin' cannot be read",
+           "unroll", "One bit of exact.bin's data flipped in place (zip CRC-32 and sha256 left).")
+    flipped = bytearray(tdict["exact.bin"])
+    flipped[0] ^= 0x01
+    yield ("member_sha256_mismatch", repack(tm, replace={"exact.bin": bytes(flipped)}, fix=False), "R23",
+           "ArchiveError", "Member 'exact.bin' does not match its SHA-256", "unroll",
+           "One bit of exact.bin flipped, zip rewritten (valid CRC-32), manifest sha256 left.")
+
+    # R24 - R27: the PNG
+    codes = np.array([2, 1, 3, 0, 2, 1, 3, 0, 2, 1, 3, 0], np.uint8)
+
+    def png(data):
+        return repack(tm, replace={"weights.png": data})
+    yield ("png_signature", png(b"GIF89a" + bytes(40)), "R24", "ArchiveError", "is not a PNG file",
+           "unroll", "weights.png replaced by 46 bytes starting with GIF89a (checksums updated).")
+    bad_crc = bytearray(tdict["weights.png"])
+    bad_crc[29] ^= 0xFF
+    yield ("png_ihdr_crc", png(bytes(bad_crc)), "R24", "ArchiveError", "damaged IHDR chunk", "unroll",
+           "First byte of the IHDR CRC inverted (checksums updated).")
+    yield ("png_width_mismatch", png(png_bytes(np.zeros((2, 6), np.uint8))), "R24", "ArchiveError",
+           "has width=6, but the manifest requires width=12", "unroll",
+           "weights.png replaced by a 6x2 image; manifest says 12x1.")
+    yield ("png_rgb", png(png_bytes(np.zeros((1, 12, 3), np.uint8), color_type=2)), "R24",
+           "ArchiveError", "has color_type=2", "unroll", "weights.png replaced by a 12x1 RGB image.")
+    yield ("png_interlaced", png(png_bytes(codes.reshape(1, 12), interlace=1)), "R24", "ArchiveError",
+           "has interlace=1", "unroll", "weights.png with the IHDR interlace byte set to 1.")
+    bomb = png_bytes(np.zeros((1, 1), np.uint8), size=(4096, 1 << 20))
+    yield ("png_bomb", repack(tm, _edit(lambda m: m["image"].update(width=4096, height=1 << 20))(tman),
+                              replace={"weights.png": bomb}),
+           "R25", "LimitError", "beyond deflate's maximum ratio", "unroll",
+           f"weights.png header claims 4096x1048576 pixels in {len(bomb)} bytes; manifest agrees.")
+    yield ("png_corrupt_data", png(png_bytes(codes.reshape(1, 12), idat=b"\x78\xda" + bytes(8))), "R26",
+           "ArchiveError", "'weights.png' cannot be decoded", "unroll",
+           "weights.png with a valid 12x1 header and an IDAT that is not a zlib stream.")
+    padded = np.zeros((1, 16), np.uint8)
+    padded[0, :12] = codes
+    padded[0, 15] = 7
+    yield ("png_nonzero_padding", repack(tm, _edit(lambda m: m["image"].update(width=16))(tman),
+                                         replace={"weights.png": png_bytes(padded)}),
+           "R27", "ArchiveError", "non-zero padding", "unroll",
+           "A 16x1 image (manifest width 16): 12 codes, then padding 0, 0, 0, 7.")
+
+    # R28 - R32: decoding
+    floats = np.frombuffer(tdict["decoder.bin"], "<f4").copy()  # table (4 entries), then scales (1)
+
+    def decoder_bin(values, members=tm):
+        return repack(members, replace={"decoder.bin": np.asarray(values, "<f4").tobytes()})
+    edited = floats.copy()
+    edited[4] = 2.0
+    yield ("scales_first_not_one", decoder_bin(edited), "R28", "ArchiveError", "scales[0] must be 1.0",
+           "unroll", "scales[0] (the last 4 bytes of decoder.bin) set to 2.0 (checksums updated).")
+    edited = floats.copy()
+    edited[0] = np.inf
+    yield ("table_not_finite", decoder_bin(edited), "R29", "ArchiveError", "yields non-finite weights",
+           "unroll", "Table entry 0 in decoder.bin set to +inf (checksums updated).")
+    ufloats = np.frombuffer(udict["decoder.bin"], "<f4").copy()
+    scales_at = uman["decoder"]["weights"][1]["offset"] // 4
+    ufloats[scales_at + 3] = np.nan
+    yield ("scales_not_finite", decoder_bin(ufloats, um), "R29", "ArchiveError", "yields non-finite weights",
+           "unroll", "dense_tolerance with scales[3] in decoder.bin set to NaN (checksums updated).")
+    mlp_weights = manifest_of(mm)["decoder"]["weights"]
+    mbin = bytearray(dict(mm)["decoder.bin"])
+    struct.pack_into("<d", mbin, mlp_weights[-1]["offset"], float("inf"))
+    yield ("mlp_not_finite", repack(mm, replace={"decoder.bin": bytes(mbin)}), "R29", "ArchiveError",
+           "yields non-finite weights", "unroll",
+           "dense_mlp_8bit with the output bias (dense_2/bias) set to +inf (checksums updated).")
+    yield ("code_outside_table", kernel(lambda t: t["table"].update(size=3)), "R30", "ArchiveError",
+           "has code 3, outside its 3-entry table", "unroll",
+           "The kernel's table.size set to 3; its codes include 3.")
+    outliers = _tensor(uman, "head/kernel")["outliers"]
+    ebin = bytearray(udict["exact.bin"])
+    start = outliers["offset"]
+    first, second = struct.unpack_from("<qq", ebin, start)
+    struct.pack_into("<qq", ebin, start, second, first)
+    yield ("outlier_indices_unordered", repack(um, replace={"exact.bin": bytes(ebin)}), "R31", "ArchiveError",
+           "outlier indices that are not strictly increasing", "unroll",
+           f"dense_tolerance with head/kernel's two outlier indices ({first}, {second}) swapped in "
+           "exact.bin (checksums updated).")
+    rm = read_members(bases["dense_reference"])
+    yield ("reference_without_base", bases["dense_reference"], "R32", "ArchiveError",
+           "pass the base it was rolled against", "unroll",
+           "dense_reference.wroll unchanged, read without a base.")
+    other = "0" * 64
+    yield ("reference_not_in_base", man(lambda m: _tensor(m, "dense/kernel").update(sha256=other), rm), "R32",
+           "ArchiveError", "that the given base does not hold bit for bit", "unroll",
+           "dense_reference with the kernel's sha256 set to 64 zeros; read with "
+           "dense_reference.base.json as the base.", "dense_reference.base.json")
+    swapped = floats.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    yield ("digest_mismatch", decoder_bin(swapped), "R33", "ArchiveError",
+           "decodes to values whose SHA-256 differs", "unroll",
+           "Table entries 0 and 1 of decoder.bin swapped (checksums updated): the data are self-"
+           "consistent, only the tensor digest notices.")
+
+    # R34, R35: the architecture member (read by Keras loaders only)
+    arch_json = _unzstd(tdict["architecture.json.zst"])
+    yield ("architecture_size_mismatch", man(lambda m: m["architecture"].update(size=100)), "R34",
+           "ArchiveError", "but manifest.json says 100", "load_rolled",
+           f"architecture.size set to 100; the zstd frame declares {len(arch_json)}.")
+    yield ("architecture_not_zstd", repack(tm, replace={"architecture.json.zst": b"not zstd at all\n"}),
+           "R34", "ArchiveError", "is not a zstd frame", "load_rolled",
+           "architecture.json.zst replaced by plain text (checksums updated).")
+    yield ("architecture_expands_beyond",
+           repack(tm, _edit(lambda m: m["architecture"].update(size=len(arch_json) - 1))(tman),
+                  replace={"architecture.json.zst": _zstd(arch_json, content_size=False)}),
+           "R34", "LimitError", f"manifest.json declares {len(arch_json) - 1}", "load_rolled",
+           "A zstd frame without a content size; architecture.size one byte short of the output.")
+    dup = arch_json.replace(b"{", b'{"module":"keras",', 1)
+    yield ("architecture_duplicate_key",
+           repack(tm, _edit(lambda m: m["architecture"].update(size=len(dup)))(tman),
+                  replace={"architecture.json.zst": _zstd(dup)}),
+           "R35", "ArchiveError", "has the key 'module' twice", "load_rolled",
+           "A second \"module\" key at the top of the architecture JSON (sizes and checksums updated).")
+
+
+def forward_compatible(bases):
+    """A valid archive from a future minor version: 1.9, with unknown fields."""
+    members = read_members(bases[EXAMPLE])
+    manifest = manifest_of(members)
+    manifest["format_version"] = "1.9"
+    manifest["x_future_section"] = {"note": "unknown fields are ignored"}
+    manifest["tensors"][0]["x_future_field"] = [1, 2, 3]
+    manifest["decoder"]["x_future_field"] = True
+    return repack(members, manifest)
+
+
+# --- generation ------------------------------------------------------------------
+
+
+def environment():
+    """What the bytes of the vectors depend on, besides this script."""
+    import keras
+    import PIL
+    import zstandard
+    from PIL import features
+
+    import weightroll
+
+    try:
+        from numpy._core import _multiarray_umath as umath
+    except ImportError:  # numpy < 2
+        from numpy.core import _multiarray_umath as umath
+    simd = sorted(f for f in getattr(umath, "__cpu_dispatch__", []) if umath.__cpu_features__.get(f))
+    try:
+        import threadpoolctl
+
+        blas = sorted(
+            f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+            for i in threadpoolctl.threadpool_info()
+            if i.get("user_api") == "blas" and "numpy" in str(i.get("filepath"))
+        ) or ["unknown"]
+    except ImportError:
+        blas = ["unknown"]
+    return {
+        "python": platform.python_version_tuple()[0] + "." + platform.python_version_tuple()[1],
+        "machine": platform.machine(),
+        "weightroll": weightroll.__version__,
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "numpy": np.__version__,
+        "numpy_simd": simd,
+        "blas": blas,
+        "pillow": PIL.__version__,
+        "pillow_zlib": features.version("zlib"),
+        "python_zlib": zlib.ZLIB_RUNTIME_VERSION,
+        "zstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
+    }
+
+
+def generate(outdir):
+    """Write every vector into `outdir`; return the relative paths written, sorted."""
+    import weightroll
+
+    os.makedirs(os.path.join(outdir, "invalid"), exist_ok=True)
+    written, bases = [], {}
+    for name, build, kwargs, _ in VALID:
+        path = os.path.join(outdir, name + ".wroll")
+        kwargs = dict(kwargs)
+        if kwargs.get("base") == "base":
+            base = _base_of_dense_reference()
+            kwargs["base"] = base
+            _write_json(os.path.join(outdir, name + ".base.json"), _entries(base), sort_keys=False)
+            written.append(name + ".base.json")
+        weightroll.roll(build(), path, **kwargs)
+        with open(path, "rb") as f:
+            bases[name] = f.read()
+        written.append(name + ".wroll")
+
+    future = "minor_version_1_9"
+    with open(os.path.join(outdir, future + ".wroll"), "wb") as f:
+        f.write(forward_compatible(bases))
+    written.append(future + ".wroll")
+
+    for rel in [r for r in written if r.endswith(".wroll")]:
+        stem = rel[: -len(".wroll")]
+        base = load_base(os.path.join(outdir, stem + ".base.json"))
+        _write_json(os.path.join(outdir, stem + ".expected.json"),
+                    _expected(os.path.join(outdir, rel), base), sort_keys=False)
+        written.append(stem + ".expected.json")
+
+    index = []
+    for name, data, rule, error, match, operation, edit, *base in invalid_vectors(bases):
+        rel = f"invalid/{name}.wroll"
+        with open(os.path.join(outdir, rel), "wb") as f:
+            f.write(data)
+        written.append(rel)
+        entry = {"file": f"{name}.wroll", "rule": rule, "error": error, "match": match,
+                 "operation": operation, "edit": edit}
+        if base:
+            entry["base"] = base[0]
+        index.append(entry)
+    _write_json(os.path.join(outdir, "invalid", "index.json"), index, sort_keys=False)
+    written.append("invalid/index.json")
+
+    _write_json(os.path.join(outdir, "environment.json"), environment())
+    written.append("environment.json")
+    return sorted(written)
+
+
+# --- the worked example ---------------------------------------------------------
+
+
+def worked_example(archive_path):
+    """The blocks of the spec's worked example, as text, for one archive."""
+    import zstandard
+
+    with open(archive_path, "rb") as f:
+        data = f.read()
+    blocks = {"archive-size": str(len(data))}
+    rows = ["name                   header  data    size  CRC-32"]
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        members = {}
+        for info in zf.infolist():
+            start = member_data_offset(data, info.filename)
+            rows.append(f"{info.filename:<22} {info.header_offset:>6} {start:>5} {info.file_size:>7}  {info.CRC:08x}")
+            members[info.filename] = zf.read(info)
+        eocd = data.rindex(b"PK\x05\x06")
+        cd_offset = struct.unpack("<I", data[eocd + 16: eocd + 20])[0]
+        rows.append(f"central directory      {cd_offset:>6}        {eocd - cd_offset:>5}")
+        rows.append(f"end of central dir     {eocd:>6}        {len(data) - eocd:>5}")
+    blocks["members"] = "\n".join(rows)
+    first = _central_entries(data)["manifest.json"][0]
+    blocks["zip-local-header"] = _hex(data[:30 + len("manifest.json")])
+    blocks["zip-central-entry"] = _hex(data[first: first + 46 + len("manifest.json")])
+    blocks["zip-end-record"] = _hex(data[eocd:])
+    blocks["manifest"] = members["manifest.json"].decode("ascii").rstrip("\n")
+    blocks["manifest-indented"] = json.dumps(json.loads(members["manifest.json"]), indent=1, sort_keys=True)
+    png = members["weights.png"]
+    blocks["png-ihdr"] = _hex(png[:33])
+    idat_len = struct.unpack(">I", png[33:37])[0]
+    assert png[37:41] == b"IDAT"
+    blocks["png-scanline"] = _hex(zlib.decompress(png[41: 41 + idat_len]))
+    blocks["decoder-bin"] = _hex(members["decoder.bin"])
+    if "exact.bin" in members:
+        blocks["exact-bin"] = _hex(members["exact.bin"])
+    blocks["architecture"] = json.dumps(
+        json.loads(zstandard.ZstdDecompressor().decompress(members["architecture.json.zst"])), indent=1,
+        sort_keys=True)
+    blocks["decoder-json"] = json.dumps(
+        json.loads(zstandard.ZstdDecompressor().decompress(members["decoder.json.zst"])), indent=1,
+        sort_keys=True)
+    return blocks
+
+
+def _hex(data):
+    lines = []
+    for i in range(0, len(data), 16):
+        chunk = data[i: i + 16]
+        lines.append(f"{i:04x}: " + " ".join(f"{b:02x}" for b in chunk))
+    return "\n".join(lines)
+
+
+def main(argv):
+    if argv[:1] == ["--example"]:
+        path = argv[1] if len(argv) > 1 else os.path.join(HERE, EXAMPLE + ".wroll")
+        for name, text in worked_example(path).items():
+            print(f"<!-- example:{name} -->\n{text}\n")
+        return 0
+    outdir = argv[0] if argv else HERE
+    for rel in generate(outdir):
+        print(rel)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
