@@ -12,7 +12,7 @@ import os
 import numpy as np
 import zstandard
 
-from weightroll import _encode
+from weightroll import _encode, _progress
 from weightroll._format import container, image, limits
 from weightroll._format import manifest as mf
 from weightroll._format.atomic import atomic_write
@@ -112,6 +112,10 @@ class RolledArchive:
         except BaseException:
             self.close()
             raise
+
+    def member_sizes(self):
+        """`{name: size}` of every zip member, manifest included, in file order."""
+        return {name: self._members.size(name) for name in self._members.names}
 
     def member(self, name):
         """The bytes of member `name`, after checking its SHA-256."""
@@ -260,35 +264,37 @@ def base_index(arrays):
     return index
 
 
-def decode(archive, base=None):
-    """Decode every tensor of an open archive and verify its digest.
+def iter_decoded(archive, base=None, skip_references=False):
+    """Decode an open archive's tensors one at a time, each checked against its digest.
 
     Args:
         archive: an open `RolledArchive`.
         base: for archives that reference a base model's tensors, a dict
             from `base_index`.
+        skip_references: leave referenced tensors out (then no base is needed).
 
-    Returns:
-        A dict mapping variable path to a numpy array of the recorded shape and dtype.
+    Yields:
+        `(path, array)` in archive order, arrays of the recorded shape and dtype.
     """
     manifest = archive.manifest
     tensors = manifest["tensors"]
     kind = manifest["decoder"]["kind"]
-    coded = any(t["storage"] == "coded" for t in tensors)
-    codes = archive.codes() if coded else None
-    table, scales = lookup_tables(archive) if coded else (None, None)
-    has_exact = mf.EXACT_MEMBER in manifest["members"]
-    exact_bytes = archive.member(mf.EXACT_MEMBER) if has_exact else b""
     references = [t for t in tensors if t["storage"] == "reference"]
-    if references and base is None:
+    if references and base is None and not skip_references:
         raise ArchiveError(
             f"This archive stores {len(references)} tensors as references to a base model "
             f"(e.g. '{mf._short(references[0]['path'])}'); pass the base it was rolled against "
             "(`base=`) to load it."
         )
-    out = {}
+    coded = any(t["storage"] == "coded" for t in tensors)
+    codes = archive.codes() if coded else None
+    table, scales = lookup_tables(archive) if coded else (None, None)
+    has_exact = mf.EXACT_MEMBER in manifest["members"]
+    exact_bytes = archive.member(mf.EXACT_MEMBER) if has_exact else b""
     for t in tensors:
         if t["storage"] == "reference":
+            if skip_references:
+                continue
             key = (t["dtype"], tuple(t["shape"]), t["sha256"])
             if key not in base:
                 raise ArchiveError(
@@ -296,16 +302,25 @@ def decode(archive, base=None):
                     f"{t['shape']}, SHA-256 {t['sha256'][:12]}...) that the given base does not "
                     "hold bit for bit; pass the exact base model the archive was rolled against."
                 )
-            out[t["path"]] = np.array(base[key], copy=True)
-            continue
-        array = decode_tensor(t, codes, table, scales, exact_bytes, kind)
-        if _encode.tensor_digest(array) != t["sha256"]:
-            raise ArchiveError(
-                f"Tensor '{mf._short(t['path'])}' decodes to values whose SHA-256 differs from the "
-                "one recorded when it was rolled; the manifest or data was altered."
-            )
-        out[t["path"]] = array
-    return out
+            array = np.array(base[key], copy=True)
+        else:
+            array = decode_tensor(t, codes, table, scales, exact_bytes, kind)
+            if _encode.tensor_digest(array) != t["sha256"]:
+                raise ArchiveError(
+                    f"Tensor '{mf._short(t['path'])}' decodes to values whose SHA-256 differs from the "
+                    "one recorded when it was rolled; the manifest or data was altered."
+                )
+        _progress.advance(array.size, t["path"])
+        yield t["path"], array
+
+
+def decode(archive, base=None):
+    """Decode every tensor of an open archive and verify its digest.
+
+    Returns:
+        A dict mapping variable path to a numpy array of the recorded shape and dtype.
+    """
+    return dict(iter_decoded(archive, base))
 
 
 def unroll(filepath, base=None):

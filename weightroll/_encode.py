@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from weightroll import _progress
 from weightroll._format import manifest as mf
 from weightroll.codecs import codebook, mlp, select
 from weightroll.errors import WrollError
@@ -228,7 +229,13 @@ def _assemble(plans, per_tensor, section, arrays):
 
 
 def _code_one(plan, bits, tolerance):
-    """One tensor's coding (None: store it exactly). Pure, so tensors run in parallel."""
+    """One tensor's coding (None: store it exactly), with progress reported."""
+    coding = _code_one_quietly(plan, bits, tolerance)
+    _progress.advance(plan[1].size, plan[0])
+    return coding
+
+
+def _code_one_quietly(plan, bits, tolerance):
     path, array, dtype, codable = plan
     if not codable:
         return None

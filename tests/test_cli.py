@@ -1,0 +1,266 @@
+"""The `weightroll` command line, run as a user runs it (and in-process where that is enough)."""
+
+import json
+import os
+import pty
+import select
+import shutil
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import weightroll
+from weightroll import _progress, cli
+from weightroll._archive import RolledArchive
+
+FEATURES = 6
+UNITS = 32
+CLASSES = 3
+SAMPLES = 24
+
+_SCRIPT = shutil.which("weightroll", path=os.path.dirname(sys.executable))
+WEIGHTROLL = [_SCRIPT] if _SCRIPT else [sys.executable, "-m", "weightroll.cli"]
+TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "inspect_wroll")
+
+
+def _run(*args, timeout=180, env=None):
+    return subprocess.run([*WEIGHTROLL, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _small_model():
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([
+        keras.Input((FEATURES,)),
+        keras.layers.Dense(UNITS, activation="relu"),
+        keras.layers.Dense(CLASSES, activation="softmax"),
+    ], name="cli_model")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A small model saved as .keras and .h5, and inputs for it as .npy."""
+    folder = tmp_path_factory.mktemp("saved")
+    model = _small_model()
+    x = np.random.default_rng(0).normal(size=(SAMPLES, FEATURES)).astype("float32")
+    model.fit(x, np.arange(SAMPLES) % CLASSES, epochs=1, verbose=0)  # saved with its optimizer state, as usual
+    model.save(folder / "model.keras")
+    model.save(folder / "model.h5")
+    np.save(folder / "x.npy", x)
+    return model, x, folder
+
+
+@pytest.fixture(scope="module")
+def rolled(saved):
+    """`weightroll roll` run once as a user runs it (TensorFlow's log level left to the command)."""
+    model, x, folder = saved
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = _run("roll", folder / "model.keras", folder / "model.wroll", "--validation-data", folder / "x.npy",
+                  env=env)
+    return result, folder / "model.wroll"
+
+
+def test_roll_writes_the_archive_and_reports_the_roll_value(rolled):
+    result, path = rolled
+    assert result.returncode == 0, result.stderr
+    assert path.exists()
+    assert result.stdout.startswith(f"Wrote {path}\nRolled ")
+    assert "top-1 agreement" in result.stdout
+    assert result.stderr == ""  # no TensorFlow start-up noise, no progress when not a terminal
+
+
+def test_rolled_archive_predicts_as_its_stored_roll_value_says(saved, rolled):
+    model, x, _ = saved
+    loaded = weightroll.load_rolled(rolled[1])
+    diff = np.abs(loaded.predict(x, verbose=0) - model.predict(x, verbose=0)).max()
+    with RolledArchive(rolled[1]) as archive:
+        stored = archive.manifest["roll_value"]["outputs"]
+    assert stored["samples"] == SAMPLES  # --validation-data reached the roll
+    assert diff == pytest.approx(stored["max_abs_diff"], rel=1e-5, abs=1e-7)
+
+
+def test_unroll_output_loads_with_keras_and_predicts_like_the_rolled_model(saved, rolled, tmp_path):
+    _, x, _ = saved
+    out = tmp_path / "back.keras"
+    result = _run("unroll", rolled[1], out)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Wrote {out} (")
+    restored = keras.models.load_model(out)
+    np.testing.assert_array_equal(restored.predict(x, verbose=0),
+                                  weightroll.load_rolled(rolled[1]).predict(x, verbose=0))
+
+
+def test_inspect_subcommand_prints_what_the_tool_prints(rolled):
+    by_command = _run("inspect", rolled[1], "--json", "--verify")
+    by_tool = subprocess.run([sys.executable, TOOL, str(rolled[1]), "--json", "--verify"],
+                             capture_output=True, text=True, timeout=60)
+    assert by_command.returncode == by_tool.returncode == 0
+    assert by_command.stdout == by_tool.stdout
+    doc = json.loads(by_command.stdout)
+    assert doc["model"]["name"] == "cli_model" and doc["verify"]["ok"] is True
+
+
+def test_demo_trains_rolls_and_reports_agreement(tmp_path):
+    out = tmp_path / "demo.wroll"
+    result = _run("demo", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert out.exists()
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Rolled 167,178 values into ")
+    assert lines[-3].startswith(".keras file: ") and "x smaller)." in lines[-3]
+    assert lines[-2].startswith("Loaded model agrees with the original on ")
+    assert lines[-1] == f"Wrote {out}"
+
+
+def test_roll_reads_a_legacy_h5_model(saved, tmp_path, capsys):
+    _, _, folder = saved
+    assert cli.main(["roll", str(folder / "model.h5"), str(tmp_path / "h5.wroll")]) == 0
+    assert weightroll.unroll(tmp_path / "h5.wroll")
+
+
+def test_roll_options_reach_the_archive(saved, tmp_path):
+    _, _, folder = saved
+    out = tmp_path / "mlp.wroll"
+    assert cli.main(["roll", str(folder / "model.keras"), str(out), "--decoder", "mlp", "--bits", "4", "-q"]) == 0
+    with RolledArchive(out) as archive:
+        decoder = archive.manifest["decoder"]
+    assert (decoder["kind"], decoder["bits"]) == ("mlp", 4)
+
+
+def test_an_archive_rolled_against_a_base_unrolls_with_that_base(saved, tmp_path, capsys):
+    _, x, folder = saved
+    model_file, archive = str(folder / "model.keras"), str(tmp_path / "tuned.wroll")
+    assert cli.main(["roll", model_file, archive, "--base", model_file, "-q"]) == 0
+    assert cli.main(["unroll", archive, str(tmp_path / "no_base.keras")]) == 1
+    assert "pass that model with --base" in capsys.readouterr().err
+    assert cli.main(["unroll", archive, str(tmp_path / "tuned.keras"), "--base", model_file, "-q"]) == 0
+    restored = keras.models.load_model(tmp_path / "tuned.keras")
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), saved[0].predict(x, verbose=0))
+
+
+def test_quiet_roll_prints_nothing(saved, tmp_path, capsys):
+    _, _, folder = saved
+    assert cli.main(["roll", str(folder / "model.keras"), str(tmp_path / "q.wroll"), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_roll_refuses_a_validation_file_of_python_objects(saved, tmp_path, capsys):
+    _, _, folder = saved
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    argv = ["roll", str(folder / "model.keras"), str(tmp_path / "v.wroll"), "--validation-data",
+            str(tmp_path / "objects.npy")]
+    assert cli.main(argv) == 1
+    assert "is not a plain .npy array" in capsys.readouterr().err
+    assert not (tmp_path / "v.wroll").exists()
+
+
+def test_roll_of_a_lambda_model_needs_unsafe(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda t: t * 2), keras.layers.Dense(1)])
+    model.save(tmp_path / "lambda.keras")
+    argv = ["roll", str(tmp_path / "lambda.keras"), str(tmp_path / "lambda.wroll")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("weightroll: error: Loading ") and "--unsafe" in err and len(err.splitlines()) == 1
+    assert cli.main(argv + ["--unsafe", "-q"]) == 0
+
+
+def test_unroll_of_a_lambda_archive_needs_unsafe(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda t: t * 2), keras.layers.Dense(1)])
+    weightroll.roll(model, tmp_path / "lambda.wroll")
+    argv = ["unroll", str(tmp_path / "lambda.wroll"), str(tmp_path / "lambda.keras")]
+    assert cli.main(argv) == 1
+    assert "--unsafe" in capsys.readouterr().err
+    assert cli.main(argv + ["--unsafe", "-q"]) == 0
+    assert (tmp_path / "lambda.keras").exists()
+
+
+def test_unroll_of_a_truncated_archive_is_one_error_line(rolled, tmp_path, capsys):
+    data = rolled[1].read_bytes()
+    (tmp_path / "cut.wroll").write_bytes(data[: len(data) // 2])
+    assert cli.main(["unroll", str(tmp_path / "cut.wroll"), str(tmp_path / "cut.keras")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("weightroll: error: Not a .wroll archive") and len(err.splitlines()) == 1
+
+
+def test_missing_model_is_one_error_line_without_traceback(tmp_path):
+    result = _run("roll", tmp_path / "absent.keras", tmp_path / "out.wroll", timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"weightroll: error: No such file or directory: '{tmp_path / 'absent.keras'}'"
+    ]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = _run("roll", tmp_path / "absent.keras", tmp_path / "out.wroll", "--debug", timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Traceback (most recent call last):")
+    assert result.stderr.splitlines()[-1].startswith("weightroll: error: No such file or directory")
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["frobnicate"],
+    ["roll"],
+    ["roll", "model.keras", "out.zip"],
+    ["roll", "model.onnx", "out.wroll"],
+    ["roll", "model.keras", "out.wroll", "--bits", "9"],
+    ["roll", "model.keras", "out.wroll", "--bits", "4", "--quality", "small"],
+    ["roll", "model.keras", "out.wroll", "--decoder", "huffman"],
+    ["unroll", "in.wroll", "out.txt"],
+    ["demo", "--out", "demo.zip"],
+])
+def test_usage_errors_exit_2(argv, capsys):
+    assert cli.main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_help_and_version_exit_0(capsys):
+    assert cli.main(["--help"]) == 0
+    assert cli.main(["roll", "--help"]) == 0
+    assert cli.main(["--version"]) == 0
+    assert f"weightroll {weightroll.__version__}" in capsys.readouterr().out
+
+
+def _read_all(fd, seconds=1.0):
+    chunks, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if ready:
+            try:
+                chunks.append(os.read(fd, 4096))
+            except OSError:
+                break
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_draws_a_bar_on_a_terminal():
+    main_fd, terminal_fd = pty.openpty()
+    with os.fdopen(terminal_fd, "w", encoding="utf-8") as terminal:
+        with _progress.task("Rolling", total=10, stream=terminal, delay=0):
+            _progress.advance(5, "dense/kernel")
+            time.sleep(4 * _progress.INTERVAL)
+        output = _read_all(main_fd)
+    os.close(main_fd)
+    assert "Rolling" in output and "50%" in output and "dense/kernel" in output
+    assert output.endswith("\r\x1b[K")  # the line is cleared when the task ends
+
+
+def test_progress_stays_quiet_off_a_terminal_or_when_disabled():
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "w") as pipe:
+        with _progress.task("Rolling", total=10, stream=pipe, delay=0):
+            _progress.advance(5)
+            time.sleep(2 * _progress.INTERVAL)
+    assert os.read(read_fd, 4096) == b""
+    os.close(read_fd)
+    main_fd, terminal_fd = pty.openpty()
+    with os.fdopen(terminal_fd, "w") as terminal:
+        with _progress.task("Rolling", total=10, stream=terminal, delay=0, enabled=False):
+            time.sleep(2 * _progress.INTERVAL)
+        assert _read_all(main_fd, 0.3) == ""
+    os.close(main_fd)
