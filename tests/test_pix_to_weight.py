@@ -77,9 +77,20 @@ def test_channels_of_very_different_scales_get_per_channel_scales(tmp_path):
     assert entry["scales"]["axis"] == 1 and entry["scales"]["count"] == 128
 
 
+def _float64_unavailable():
+    """JAX computes float64 only when x64 is enabled; otherwise it silently uses float32."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return not jax.config.jax_enable_x64
+
+
 def test_keras_network_and_numpy_fast_path_agree_bit_for_bit(archive_path):
     with _archive.RolledArchive(archive_path) as archive:
         decoder = archive.manifest["decoder"]
+        if decoder["kind"] == "mlp" and _float64_unavailable():
+            pytest.skip("the MLP network computes in float64, which JAX does only with JAX_ENABLE_X64=1")
         net = network.from_archive(archive)
         codes = archive.codes()
         fast = weightroll.unroll(archive_path)

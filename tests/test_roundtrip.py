@@ -62,7 +62,8 @@ def test_loaded_model_predicts_like_the_original(rolled):
     diff = np.abs(original - restored).max()
     # The stored roll value is exactly what a user will see after loading.
     assert diff == pytest.approx(report.roll_value["outputs"]["max_abs_diff"], rel=1e-5, abs=1e-7)
-    assert report.roll_value["outputs"]["cosine"] > 0.999
+    # The default preset, given calibration data, bounds the outputs' relative RMSE there.
+    assert report.roll_value["outputs"]["relative_rmse"] <= 0.04
 
 
 def test_roll_value_is_stored_in_the_manifest(rolled):
