@@ -12,4 +12,19 @@ from weightroll._keras.roll import roll  # noqa: E402
 from weightroll.errors import WrollError  # noqa: E402
 from weightroll.report import RollReport  # noqa: E402
 
-__all__ = ["RollReport", "WrollError", "load_rolled", "roll", "unroll"]
+__all__ = ["RollReport", "WeightRollCheckpoint", "WrollError", "load_rolled", "roll", "unroll"]
+
+
+def __getattr__(name):
+    # The callback subclasses `keras.callbacks.Callback`: import it (and Keras)
+    # on first use only, so that `import weightroll` stays free of Keras.
+    if name == "WeightRollCheckpoint":
+        from weightroll.callbacks import WeightRollCheckpoint
+
+        globals()[name] = WeightRollCheckpoint
+        return WeightRollCheckpoint
+    raise AttributeError(f"module 'weightroll' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"WeightRollCheckpoint"})

@@ -6,7 +6,9 @@ move. Modelling the output error as `sum_i a_i * t_i**2` (t_i: the tensor's
 relative RMSE) and its size as `sum_i n_i * (c_i - log2 t_i)` bits, the
 smallest archive at a given output error has `t_i` proportional to
 `sqrt(n_i / a_i)` (equal slopes). The scale is then set, and checked, by
-rolling and measuring the real output error.
+rolling and measuring the real output error. For a softmax classifier,
+top-1 agreement on the calibration samples must also stay at or above
+`1 - output_tolerance / 4`.
 """
 
 import numpy as np
@@ -77,25 +79,44 @@ def allocate(snap, x, output_tolerance, batch_size=None, progress=None):
     if not sizes:
         return {}, 0.0
     weight = {p: np.sqrt(sizes[p] / sensitivity[p]) for p in sizes}
+    # A classifier must also keep its decisions: top-1 agreement on the
+    # calibration samples of at least 1 - output_tolerance / 4 (99% at 0.04).
+    # Classifier here means one output of class probabilities (softmax).
+    classifier = (len(reference) == 1 and reference[0].ndim >= 2 and reference[0].shape[-1] > 1
+                  and bool(np.all(reference[0] >= 0))
+                  and bool(np.allclose(reference[0].sum(-1), 1.0, atol=1e-3)))
+    min_agreement = 1.0 - output_tolerance / 4
+
+    def trial(k):
+        tolerances = {p: float(np.clip(k * w, MIN_TOLERANCE, MAX_TOLERANCE)) for p, w in weight.items()}
+        encoded = _encode.encode(snap.tensors, tolerance=tolerances)
+        model_io.assign(model, list(encoded.decoded.items()))
+        outputs = model_io.predict_outputs(model, x, batch_size)
+        err = _output_error(reference, outputs)
+        ok = err <= output_tolerance
+        if classifier:
+            agreement = np.mean(np.argmax(reference[0], -1) == np.argmax(outputs[0], -1))
+            ok = ok and agreement >= min_agreement
+        return tolerances, err, ok
+
     # Under the model, sum_i a_i t_i^2 = k^2 sum_i n_i, so this k meets the target.
     k = output_tolerance / np.sqrt(sum(sizes.values()))
     best = None
     for _ in range(_REFINEMENTS):
-        tolerances = {p: float(np.clip(k * w, MIN_TOLERANCE, MAX_TOLERANCE)) for p, w in weight.items()}
-        encoded = _encode.encode(snap.tensors, tolerance=tolerances)
-        model_io.assign(model, list(encoded.decoded.items()))
-        err = _output_error(reference, model_io.predict_outputs(model, x, batch_size))
-        if err <= output_tolerance and (best is None or k > best[0]):
+        tolerances, err, ok = trial(k)
+        if ok and (best is None or k > best[0]):
             best = (k, tolerances, err)
         if best is not None and err >= 0.85 * output_tolerance:
             break
-        k *= float(np.clip(output_tolerance / max(err, 1e-12), 0.25, 4.0)) * 0.97
+        factor = output_tolerance / max(err, 1e-12) if (ok or err > output_tolerance) else 0.7
+        k *= float(np.clip(factor, 0.25, 4.0)) * 0.97
+        if best is not None and k <= best[0]:
+            break
     while best is None and k > 1e-6:  # keep tightening until the target is met
         k *= 0.5
-        tolerances = {p: float(np.clip(k * w, MIN_TOLERANCE, MAX_TOLERANCE)) for p, w in weight.items()}
-        encoded = _encode.encode(snap.tensors, tolerance=tolerances)
-        model_io.assign(model, list(encoded.decoded.items()))
-        err = _output_error(reference, model_io.predict_outputs(model, x, batch_size))
-        if err <= output_tolerance:
+        tolerances, err, ok = trial(k)
+        if ok:
             best = (k, tolerances, err)
+    if best is None:  # nothing met it: code every tensor as finely as allowed
+        return {p: MIN_TOLERANCE for p in weight}, err
     return best[1], best[2]

@@ -3,8 +3,6 @@
 import dataclasses
 import os
 
-import numpy as np
-
 from weightroll import _archive, _encode
 from weightroll._keras import model_io, network
 from weightroll.errors import WrollError
@@ -125,6 +123,28 @@ def _split_x(validation_data):
     return validation_data
 
 
+def resolve_options(*, decoder="codebook", bits=None, tolerance=None, quality=None, validation_data=None,
+                    output_tolerance=None, batch_size=None, base=None):
+    """Check `roll`'s options and turn them into `write_snapshot`'s keyword arguments.
+
+    Everything that can fail does so here, before any work; the base model's
+    tensors are hashed once.
+    """
+    _encode.resolve_quality(decoder, bits, tolerance, quality)
+    output_tolerance = _encode.resolve_output_tolerance(
+        decoder, bits, tolerance, quality, output_tolerance, validation_data is not None)
+    base_keys = None
+    if base is not None:
+        from weightroll._keras.base import base_index
+
+        base_keys = set(base_index(base))
+    return {
+        "decoder": decoder, "bits": bits, "tolerance": tolerance, "quality": quality,
+        "validation_data": None if validation_data is None else _split_x(validation_data),
+        "output_tolerance": output_tolerance, "batch_size": batch_size, "base_keys": base_keys,
+    }
+
+
 def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, quality=None,
          validation_data=None, output_tolerance=None, batch_size=None, base=None):
     """Roll a Keras model into a small `.wroll` archive.
@@ -161,7 +181,8 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
             set, bits are spent where the outputs are sensitive: each
             tensor's effect on the outputs is measured on (up to 256 of)
             these samples and tolerances are allocated to reach the output
-            tolerance with the smallest archive.
+            tolerance with the smallest archive (for a softmax classifier,
+            also keeping top-1 agreement at or above `1 - output_tolerance / 4`).
         output_tolerance: the largest relative RMSE of the outputs on
             `validation_data` (e.g. `0.04`, about cosine 0.999); overrides
             the preset's.
@@ -184,20 +205,11 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
     ```
     """
     check_filepath(filepath)
-    _encode.resolve_quality(decoder, bits, tolerance, quality)  # fail before any work
-    output_tolerance = _encode.resolve_output_tolerance(
-        decoder, bits, tolerance, quality, output_tolerance, validation_data is not None)
-    base_keys = None
-    if base is not None:
-        from weightroll._keras.base import base_index
-
-        base_keys = set(base_index(base))
+    options = resolve_options(decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
+                              validation_data=validation_data, output_tolerance=output_tolerance,
+                              batch_size=batch_size, base=base)
     snap = snapshot(model)
     reference = None
-    validation_x = None
-    if validation_data is not None:
-        validation_x = _split_x(validation_data)
-        reference = model_io.predict_outputs(model, validation_x, batch_size)
-    return write_snapshot(snap, filepath, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
-                          reference_outputs=reference, validation_data=validation_x, batch_size=batch_size,
-                          base_keys=base_keys, output_tolerance=output_tolerance)
+    if options["validation_data"] is not None:
+        reference = model_io.predict_outputs(model, options["validation_data"], batch_size)
+    return write_snapshot(snap, filepath, reference_outputs=reference, **options)
