@@ -103,3 +103,15 @@ def test_a_bad_base_argument_is_refused(transfer):
     _, model, _, _ = transfer
     with pytest.raises(weightroll.WrollError, match="`base` must be"):
         weightroll.roll(model, io.BytesIO(), base="weights.bin")
+
+
+def test_calibration_with_a_base_codes_the_head_not_the_base(transfer):
+    base, model, x, _ = transfer
+    buf = io.BytesIO()
+    report = weightroll.roll(model, buf, base=base, validation_data=x)
+    buf.seek(0)
+    with weightroll._archive.RolledArchive(buf) as archive:
+        storage = {t["path"]: t["storage"] for t in archive.manifest["tensors"]}
+    head = next(p for p in storage if p.endswith("head/kernel"))
+    assert storage[head] == "coded"  # the output budget goes to the head
+    assert report.roll_value["outputs"]["relative_rmse"] <= 0.04

@@ -41,13 +41,16 @@ def _output_error(reference, outputs):
     return float(np.sqrt(np.sum((a - b) ** 2) / ref)) if ref > 0 else float(np.any(a != b))
 
 
-def allocate(snap, x, output_tolerance, batch_size=None, progress=None):
+def allocate(snap, x, output_tolerance, batch_size=None, progress=None, base_keys=None):
     """Per-tensor tolerances that meet `output_tolerance` on `x` with the fewest bytes.
 
     Args:
         snap: a `roll.Snapshot` of the model.
         x: calibration inputs (only the first 256 samples are used).
         output_tolerance: largest relative RMSE allowed on the outputs.
+        base_keys: reference keys of a base model; tensors identical to the
+            base's are stored exactly (as references), so they are neither
+            probed nor quantised here.
 
     Returns:
         `(tolerances, measured)`: a dict path -> weight tolerance, and the
@@ -63,6 +66,8 @@ def allocate(snap, x, output_tolerance, batch_size=None, progress=None):
     for i, (path, array) in enumerate(originals):
         if (array.dtype.name not in ("float16", "float32", "float64") or array.size < _MIN_PROBED_SIZE
                 or not np.all(np.isfinite(array))):
+            continue
+        if base_keys and _encode.reference_key(array) in base_keys:
             continue
         choice = select.choose(array, PROBE_TOLERANCE, array.dtype.itemsize)
         if choice.kind != "uniform":
@@ -89,7 +94,7 @@ def allocate(snap, x, output_tolerance, batch_size=None, progress=None):
 
     def trial(k):
         tolerances = {p: float(np.clip(k * w, MIN_TOLERANCE, MAX_TOLERANCE)) for p, w in weight.items()}
-        encoded = _encode.encode(snap.tensors, tolerance=tolerances)
+        encoded = _encode.encode(snap.tensors, tolerance=tolerances, base_keys=base_keys)
         model_io.assign(model, list(encoded.decoded.items()))
         outputs = model_io.predict_outputs(model, x, batch_size)
         err = _output_error(reference, outputs)

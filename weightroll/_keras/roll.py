@@ -71,7 +71,7 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
     if output_tolerance is not None:
         from weightroll._keras.allocate import allocate
 
-        tolerance, _ = allocate(snap, validation_data, output_tolerance, batch_size)
+        tolerance, _ = allocate(snap, validation_data, output_tolerance, batch_size, base_keys=base_keys)
         bits = quality = None
     encoded = _encode.encode(snap.tensors, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
                              base_keys=base_keys)

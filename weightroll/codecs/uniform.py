@@ -68,27 +68,34 @@ def encode(values, step, axis=None):
     Returns:
         A `UniformCode`.
     """
-    x = np.asarray(values, np.float64)
+    # float32 throughout (one pass per step): codes only need to be a
+    # deterministic function of the values, and decoding is float32 anyway.
+    x = np.asarray(values, np.float32)
+    flat = x.reshape(-1)
     if axis is None:
-        rms = float(np.sqrt(np.mean(x * x))) if x.size else 1.0
+        rms = float(np.sqrt(np.dot(flat, flat) / flat.size)) if flat.size else 1.0
         scales = None
         scale = np.float32(rms if rms > 0 else 1.0)
-        u = x / np.float64(scale)
-        scale_b = scale
+        u = flat / scale
     else:
         scales = channel_scales(x, axis)
         scale_b = broadcast_scales(scales, x.shape, axis)
-        u = x / scale_b.astype(np.float64)
-    q = np.rint(u / step)
+        u = (x / scale_b).reshape(-1)
+    q = np.rint(u * np.float32(1.0 / step))
     outlier = np.abs(q) > _HALF_RANGE
-    q = np.where(outlier, 0, q).astype(np.int64).reshape(-1)
-    u_flat = u.reshape(-1)
-    inliers = ~outlier.reshape(-1)
+    outlier_index = np.flatnonzero(outlier).astype(np.int64)
+    if outlier_index.size:
+        q[outlier_index] = 0
     lo, hi = int(q.min()), int(q.max())
-    codes = (q - lo).astype(np.uint8)
+    codes = (q - np.float32(lo)).astype(np.uint8)
     size = hi - lo + 1
-    counts = np.bincount(codes[inliers], minlength=size)
-    sums = np.bincount(codes[inliers], weights=u_flat[inliers], minlength=size)
+    if outlier_index.size:
+        inliers = ~outlier
+        counts = np.bincount(codes[inliers], minlength=size)
+        sums = np.bincount(codes[inliers], weights=u[inliers], minlength=size)
+    else:
+        counts = np.bincount(codes, minlength=size)
+        sums = np.bincount(codes, weights=u, minlength=size)
     centres = (np.arange(size) + lo) * step
     table = np.where(counts > 0, sums / np.maximum(counts, 1), centres).astype(np.float32)
     if axis is None:
@@ -96,7 +103,5 @@ def encode(values, step, axis=None):
         decoded = table[codes]
     else:
         decoded = (table[codes].reshape(x.shape) * scale_b).reshape(-1)
-    outlier_index = np.flatnonzero(outlier.reshape(-1)).astype(np.int64)
-    decoded = decoded.astype(np.float32)
-    decoded[outlier_index] = x.reshape(-1)[outlier_index].astype(np.float32)
+    decoded[outlier_index] = flat[outlier_index]
     return UniformCode(codes, table, scales, axis, outlier_index, decoded.reshape(x.shape), step)
