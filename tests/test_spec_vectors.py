@@ -1,7 +1,8 @@
 """The format specification's test vectors (spec/wroll-v1.md, spec/vectors/).
 
 (a) every valid vector unrolls to exactly the expected tensors, bit for bit;
-(b) every invalid vector is refused with the listed exception and message;
+(b) every invalid vector is refused with the listed exception, message and rule, and every rule
+    has at least one;
 (c) make_vectors.py regenerates byte-identical files (the writer is deterministic);
 (d) the worked example, rule list and limits in the spec agree with the vectors and code.
 """
@@ -22,7 +23,7 @@ import pytest  # noqa: E402
 
 import weightroll  # noqa: E402
 from weightroll import errors  # noqa: E402
-from weightroll._format import limits  # noqa: E402
+from weightroll._format import limits, rules  # noqa: E402
 
 SPEC_DIR = pathlib.Path(__file__).resolve().parents[1] / "spec"
 VECTORS = SPEC_DIR / "vectors"
@@ -105,6 +106,12 @@ def test_invalid_vector_is_refused(entry):
     with pytest.raises(cls, match=re.escape(entry["match"])) as info:
         read(VECTORS / "invalid" / entry["file"], base=base)
     assert type(info.value) is cls, f"{entry['rule']}: raised {type(info.value).__name__}"
+    assert info.value.rule == entry["rule"], str(info.value)
+    assert str(info.value).endswith(f"(spec rule {entry['rule']})")
+
+
+def test_every_rule_has_an_invalid_vector():
+    assert sorted({e["rule"] for e in INDEX}, key=lambda r: int(r[1:])) == list(rules.ALL)
 
 
 # --- (c) golden bytes ----------------------------------------------------------
@@ -180,6 +187,22 @@ def test_every_rule_in_the_index_is_in_the_spec():
     defined = set(re.findall(r"^\*\*(R\d+)\.\*\*", text, re.M))
     assert defined == {f"R{i}" for i in range(1, len(defined) + 1)}  # numbered without gaps
     assert {e["rule"] for e in INDEX} <= defined
+
+
+def test_every_rule_in_the_spec_has_one_constant_in_the_code():
+    defined = re.findall(r"^\*\*(R\d+)\.\*\*", _spec_text(), re.M)
+    constants = [v for k, v in vars(rules).items() if k.isupper() and k != "ALL"]
+    assert sorted(constants, key=lambda r: int(r[1:])) == defined  # one each, none left over
+    assert rules.ALL == tuple(defined)
+
+
+def test_the_spec_lists_the_vectors_of_every_rule():
+    text = _spec_text()
+    for rule in rules.ALL:
+        row = re.search(rf"^\| {rule} \| (.+) \|$", text, re.M)
+        assert row, f"the spec's table of invalid vectors lacks {rule}"
+        listed = set(re.findall(r"`([a-z0-9_]+)`", row.group(1)))
+        assert listed == {e["file"][: -len(".wroll")] for e in INDEX if e["rule"] == rule}, rule
 
 
 def test_limits_table_matches_the_code():

@@ -13,11 +13,11 @@ import numpy as np
 import zstandard
 
 from weightroll import _encode, _progress
-from weightroll._format import container, image, limits
+from weightroll._format import container, image, limits, rules
 from weightroll._format import manifest as mf
 from weightroll._format.atomic import atomic_write
 from weightroll.codecs import mlp
-from weightroll.errors import ArchiveError, LimitError, WrollError
+from weightroll.errors import ArchiveError, LimitError
 
 _ZSTD_LEVEL = 19
 
@@ -91,12 +91,19 @@ def write(target, members):
 class RolledArchive:
     """An opened archive whose manifest has been validated.
 
+    Opening reads the zip directory and `manifest.json` only, and checks
+    R1 to R21. Members are read on demand; `verify_members()` checks the
+    SHA-256 of every one of them, and the decoding functions below call it
+    before they use any member.
+
     Args:
         source: a path, a binary file object or bytes.
     """
 
     def __init__(self, source):
         self._file = None
+        self._verified = {}  # member name -> its bytes, once its SHA-256 matched
+        self._all_verified = False
         if isinstance(source, (str, os.PathLike)):
             self._file = open(source, "rb")
             source = self._file
@@ -104,9 +111,10 @@ class RolledArchive:
             self._members = container.open_members(source)
             names = self._members.names
             if mf.MANIFEST_MEMBER not in names:
-                raise ArchiveError("The archive has no 'manifest.json'; it is not a .wroll archive.")
-            raw = self._members.read(mf.MANIFEST_MEMBER, limits.MAX_MANIFEST_BYTES)
-            manifest = mf.loads(raw, "manifest.json")
+                raise ArchiveError("The archive has no 'manifest.json'; it is not a .wroll archive.",
+                                   rule=rules.MANIFEST_JSON)
+            raw = self._members.read(mf.MANIFEST_MEMBER, limits.MAX_MANIFEST_BYTES, rule=rules.MANIFEST_JSON)
+            manifest = mf.loads(raw, "manifest.json", rule=rules.MANIFEST_JSON)
             sizes = {n: self._members.size(n) for n in names if n != mf.MANIFEST_MEMBER}
             self.manifest = mf.validate(manifest, sizes)
         except BaseException:
@@ -117,43 +125,93 @@ class RolledArchive:
         """`{name: size}` of every zip member, manifest included, in file order."""
         return {name: self._members.size(name) for name in self._members.names}
 
+    def verify_members(self):
+        """Check every listed member's zip CRC and SHA-256 (R22, R23), once.
+
+        The members this reader decodes are kept for `member()`; the others
+        (members of a later minor version) are hashed in pieces and dropped.
+        """
+        if self._all_verified:
+            return
+        for name in self.manifest["members"]:
+            if name in _DECODED_MEMBERS:
+                self.member(name)
+            elif name not in self._verified:
+                self._check_sha256(name, self._members.sha256(name))
+                self._verified[name] = None
+        self._all_verified = True
+
     def member(self, name):
-        """The bytes of member `name`, after checking its SHA-256."""
-        entry = self.manifest["members"][name]
-        data = self._members.read(name, entry["size"])
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise ArchiveError(
-                f"Member '{name}' does not match its SHA-256 checksum in manifest.json; "
-                "the archive is damaged or was altered."
-            )
+        """The bytes of member `name`, after checking its CRC and SHA-256 (R22, R23)."""
+        data = self._verified.get(name)
+        if data is None:
+            data = self._members.read(name, self.manifest["members"][name]["size"])
+            self._check_sha256(name, hashlib.sha256(data).hexdigest())
+            self._verified[name] = data
         return data
 
+    def _check_sha256(self, name, digest):
+        if digest != self.manifest["members"][name]["sha256"]:
+            raise ArchiveError(
+                f"Member '{mf._short(name)}' does not match its SHA-256 checksum in manifest.json; "
+                "the archive is damaged or was altered.",
+                rule=rules.MEMBER_SHA256,
+            )
+
     def architecture_json(self):
-        """The model's architecture JSON bytes, decompressed within the declared size."""
+        """The model's architecture JSON bytes, decompressed within the declared size (R35)."""
         return self._zstd_member(mf.ARCHITECTURE_MEMBER, self.manifest["architecture"]["size"])
 
     def decoder_config_json(self):
-        """The pix-to-weight network's Keras config JSON bytes."""
+        """The pix-to-weight network's Keras config JSON bytes (R35)."""
         return self._zstd_member(mf.DECODER_CONFIG_MEMBER, self.manifest["decoder"]["config_size"])
 
+    def decoder_config(self):
+        """The pix-to-weight network's Keras config, parsed strictly (R35, R36)."""
+        config = mf.loads(self.decoder_config_json(), f"'{mf.DECODER_CONFIG_MEMBER}'")
+        if not isinstance(config, dict):
+            raise ArchiveError(f"'{mf.DECODER_CONFIG_MEMBER}' must hold a JSON object (a Keras config).",
+                               rule=rules.JSON_MEMBER)
+        return config
+
     def _zstd_member(self, name, declared):
-        """A zstd-compressed member's content, never more than `declared` bytes."""
+        """A zstd-compressed member's content: one frame, exactly `declared`
+        bytes, nothing after it. Never inflates more than `declared + 1` bytes."""
         data = self.member(name)
         try:
             size = zstandard.frame_content_size(data)
         except zstandard.ZstdError as e:
-            raise ArchiveError(f"'{name}' is not a zstd frame ({e}).") from None
+            raise ArchiveError(f"'{name}' is not a zstd frame ({e}).", rule=rules.ZSTD_MEMBER) from None
         if size not in (-1, declared):  # -1: the frame does not say
-            raise ArchiveError(f"'{name}' declares {size} bytes but manifest.json says {declared}.")
+            raise ArchiveError(f"'{name}' declares {size} bytes but manifest.json says {declared}.",
+                               rule=rules.ZSTD_MEMBER)
+        decompressor = zstandard.ZstdDecompressor()
         try:
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
-            out = reader.read(declared + 1)
+            # Bounded: a frame that expands without limit stops at declared + 1 bytes.
+            with decompressor.stream_reader(io.BytesIO(data), read_across_frames=False) as reader:
+                out = reader.read(declared + 1)
         except zstandard.ZstdError as e:
-            raise ArchiveError(f"'{name}' cannot be decompressed ({e}).") from None
-        if len(out) != declared:
-            raise LimitError(
-                f"'{name}' expands to {'more than ' if len(out) > declared else ''}"
-                f"{len(out)} bytes; manifest.json declares {declared}."
+            raise ArchiveError(f"'{name}' cannot be decompressed ({e}).", rule=rules.ZSTD_MEMBER) from None
+        if len(out) > declared:
+            raise LimitError(f"'{name}' expands to more than the {declared} bytes manifest.json declares.",
+                             rule=rules.ZSTD_MEMBER)
+        if len(out) < declared:
+            raise ArchiveError(f"'{name}' expands to {len(out)} bytes; manifest.json declares {declared}.",
+                               rule=rules.ZSTD_MEMBER)
+        # The frame is now known to give exactly `declared` bytes, so decoding it
+        # again at once is bounded too; this tells where the frame ends.
+        frame = decompressor.decompressobj()
+        try:
+            frame.decompress(data)
+        except zstandard.ZstdError as e:
+            raise ArchiveError(f"'{name}' cannot be decompressed ({e}).", rule=rules.ZSTD_MEMBER) from None
+        if not frame.eof:
+            raise ArchiveError(f"'{name}' ends inside its zstd frame; it is truncated.", rule=rules.ZSTD_MEMBER)
+        if frame.unused_data:
+            raise ArchiveError(
+                f"'{name}' has {len(frame.unused_data)} bytes after its zstd frame; a member is one frame "
+                "and nothing else.",
+                rule=rules.ZSTD_MEMBER,
             )
         return out
 
@@ -174,6 +232,8 @@ class RolledArchive:
         return image.decode_png(self.member(mf.IMAGE_MEMBER), info["width"], info["height"], info["codes"])
 
     def close(self):
+        self._verified = {}
+        self._all_verified = False
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -183,6 +243,11 @@ class RolledArchive:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# The members a reader of this version decodes; `verify_members` keeps their bytes.
+_DECODED_MEMBERS = (mf.IMAGE_MEMBER, mf.DECODER_CONFIG_MEMBER, mf.DECODER_WEIGHTS_MEMBER,
+                    mf.ARCHITECTURE_MEMBER, mf.EXACT_MEMBER)
 
 
 def lookup_tables(archive):
@@ -196,11 +261,16 @@ def lookup_tables(archive):
     if decoder["kind"] == "codebook":
         table, scales = arrays[0][:, 0], arrays[1][:, 0]
         if scales[0] != 1.0:
-            raise ArchiveError("decoder.bin: scales[0] must be 1.0 (the reserved 'no scale' entry).")
+            raise ArchiveError(
+                f"decoder.bin: scales[0] must be 1.0 (the reserved 'no scale' entry); received {scales[0]!r}.",
+                rule=rules.SCALES_RESERVED,
+            )
     else:
-        table, scales = mlp.evaluate(arrays, decoder["bits"], decoder["activation"]), None
+        with np.errstate(all="ignore"):  # overflow becomes inf, refused below
+            table, scales = mlp.evaluate(arrays, decoder["bits"], decoder["activation"]), None
     if not np.all(np.isfinite(table)) or (scales is not None and not np.all(np.isfinite(scales))):
-        raise ArchiveError("The pix-to-weight decoder yields non-finite weights; the archive is corrupt.")
+        raise ArchiveError("The pix-to-weight decoder yields non-finite weights; the archive is corrupt.",
+                           rule=rules.NOT_FINITE)
     return table, scales
 
 
@@ -212,29 +282,42 @@ def _read_outliers(exact_bytes, entry, dtype, size):
     if count and (index[0] < 0 or index[-1] >= size or np.any(np.diff(index) <= 0)):
         raise ArchiveError(
             f"Tensor '{mf._short(entry['path'])}' has outlier indices that are not strictly increasing "
-            f"within [0, {size})."
+            f"within [0, {size}).",
+            rule=rules.OUTLIER_INDICES,
         )
     return index, values.astype(dtype)
 
 
 def decode_tensor(entry, codes, table, scales, exact_bytes, kind):
-    """Decode one tensor described by its manifest entry."""
+    """Decode one tensor described by its (validated) manifest entry."""
+    with np.errstate(all="ignore"):  # float16 overflow is defined (§7.1): inf, no warning
+        return _decode_tensor(entry, codes, table, scales, exact_bytes, kind)
+
+
+def _decode_tensor(entry, codes, table, scales, exact_bytes, kind):
     dtype = np.dtype(entry["dtype"])
     shape = entry["shape"]
     if entry["storage"] == "exact":
         start, size = entry["bytes"]["offset"], entry["bytes"]["size"]
         array = np.frombuffer(exact_bytes, dtype=dtype.newbyteorder("<"), count=size // dtype.itemsize,
                               offset=start)
+        if dtype == np.bool_ and np.any(array.view(np.uint8) > 1):
+            raise ArchiveError(
+                f"Tensor '{mf._short(entry['path'])}' is bool but its bytes in '{mf.EXACT_MEMBER}' hold "
+                "values other than 0x00 and 0x01.",
+                rule=rules.BOOL_BYTES,
+            )
         return array.astype(dtype).reshape(shape)
     span = codes[entry["codes"]["offset"]: entry["codes"]["offset"] + entry["codes"]["count"]]
     if kind == "codebook":
         offset, size = entry["table"]["offset"], entry["table"]["size"]
     else:
         offset, size = 0, table.size
-    top = int(span.max()) if span.size else 0
+    top = int(span.max()) if span.size else -1  # an empty tensor has no code to check
     if top >= size:
         raise ArchiveError(
-            f"Tensor '{mf._short(entry['path'])}' has code {top}, outside its {size}-entry table."
+            f"Tensor '{mf._short(entry['path'])}' has code {top}, outside its {size}-entry table.",
+            rule=rules.CODE_OUTSIDE_TABLE,
         )
     values = table[offset: offset + size][span].reshape(shape)
     if "scales" in entry and kind == "codebook":
@@ -284,8 +367,10 @@ def iter_decoded(archive, base=None, skip_references=False):
         raise ArchiveError(
             f"This archive stores {len(references)} tensors as references to a base model "
             f"(e.g. '{mf._short(references[0]['path'])}'); pass the base it was rolled against "
-            "(`base=`) to load it."
+            "(`base=`) to load it.",
+            rule=rules.REFERENCE,
         )
+    archive.verify_members()  # every member's SHA-256, before any of them is used
     coded = any(t["storage"] == "coded" for t in tensors)
     codes = archive.codes() if coded else None
     table, scales = lookup_tables(archive) if coded else (None, None)
@@ -299,8 +384,9 @@ def iter_decoded(archive, base=None, skip_references=False):
             if key not in base:
                 raise ArchiveError(
                     f"Tensor '{mf._short(t['path'])}' references a base tensor ({t['dtype']} "
-                    f"{t['shape']}, SHA-256 {t['sha256'][:12]}...) that the given base does not "
-                    "hold bit for bit; pass the exact base model the archive was rolled against."
+                    f"{mf._short(t['shape'])}, SHA-256 {t['sha256'][:12]}...) that the given base does not "
+                    "hold bit for bit; pass the exact base model the archive was rolled against.",
+                    rule=rules.REFERENCE,
                 )
             array = np.array(base[key], copy=True)
         else:
@@ -308,7 +394,8 @@ def iter_decoded(archive, base=None, skip_references=False):
             if _encode.tensor_digest(array) != t["sha256"]:
                 raise ArchiveError(
                     f"Tensor '{mf._short(t['path'])}' decodes to values whose SHA-256 differs from the "
-                    "one recorded when it was rolled; the manifest or data was altered."
+                    "one recorded when it was rolled; the manifest or data was altered.",
+                    rule=rules.TENSOR_DIGEST,
                 )
         _progress.advance(array.size, t["path"])
         yield t["path"], array

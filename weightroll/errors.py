@@ -4,11 +4,31 @@ Every error about an archive, a model or an argument is a `WrollError`, which is
 a `ValueError`, so callers that already catch `ValueError` keep working. The few
 subclasses exist only where a caller may want to react differently.
 Operating-system errors (`FileNotFoundError`, `PermissionError`) are not wrapped.
+
+An error raised because an archive breaks one of the numbered rejection rules
+of `spec/wroll-v1.md` ("What a reader MUST reject") names that rule: its `rule`
+attribute is the rule's number, e.g. `"R23"`, and its message ends with
+`(spec rule R23)`. The numbers are the constants of `weightroll._format.rules`.
+Errors about arguments or models have `rule` `None`.
 """
 
 
 class WrollError(ValueError):
-    """Root of every error weightroll raises on bad input."""
+    """Root of every error weightroll raises on bad input.
+
+    Args:
+        message: what was wrong, what was expected and what was received.
+        rule: the spec's rejection rule that the input breaks (`"R1"` ...),
+            or `None`. Defaults to `None`.
+    """
+
+    rule = None
+
+    def __init__(self, message="", *, rule=None):
+        if rule is not None:
+            message = f"{message} (spec rule {rule})"
+        super().__init__(message)
+        self.rule = rule
 
 
 class ArchiveError(WrollError):

@@ -36,6 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from weightroll._format import limits  # noqa: E402  (numpy only: no Keras yet)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = "dense_codebook_2bit"
 
@@ -392,6 +394,14 @@ def invalid_vectors(bases):
     yield ("sizes_disagree", patch_entry(tiny, "weights.png", None, 20, size + 1, fmt="<I"), "R1",
            "ArchiveError", "a stored member's sizes must agree", "unroll",
            "Central-directory compressed size of weights.png set to its size + 1.")
+    yield ("bytes_before_zip", b"MZ" + bytes(62) + tiny, "R1", "ArchiveError", "bytes before the archive",
+           "unroll", f"64 bytes (MZ and zeros, like an executable stub) put in front of {EXAMPLE}.wroll; "
+           "the zip's offsets are left relative to its own start.")
+    png_header = _central_entries(tiny)["weights.png"][1]
+    yield ("members_overlap", patch_entry(tiny, "decoder.bin", None, 42, png_header, fmt="<I"), "R1",
+           "ArchiveError", "overlap in the file", "unroll",
+           "The central-directory entry of decoder.bin points at weights.png's local header "
+           f"(offset {png_header}).")
 
     # R2: manifest.json present and strict JSON
     yield ("manifest_missing", zip_bytes([(n, d) for n, d in tm if n != "manifest.json"]), "R2",
@@ -411,6 +421,15 @@ def invalid_vectors(bases):
            "The first relative_rmse (an informative field) written as the bare token NaN.")
     yield ("manifest_not_object", repack_manifest_bytes(tm, b"[]\n"), "R2", "ArchiveError",
            "must hold a JSON object", "unroll", "manifest.json holds an empty array.")
+    deep = limits.MAX_JSON_DEPTH - 1  # inside the manifest object and "settings": one level too many
+    yield ("manifest_too_deep", man(lambda m: m["settings"].update(x=json.loads("[" * deep + "]" * deep))),
+           "R2", "LimitError", f"nested {limits.MAX_JSON_DEPTH + 1} levels deep", "unroll",
+           f"settings.x (an informative field) set to {deep} nested empty arrays: the manifest is "
+           f"{limits.MAX_JSON_DEPTH + 1} levels deep.")
+    yield ("manifest_number_not_finite",
+           repack_manifest_bytes(tm, manifest_text.replace(b'"bits":2}', b'"bits":1e999}')),
+           "R2", "ArchiveError", "holds the number 1e999, which is not finite", "unroll",
+           "settings.bits (an informative field) written as 1e999, which overflows binary64.")
 
     # R3, R4: format name and version
     yield ("format_name", man(lambda m: m.update(format="zip")), "R3", "ArchiveError",
@@ -423,6 +442,10 @@ def invalid_vectors(bases):
            "must look like 'MAJOR.MINOR'", "unroll", "format_version set to \"1.0.0\".")
     yield ("version_number", man(lambda m: m.update(format_version=1.0)), "R4", "ArchiveError",
            "must look like 'MAJOR.MINOR'", "unroll", "format_version written as the JSON number 1.0.")
+    yield ("version_arabic_digits", man(lambda m: m.update(format_version="\u0661.\u0660")), "R4",
+           "ArchiveError", "must look like 'MAJOR.MINOR'", "unroll",
+           "format_version set to \"\\u0661.\\u0660\", one and zero in Arabic-Indic digits (Unicode decimal "
+           "digits, but not ASCII).")
 
     # R5, R6: members
     yield ("unlisted_member", repack(tm, add=[("notes.txt", b"hello\n")]), "R5", "ArchiveError",
@@ -447,7 +470,7 @@ def invalid_vectors(bases):
     # R8: image section
     yield ("image_member_name", man(lambda m: m["image"].update(member="codes.png")), "R8", "ArchiveError",
            "image.member must be 'weights.png'", "unroll", "image.member set to \"codes.png\".")
-    yield ("image_zero_width", man(lambda m: m["image"].update(width=0)), "R8", "LimitError",
+    yield ("image_zero_width", man(lambda m: m["image"].update(width=0)), "R8", "ArchiveError",
            "both must be >= 1", "unroll", "image.width set to 0.")
     yield ("image_too_many_codes", man(lambda m: m["image"].update(codes=13)), "R8", "ArchiveError",
            "does not fit a 12x1 image", "unroll", "image.codes set to 13 for a 12x1 image.")
@@ -466,6 +489,9 @@ def invalid_vectors(bases):
     yield ("decoder_config_member", man(lambda m: m["decoder"].update(config_member="decoder.json")), "R9",
            "ArchiveError", "decoder.config_member must be 'decoder.json.zst'", "unroll",
            "decoder.config_member set to \"decoder.json\".")
+    yield ("decoder_weights_member", man(lambda m: m["decoder"].update(weights_member="decoder.bin.old")), "R9",
+           "ArchiveError", "decoder.weights_member must be 'decoder.bin'", "unroll",
+           "decoder.weights_member set to \"decoder.bin.old\".")
     yield ("decoder_config_too_large", man(lambda m: m["decoder"].update(config_size=1 << 30)), "R9",
            "LimitError", "decoder.config_size=1073741824 exceeds the limit", "unroll",
            "decoder.config_size set to 2**30.")
@@ -492,6 +518,15 @@ def invalid_vectors(bases):
            "The bias's shape set to [131072, 131072] (2**34 elements).")
     yield ("shape_rank", bias(lambda t: t.update(shape=[1] * 33)), "R13", "LimitError", "has rank 33",
            "unroll", "The bias's shape set to 33 ones.")
+
+    def huge_references(m):
+        for i in range(2):
+            m["tensors"].append({"dtype": "float32", "path": f"huge_{i}", "sha256": "0" * 64,
+                                 "shape": [limits.MAX_TENSOR_ELEMENTS], "storage": "reference"})
+    yield ("tensors_too_many_elements_in_all", man(huge_references), "R13", "LimitError",
+           f"hold more than {limits.MAX_TENSOR_ELEMENTS} elements in all", "unroll",
+           f"Two reference tensors of shape [{limits.MAX_TENSOR_ELEMENTS}] appended: each within the limit, "
+           "not their sum.")
     yield ("tensor_sha256_malformed", kernel(lambda t: t.update(sha256=t["sha256"][:63])), "R14",
            "ArchiveError", "sha256 must be 64 lowercase hex digits", "unroll",
            "The kernel's sha256 cut to 63 hex digits.")
@@ -516,6 +551,14 @@ def invalid_vectors(bases):
     yield ("scales_outside", tol_tensor("hidden/kernel", lambda t: t["scales"].update(offset=2)),
            "R18", "ArchiveError", "uses scales [2, 18)", "unroll",
            "dense_tolerance with hidden/kernel's scales.offset set to 2 (the decoder has 17 scales).")
+    yield ("mlp_tensor_table",
+           man(lambda m: _tensor(m, "dense/kernel").update(table={"offset": 0, "size": 256}), mm),
+           "R17", "ArchiveError", "has 'table', but an mlp decoder has no table", "unroll",
+           "dense_mlp_8bit with a table field {offset 0, size 256} added to the kernel.")
+    yield ("mlp_tensor_scales",
+           man(lambda m: _tensor(m, "dense/kernel").update(scales={"offset": 1, "count": 3, "axis": 1}), mm),
+           "R18", "ArchiveError", "has 'scales', but an mlp decoder has no scales", "unroll",
+           "dense_mlp_8bit with a scales field {offset 1, count 3, axis 1} added to the kernel.")
     yield ("outliers_outside", tol_tensor("head/kernel", lambda t: t["outliers"].update(offset=20)),
            "R19", "ArchiveError", "has 2 outliers at bytes [20, 44)", "unroll",
            "dense_tolerance with head/kernel's outliers.offset set to 20 (exact.bin is 40 bytes).")
@@ -547,6 +590,20 @@ def invalid_vectors(bases):
     yield ("member_sha256_mismatch", repack(tm, replace={"exact.bin": bytes(flipped)}, fix=False), "R23",
            "ArchiveError", "Member 'exact.bin' does not match its SHA-256", "unroll",
            "One bit of exact.bin flipped, zip rewritten (valid CRC-32), manifest sha256 left.")
+    arch_zst = bytearray(tdict["architecture.json.zst"])
+    arch_zst[-1] ^= 0x01
+    yield ("architecture_sha256_mismatch",
+           repack(tm, replace={"architecture.json.zst": bytes(arch_zst)}, fix=False),
+           "R23", "ArchiveError", "Member 'architecture.json.zst' does not match its SHA-256", "unroll",
+           "One bit of architecture.json.zst flipped, zip rewritten, manifest sha256 left: unroll does "
+           "not decode the architecture, but checks every member.")
+    ddict = dict(dm)
+    png_flipped = bytearray(ddict["weights.png"])
+    png_flipped[-5] ^= 0x01
+    yield ("uncoded_image_sha256_mismatch", repack(dm, replace={"weights.png": bytes(png_flipped)}, fix=False),
+           "R23", "ArchiveError", "Member 'weights.png' does not match its SHA-256", "unroll",
+           "dense_dropout_exact (no coded tensor, so the image is never decoded) with one bit of "
+           "weights.png's IEND chunk flipped, zip rewritten, manifest sha256 left.")
 
     # R24 - R27: the PNG
     codes = np.array([2, 1, 3, 0, 2, 1, 3, 0, 2, 1, 3, 0], np.uint8)
@@ -634,25 +691,121 @@ def invalid_vectors(bases):
            "Table entries 0 and 1 of decoder.bin swapped (checksums updated): the data are self-"
            "consistent, only the tensor digest notices.")
 
-    # R34, R35: the architecture member (read by Keras loaders only)
+    # R34: bool bytes
+    def bias_bool(t):
+        t.update(dtype="bool", shape=[12])  # the same 12 bytes, so the same digest
+    yield ("bool_not_0_or_1", bias(bias_bool), "R34", "ArchiveError", "values other than 0x00 and 0x01",
+           "unroll", "The exact bias relabelled bool of shape [12]: its bytes (and digest) are unchanged, "
+           "but 0x3e and 0xbf are not bools.")
+
+    # R35 - R38: the architecture member and the decoder config (read by Keras loaders only)
     arch_json = _unzstd(tdict["architecture.json.zst"])
-    yield ("architecture_size_mismatch", man(lambda m: m["architecture"].update(size=100)), "R34",
+    yield ("architecture_size_mismatch", man(lambda m: m["architecture"].update(size=100)), "R35",
            "ArchiveError", "but manifest.json says 100", "load_rolled",
            f"architecture.size set to 100; the zstd frame declares {len(arch_json)}.")
     yield ("architecture_not_zstd", repack(tm, replace={"architecture.json.zst": b"not zstd at all\n"}),
-           "R34", "ArchiveError", "is not a zstd frame", "load_rolled",
+           "R35", "ArchiveError", "is not a zstd frame", "load_rolled",
            "architecture.json.zst replaced by plain text (checksums updated).")
     yield ("architecture_expands_beyond",
            repack(tm, _edit(lambda m: m["architecture"].update(size=len(arch_json) - 1))(tman),
                   replace={"architecture.json.zst": _zstd(arch_json, content_size=False)}),
-           "R34", "LimitError", f"manifest.json declares {len(arch_json) - 1}", "load_rolled",
+           "R35", "LimitError", f"expands to more than the {len(arch_json) - 1} bytes", "load_rolled",
            "A zstd frame without a content size; architecture.size one byte short of the output.")
     dup = arch_json.replace(b"{", b'{"module":"keras",', 1)
     yield ("architecture_duplicate_key",
            repack(tm, _edit(lambda m: m["architecture"].update(size=len(dup)))(tman),
                   replace={"architecture.json.zst": _zstd(dup)}),
-           "R35", "ArchiveError", "has the key 'module' twice", "load_rolled",
+           "R36", "ArchiveError", "has the key 'module' twice", "load_rolled",
            "A second \"module\" key at the top of the architecture JSON (sizes and checksums updated).")
+    yield from _keras_loader_vectors(tm, arch_json, man)
+
+
+def _with_architecture(members, text, content_size=True, size=None):
+    """`members` with architecture.json.zst holding `text` (sizes and checksums updated)."""
+    manifest = manifest_of(members)
+    manifest["architecture"]["size"] = len(text) if size is None else size
+    return repack(members, manifest, replace={"architecture.json.zst": _zstd(text, content_size)})
+
+
+def _architecture_of(model):
+    from weightroll._keras.model_io import architecture_json
+
+    return architecture_json(model)
+
+
+def _keras_loader_vectors(tm, arch_json, man):
+    """Invalid vectors that only a reader of the JSON members (a Keras loader) notices: R35 to R38."""
+    import keras
+
+    config = json.loads(arch_json)
+
+    def arch_text(obj):
+        return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+    # R35: one zstd frame of exactly the declared size, nothing after it
+    yield ("architecture_shorter_than_declared",
+           _with_architecture(tm, arch_json, content_size=False, size=len(arch_json) + 1),
+           "R35", "ArchiveError",
+           f"expands to {len(arch_json)} bytes; manifest.json declares {len(arch_json) + 1}",
+           "load_rolled", "A zstd frame without a content size; architecture.size one byte more than the output.")
+    trailing = repack(tm, replace={"architecture.json.zst": _zstd(arch_json) + b"\x00"})
+    yield ("architecture_trailing_data", trailing, "R35", "ArchiveError", "has 1 bytes after its zstd frame",
+           "load_rolled", "One zero byte appended to architecture.json.zst after its frame (checksums updated).")
+    yield ("decoder_config_size_mismatch", man(lambda m: m["decoder"].update(config_size=100)), "R35",
+           "ArchiveError", "'decoder.json.zst' declares", "load_rolled",
+           "decoder.config_size set to 100; the zstd frame declares the real size.")
+
+    # R36: strict JSON, an object, not too deep
+    deep = dict(config, x_deep=json.loads("[" * (limits.MAX_JSON_DEPTH) + "]" * (limits.MAX_JSON_DEPTH)))
+    yield ("architecture_too_deep", _with_architecture(tm, arch_text(deep)), "R36", "LimitError",
+           f"nested {limits.MAX_JSON_DEPTH + 1} levels deep", "load_rolled",
+           f"A key x_deep holding {limits.MAX_JSON_DEPTH} nested empty arrays added to the architecture object.")
+    yield ("architecture_not_object", _with_architecture(tm, b"[]"), "R36", "ArchiveError",
+           "must hold a JSON object", "load_rolled", "The architecture JSON is an empty array.")
+    manifest = manifest_of(tm)
+    manifest["decoder"]["config_size"] = 1
+    yield ("decoder_config_not_json", repack(tm, manifest, replace={"decoder.json.zst": _zstd(b"{")}), "R36",
+           "ArchiveError", "'decoder.json.zst' is not valid JSON", "load_rolled",
+           "decoder.json.zst replaced by a frame of the one byte '{' (sizes and checksums updated).")
+
+    # R37: the architecture builds a keras.Model, without running stored code in safe mode
+    unsafe = json.loads(arch_json)
+    dense = next(layer for layer in unsafe["config"]["layers"] if layer["name"] == "dense")
+    dense["config"]["activation"] = {"class_name": "__lambda__", "config": {"value": "bm90IGJ5dGVjb2Rl"}}
+    yield ("architecture_lambda", _with_architecture(tm, arch_text(unsafe)), "R37", "UnsafeArchiveError",
+           "a Python lambda serialised as bytecode in layer 'dense'", "load_rolled",
+           "The dense layer's activation replaced by a serialised Python lambda, as Keras writes one "
+           "(its `value`, base64 of 'not bytecode', is not runnable: readers must refuse it unread).")
+    unknown = json.loads(arch_json)
+    dense = next(layer for layer in unknown["config"]["layers"] if layer["name"] == "dense")
+    dense["class_name"] = "NoSuchLayer"
+    yield ("architecture_unknown_class", _with_architecture(tm, arch_text(unknown)), "R37", "WrollError",
+           "The model's architecture cannot be rebuilt", "load_rolled",
+           "The dense layer's class_name set to \"NoSuchLayer\".")
+    _reset_names()
+    layer = keras.saving.serialize_keras_object(keras.layers.Dense(3, name="dense"))
+    yield ("architecture_not_a_model", _with_architecture(tm, arch_text(layer)), "R37", "WrollError",
+           "describes a Dense, not a keras.Model", "load_rolled",
+           "The architecture replaced by the config of a lone Dense(3) layer.")
+
+    # R38: one variable per tensor, same shapes, same kinds of dtype
+    _reset_names()
+    inputs = keras.Input(shape=(4,), name="x")
+    no_bias = keras.Model(inputs, keras.layers.Dense(3, use_bias=False, name="dense")(inputs), name="tiny")
+    yield ("variables_count_mismatch", _with_architecture(tm, _architecture_of(no_bias)), "R38", "WrollError",
+           "The archive holds 2 tensors but the rebuilt model 'tiny' has 1 variables", "load_rolled",
+           "The architecture of the same model built with use_bias=False (one variable for two tensors).")
+    _reset_names()
+    inputs = keras.Input(shape=(5,), name="x")
+    wider = keras.Model(inputs, keras.layers.Dense(3, name="dense")(inputs), name="tiny")
+    yield ("variable_shape_mismatch", _with_architecture(tm, _architecture_of(wider)), "R38", "WrollError",
+           "Variable 'dense/kernel' has shape (5, 3), but the archive's tensor 'dense/kernel' has shape (4, 3)",
+           "load_rolled", "The architecture of the same model on 5 inputs instead of 4.")
+    yield ("variable_dtype_kind", man(lambda m: _tensor(m, "dense/bias").update(dtype="int32")), "R38",
+           "WrollError",
+           "Variable 'dense/bias' is float32, but the archive's tensor 'dense/bias' is int32", "load_rolled",
+           "The exact bias relabelled int32: the same 12 bytes and digest, so unroll returns it, but a float "
+           "variable does not take an integer tensor.")
 
 
 def forward_compatible(bases):

@@ -9,9 +9,9 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import PngImagePlugin
+from PIL import Image, PngImagePlugin
 
-from weightroll._format import limits
+from weightroll._format import limits, rules
 from weightroll.errors import ArchiveError, LimitError
 
 # Rows of 4096 pixels keep a 100M-parameter model's image at 4096 x 24415:
@@ -91,13 +91,14 @@ def read_png_header(data):
         A dict with `width`, `height`, `bit_depth`, `color_type`, `interlace`.
     """
     if len(data) < 33 or data[:8] != _PNG_SIGNATURE:
-        raise ArchiveError("'weights.png' is not a PNG file (bad signature or too short).")
+        raise ArchiveError("'weights.png' is not a PNG file (bad signature or too short).",
+                           rule=rules.PNG_HEADER)
     length, ctype = struct.unpack(">I4s", data[8:16])
     if ctype != b"IHDR" or length != 13:
-        raise ArchiveError("'weights.png' does not start with a valid IHDR chunk.")
+        raise ArchiveError("'weights.png' does not start with a valid IHDR chunk.", rule=rules.PNG_HEADER)
     crc = struct.unpack(">I", data[29:33])[0]
     if zlib.crc32(data[12:29]) != crc:
-        raise ArchiveError("'weights.png' has a damaged IHDR chunk (CRC mismatch).")
+        raise ArchiveError("'weights.png' has a damaged IHDR chunk (CRC mismatch).", rule=rules.PNG_HEADER)
     width, height, bit_depth, color_type, _, _, interlace = struct.unpack(
         ">IIBBBBB", data[16:29]
     )
@@ -108,6 +109,18 @@ def read_png_header(data):
         "color_type": color_type,
         "interlace": interlace,
     }
+
+
+# What Pillow raises for PNG bytes it cannot decode: OSError ("image file is
+# truncated", "broken data stream"), SyntaxError (a damaged chunk), ValueError
+# (a text chunk too large), and a few lower-level errors it lets through.
+_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError,
+                  KeyError, TypeError, Image.DecompressionBombError)
+
+
+def _printable(error):
+    text = "".join(c if c.isprintable() else "?" for c in str(error)[:200])
+    return text
 
 
 def decode_png(data, width, height, n_codes):
@@ -123,19 +136,22 @@ def decode_png(data, width, height, n_codes):
         if header[key] != want:
             raise ArchiveError(
                 f"'weights.png' has {key}={header[key]}, but the manifest requires "
-                f"{key}={want} (8-bit grayscale, non-interlaced, {width}x{height})."
+                f"{key}={want} (8-bit grayscale, non-interlaced, {width}x{height}).",
+                rule=rules.PNG_HEADER,
             )
     if width > limits.MAX_IMAGE_WIDTH or width * height > limits.MAX_PIXELS:
         raise LimitError(
             f"'weights.png' is {width}x{height}, beyond the reader's limits "
-            f"(width <= {limits.MAX_IMAGE_WIDTH}, pixels <= {limits.MAX_PIXELS})."
+            f"(width <= {limits.MAX_IMAGE_WIDTH}, pixels <= {limits.MAX_PIXELS}).",
+            rule=rules.PNG_BOMB,
         )
     raw_size = height * (width + 1)
     if raw_size > limits.DEFLATE_MAX_RATIO * len(data):
         raise LimitError(
             f"'weights.png' claims {raw_size} raw bytes from {len(data)} compressed "
             f"bytes, beyond deflate's maximum ratio of {limits.DEFLATE_MAX_RATIO}:1; "
-            "it is a decompression bomb or damaged."
+            "it is a decompression bomb or damaged.",
+            rule=rules.PNG_BOMB,
         )
     try:
         # Constructed directly rather than through Image.open: the dimensions
@@ -146,22 +162,25 @@ def decode_png(data, width, height, n_codes):
         if image.mode != "L" or image.size != (width, height):
             raise ArchiveError(
                 f"'weights.png' decodes as mode {image.mode} {image.size}; "
-                f"expected mode L ({width}, {height})."
+                f"expected mode L ({width}, {height}).",
+                rule=rules.PNG_DATA,
             )
         pixels = np.asarray(image, dtype=np.uint8).reshape(-1)
     except ArchiveError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
-        raise ArchiveError(f"'weights.png' cannot be decoded ({e}).") from None
+    except _PILLOW_ERRORS as e:
+        raise ArchiveError(f"'weights.png' cannot be decoded ({_printable(e)}).", rule=rules.PNG_DATA) from None
     if pixels.size != width * height:
-        raise ArchiveError("'weights.png' decoded to the wrong number of pixels.")
+        raise ArchiveError("'weights.png' decoded to the wrong number of pixels.", rule=rules.PNG_DATA)
     if n_codes > pixels.size:
         raise ArchiveError(
             f"The manifest declares {n_codes} codes but 'weights.png' holds only "
-            f"{pixels.size} pixels."
+            f"{pixels.size} pixels.",
+            rule=rules.PNG_DATA,
         )
     if np.any(pixels[n_codes:]):
         raise ArchiveError(
-            "'weights.png' has non-zero padding after the last code; padding must be 0."
+            "'weights.png' has non-zero padding after the last code; padding must be 0.",
+            rule=rules.PNG_PADDING,
         )
     return pixels[:n_codes]

@@ -7,11 +7,11 @@ reader allocate or inflate without bound.
 """
 
 # The manifest is read whole into memory before anything else is checked; a
-# 100M-parameter model with thousands of tensors needs a few MiB.
+# 100M-parameter model with thousands of tensors needs a few MiB. (R2)
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 # The architecture JSON of very large Keras models is a few MiB; 256 MiB leaves
-# room while bounding what a zstd frame may expand to.
+# room while bounding what a zstd frame may expand to. (R9, R10, R35)
 MAX_ARCHITECTURE_BYTES = 256 * 1024 * 1024
 
 # zlib documents deflate's best case as 1032:1, so a PNG whose declared raw
@@ -20,24 +20,31 @@ MAX_ARCHITECTURE_BYTES = 256 * 1024 * 1024
 DEFLATE_MAX_RATIO = 1032
 
 # Absolute ceiling on pixels in the code image (8 GiB of codes), whatever the
-# ratio says; far beyond any model a single host serves.
+# ratio says; far beyond any model a single host serves. (R8, R16, R25)
 MAX_PIXELS = 1 << 33
 
 # Writers use a width of at most 4096; readers accept up to this, well inside
-# PNG's own limit of 2**31 - 1, so that a row buffer stays small.
+# PNG's own limit of 2**31 - 1, so that a row buffer stays small. (R8, R25)
 MAX_IMAGE_WIDTH = 1 << 20
 
-# numpy itself refuses more than 64 dimensions; no Keras weight has more than 8.
+# numpy itself refuses more than 64 dimensions; no Keras weight has more than 8. (R13, R18)
 MAX_TENSOR_RANK = 32
 
-# Upper bound on the element count of any one tensor (and of their sum).
+# Upper bound on the element count of any one tensor, and of the sum over all
+# tensors of an archive: what a reader allocates for the decoded weights. The
+# coded and exact tensors are also bounded by the image and exact.bin, which
+# they may not share (R21); the sum bounds the referenced ones, which copy a
+# base tensor each. (R13, R17 to R19)
 MAX_TENSOR_ELEMENTS = 1 << 33
 
-# Every JSON member is at most this deeply nested: a manifest is 4 levels deep,
-# a Keras config a few dozen. Deeper means a parser-exhaustion attempt.
+# Every JSON member is at most this deeply nested (the top-level object is
+# depth 1): a manifest is 5 levels deep, a Keras config a few dozen. Deeper
+# means a parser-exhaustion attempt: recursive parsers and Keras's recursive
+# deserialisation would run out of stack. (R2, R36)
 MAX_JSON_DEPTH = 200
 
 # The paper's pix-to-weight MLP has two hidden layers of 16 units; a reader
-# accepts up to this many layers and units so it never allocates much for one.
+# accepts up to this many layers and units so it never allocates much for one,
+# nor spends more than about a second evaluating it on all 256 codes. (R9)
 MAX_MLP_LAYERS = 8
 MAX_MLP_UNITS = 1024

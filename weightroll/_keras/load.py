@@ -7,9 +7,12 @@ from weightroll._keras import model_io
 def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, base=None):
     """Load a model from a `.wroll` archive, like `keras.models.load_model`.
 
-    Every member's checksum and every tensor's digest is verified; the weights
-    are decoded with the archive's pix-to-weight network (numpy fast path,
-    bit-identical to running the network in Keras).
+    Every member's checksum is verified before any member is used, and every
+    tensor's digest after it is decoded; the weights are decoded with the
+    archive's pix-to-weight network (numpy fast path, bit-identical to running
+    the network in Keras). Nothing is written to disk, nothing is unpickled, and
+    no graph is loaded. A rejected archive raises a `WrollError` that names
+    the rule of the format spec it breaks.
 
     Args:
         filepath: path of the `.wroll` archive, or a binary file object.
@@ -43,7 +46,9 @@ def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, bas
 
         index = base_index(base)
     with _archive.RolledArchive(filepath) as archive:
+        archive.verify_members()  # every member's SHA-256 first
         architecture = archive.architecture_json()
+        archive.decoder_config()  # checked like the architecture, though decoding uses decoder.bin
         weights = _archive.decode(archive, index)
     model = model_io.rebuild(architecture, custom_objects=custom_objects, compile=compile,
                              safe_mode=safe_mode)

@@ -6,7 +6,8 @@ import json
 import numpy as np
 
 from weightroll._format import manifest as mf
-from weightroll.errors import UnsafeArchiveError, WrollError
+from weightroll._format import rules
+from weightroll.errors import ArchiveError, UnsafeArchiveError, WrollError
 
 
 def check_model(model):
@@ -40,11 +41,22 @@ def named_variables(model):
 
 
 def architecture_json(model):
-    """The model's Keras config (what `.keras` files hold as config.json)."""
+    """The model's Keras config (what `.keras` files hold as config.json).
+
+    Refuses a config holding NaN or an infinity, which JSON cannot hold and
+    readers refuse (spec R36), rather than write an archive that cannot load.
+    """
     import keras
 
     config = keras.saving.serialize_keras_object(model)
-    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    try:
+        text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError as e:
+        raise WrollError(
+            f"Model '{model.name}' has a config value that is NaN or infinite ({e}); JSON cannot "
+            "hold it, so the archive could not be read back. Set it to a finite number before rolling."
+        ) from None
+    return text.encode("utf-8")
 
 
 def _sharing_scope():
@@ -55,55 +67,167 @@ def _sharing_scope():
     return ObjectSharingScope()
 
 
+# Configs that make Keras run or load code. Keras refuses each of them itself
+# under safe mode; weightroll finds them first, so that its refusal does not
+# depend on the wording of Keras's messages.
+_UNSAFE_CLASSES = {
+    "__lambda__": "a Python lambda serialised as bytecode",
+    "TFSMLayer": "a TFSMLayer, which loads a TensorFlow SavedModel (a graph) from a path",
+    "TorchModuleWrapper": "a TorchModuleWrapper, which unpickles a PyTorch module",
+}
+
+
+def _effective_safe_mode(safe_mode):
+    """`safe_mode` as Keras applies it: `keras.config.enable_unsafe_deserialization()`
+    turns it off for every load, as it does for `keras.models.load_model`."""
+    try:  # not public API; without it, the argument alone decides
+        from keras.src.saving.serialization_lib import in_safe_mode
+    except ImportError:  # pragma: no cover - a future Keras without it
+        return safe_mode
+    ambient = in_safe_mode()
+    return safe_mode if ambient is None else ambient
+
+
+def find_unsafe(config, custom_objects=None):
+    """A description of the first thing in a Keras config that would run stored
+    code when deserialised (a lambda's bytecode, a SavedModel, a pickle), or None.
+
+    Walks the whole config iteratively (any depth, any place: a layer, its
+    `function`, a nested model, a loss in `compile_config`). A class the
+    caller passes in `custom_objects` is the caller's code, not the archive's.
+    """
+    own = set(custom_objects or ())
+    stack = [(config, None)]
+    while stack:
+        node, layer = stack.pop()
+        if isinstance(node, list):
+            stack.extend((item, layer) for item in node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        class_name = node.get("class_name")
+        name = node.get("name")
+        if not isinstance(name, str) and isinstance(node.get("config"), dict):
+            name = node["config"].get("name")
+        if isinstance(class_name, str) and class_name in _UNSAFE_CLASSES and class_name not in own:
+            if class_name == "__lambda__":
+                return _UNSAFE_CLASSES[class_name] + (f" in layer '{mf._short(layer)}'" if layer else "")
+            return _UNSAFE_CLASSES[class_name] + (f" (layer '{mf._short(name)}')" if isinstance(name, str) else "")
+        if node.get("function_type") == "lambda":  # Keras 2's Lambda serialisation
+            return f"Python bytecode (a Keras 2 Lambda function) in layer '{mf._short(layer)}'"
+        if isinstance(class_name, str) and isinstance(name, str):
+            layer = name
+        stack.extend((value, layer) for value in node.values())
+    return None
+
+
 def rebuild(architecture, custom_objects=None, compile=True, safe_mode=True):
-    """Build a model from architecture JSON bytes, like `keras.models.load_model` does."""
+    """Build a model from architecture JSON bytes, like `keras.models.load_model` does.
+
+    Raises:
+        ArchiveError: the JSON is malformed (spec R36).
+        UnsafeArchiveError: building it would run stored code and safe mode
+            is on (R37).
+        WrollError: Keras cannot build a `keras.Model` from it (R37).
+    """
     import keras
 
-    config = mf.loads(architecture, "architecture.json")
+    config = mf.loads(architecture, "architecture.json", rule=rules.JSON_MEMBER)
     if not isinstance(config, dict):
-        raise WrollError("The architecture JSON must hold a JSON object (a Keras config).")
+        raise ArchiveError("The architecture JSON must hold a JSON object (a Keras config).",
+                           rule=rules.JSON_MEMBER)
     if not compile:
         config["compile_config"] = None
+    if _effective_safe_mode(safe_mode):
+        unsafe = find_unsafe(config, custom_objects)
+        if unsafe is not None:
+            raise UnsafeArchiveError(
+                f"Loading this archive would run code stored in its architecture: it holds {unsafe}, "
+                "which could do anything on this machine. It was refused because `safe_mode=True`, as "
+                "`keras.models.load_model` refuses it. Only pass `safe_mode=False` to `load_rolled` "
+                "for archives from a source you trust.",
+                rule=rules.ARCHITECTURE_MODEL,
+            )
     try:
         with _sharing_scope():
             model = keras.saving.deserialize_keras_object(
                 config, custom_objects=custom_objects, safe_mode=safe_mode
             )
     except Exception as e:  # Keras raises many types for a config it cannot build
-        if "safe_mode" in str(e):
+        message = mf._short(f"{type(e).__name__}: {e}", 2000)
+        if "safe_mode" in str(e):  # a refusal of Keras's own, for something not listed above
             raise UnsafeArchiveError(
-                f"Loading this archive would run code stored in its architecture: {e} "
-                "Only pass `safe_mode=False` to `load_rolled` for archives from a source you trust."
+                f"Loading this archive would run code stored in its architecture: {message} "
+                "Only pass `safe_mode=False` to `load_rolled` for archives from a source you trust.",
+                rule=rules.ARCHITECTURE_MODEL,
             ) from e
         raise WrollError(
-            f"The model's architecture cannot be rebuilt: {type(e).__name__}: {e}. "
+            f"The model's architecture cannot be rebuilt: {message}. "
             "If it uses custom layers or a subclassed model, pass them in `custom_objects=` "
-            "or register them with `@keras.saving.register_keras_serializable()`."
+            "or register them with `@keras.saving.register_keras_serializable()`.",
+            rule=rules.ARCHITECTURE_MODEL,
         ) from e
     if not isinstance(model, keras.Model):
-        raise WrollError(f"The architecture describes a {type(model).__name__}, not a keras.Model.")
+        raise WrollError(f"The architecture describes a {type(model).__name__}, not a keras.Model.",
+                         rule=rules.ARCHITECTURE_MODEL)
     return model
 
 
+def _kind(dtype_name):
+    """The kind of a dtype, by name: a float tensor never silently becomes an
+    integer or a bool on assignment, nor the other way round."""
+    if dtype_name == "bool":
+        return "bool"
+    if dtype_name.startswith(("float", "bfloat")):
+        return "floating-point"
+    if dtype_name.startswith(("int", "uint")):
+        return "integer"
+    return dtype_name
+
+
 def assign(model, named_arrays):
-    """Load `(path, array)` pairs into `model.variables`, by position.
+    """Load `(path, array)` pairs into `model.variables`, by position (spec R38).
 
     Paths may differ (auto-generated names such as seed generators are
-    renumbered on rebuild); count and shapes must match.
+    renumbered on rebuild); count, shapes and dtype kinds must match. Within
+    a kind, the array is converted to the variable's dtype.
     """
     variables = model.variables
     if len(variables) != len(named_arrays):
+        first = min(len(variables), len(named_arrays))
+        extra = (f"its variable '{variables[first].path}' has no tensor" if len(variables) > first
+                 else f"the archive's tensor '{mf._short(named_arrays[first][0])}' has no variable")
         raise WrollError(
-            f"The archive holds {len(named_arrays)} variables but the rebuilt model "
-            f"'{model.name}' has {len(variables)}; the architecture and weights disagree."
+            f"The archive holds {len(named_arrays)} tensors but the rebuilt model "
+            f"'{model.name}' has {len(variables)} variables ({extra}); the architecture and "
+            "weights disagree.",
+            rule=rules.VARIABLES,
         )
     for variable, (path, array) in zip(variables, named_arrays):
         if tuple(variable.shape) != tuple(array.shape):
             raise WrollError(
                 f"Variable '{variable.path}' has shape {tuple(variable.shape)}, but the archive's "
-                f"tensor '{path}' has shape {tuple(array.shape)}."
+                f"tensor '{mf._short(path)}' has shape {tuple(array.shape)}.",
+                rule=rules.VARIABLES,
             )
-        variable.assign(array.astype(variable.dtype) if array.dtype != variable.dtype else array)
+        want = str(getattr(variable.dtype, "name", variable.dtype))
+        if _kind(want) != _kind(array.dtype.name):
+            raise WrollError(
+                f"Variable '{variable.path}' is {want}, but the archive's tensor '{mf._short(path)}' "
+                f"is {array.dtype.name}: a {_kind(array.dtype.name)} tensor is not loaded into a "
+                f"{_kind(want)} variable.",
+                rule=rules.VARIABLES,
+            )
+        try:
+            if array.dtype.name != want:
+                array = array.astype(want)  # numpy knows every dtype an archive holds
+            variable.assign(array)
+        except Exception as e:  # noqa: BLE001 - e.g. a dtype numpy does not know (bfloat16)
+            raise WrollError(
+                f"Variable '{variable.path}' ({want}) cannot take the archive's tensor "
+                f"'{mf._short(path)}' ({array.dtype.name}): {type(e).__name__}: {mf._short(str(e), 300)}",
+                rule=rules.VARIABLES,
+            ) from e
 
 
 def predict_outputs(model, x, batch_size=None):
