@@ -325,7 +325,7 @@ def _decode_tensor(entry, codes, table, scales, exact_bytes, kind):
         view = [1] * len(shape)
         view[s["axis"]] = s["count"]
         values = values * scales[s["offset"]: s["offset"] + s["count"]].reshape(view)
-    array = values.astype(dtype)
+    array = values.astype(dtype, copy=False)
     if "outliers" in entry:
         index, exact = _read_outliers(exact_bytes, entry, dtype, array.size)
         array.reshape(-1)[index] = exact

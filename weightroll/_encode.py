@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from weightroll import _progress
+from weightroll import _progress, report
 from weightroll._format import manifest as mf
 from weightroll.codecs import codebook, mlp, select
 from weightroll.errors import WrollError
@@ -44,7 +44,8 @@ class Encoded:
     decoder: dict  # manifest "decoder" section, without member names
     decoder_arrays: list  # numpy arrays, packed into decoder.bin in order
     exact_bytes: bytes
-    decoded: dict  # path -> decoded numpy array
+    decoded: dict  # path -> decoded numpy array (empty unless asked to keep them)
+    stats: dict  # path -> report.tensor_error's (error, squared error, squared norm)
 
 
 def little_endian_bytes(array):
@@ -56,6 +57,12 @@ def little_endian_bytes(array):
 
 
 def tensor_digest(array):
+    """SHA-256 of the array's C-order little-endian bytes, hashed in place when
+    they are already laid out so (no copy of a large tensor)."""
+    array = np.asarray(array)
+    if array.size and array.flags.c_contiguous and (array.dtype.byteorder in ("<", "|") or
+                                     (array.dtype.byteorder == "=" and np.little_endian)):
+        return hashlib.sha256(memoryview(array.reshape(-1)).cast("B")).hexdigest()
     return hashlib.sha256(little_endian_bytes(array)).hexdigest()
 
 
@@ -153,7 +160,7 @@ def reference_key(array):
 
 
 def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality=None, seed=0,
-           base_keys=None):
+           base_keys=None, keep_decoded=True):
     """Quantise and code tensors.
 
     Args:
@@ -168,6 +175,9 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
         seed: seed of the MLP fit (ignored by `"codebook"`).
         base_keys: optional set of `reference_key`s of a base model's tensors;
             a tensor bit-identical to one of them is stored as a reference.
+        keep_decoded: keep every decoded tensor in `Encoded.decoded` (to run
+            the rolled model); without it, each is dropped once its digest and
+            error are recorded.
 
     Returns:
         An `Encoded`.
@@ -186,45 +196,67 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
     if decoder == "mlp":
         per_tensor, section, arrays = _mlp(plans, bits, seed)
     else:
-        per_tensor, section, arrays = _codebook(plans, bits, tolerance)
+        per_tensor, section, arrays = _codebook(plans, bits, tolerance, keep_decoded)
     per_tensor = ["reference" if path in referenced else c for (path, *_), c in zip(plans, per_tensor)]
-    return _assemble(plans, per_tensor, dict(section, bits=bits if bits is not None else 8), arrays)
+    if decoder == "mlp":  # the codebook codings were finished in the workers
+        per_tensor = [c if c in (None, "reference") else _finish(p, c, keep_decoded)
+                      for p, c in zip(plans, per_tensor)]
+    return _assemble(plans, per_tensor, dict(section, bits=bits if bits is not None else 8), arrays,
+                     keep_decoded)
 
 
-def _assemble(plans, per_tensor, section, arrays):
-    entries, codes_parts, exact_parts, decoded = [], [], [], {}
+def _finish(plan, coding, keep):
+    """Turn a coding's values into the decoded tensor: cast, restore outliers,
+    then record its digest and error. The tensor itself is kept only if asked,
+    so that rolling never holds every decoded tensor at once."""
+    path, array, _, _ = plan
+    out = np.asarray(coding.pop("values"), dtype=array.dtype).reshape(array.shape)  # no copy if float32
+    index = coding.get("outliers")
+    if index is not None and index.size:
+        out.reshape(-1)[index] = array.reshape(-1)[index]
+    coding["sha256"] = tensor_digest(out)
+    coding["stats"] = report.tensor_error(array, out)
+    coding["out"] = out if keep else None
+    return coding
+
+
+def _assemble(plans, per_tensor, section, arrays, keep):
+    entries, codes_parts, exact_parts, decoded, stats = [], [], [], {}, {}
     byte_offset = 0
-    for (path, array, dtype, _), coding in zip(plans, per_tensor):
+    for i, (path, array, dtype, _) in enumerate(plans):
+        coding, per_tensor[i] = per_tensor[i], None  # let each coding go once used
         entry = {"path": path, "shape": [int(d) for d in array.shape], "dtype": dtype}
-        if coding == "reference":
-            entry["storage"] = "reference"
-            out = array.copy()
-        elif coding is None:
-            raw = little_endian_bytes(array)
-            entry["storage"] = "exact"
-            entry["bytes"] = {"offset": byte_offset, "size": len(raw)}
-            exact_parts.append(raw)
-            byte_offset += len(raw)
-            out = array.copy()
+        if coding == "reference" or coding is None:
+            if coding == "reference":
+                entry["storage"] = "reference"
+            else:
+                raw = little_endian_bytes(array)
+                entry["storage"] = "exact"
+                entry["bytes"] = {"offset": byte_offset, "size": len(raw)}
+                exact_parts.append(raw)
+                byte_offset += len(raw)
+            entry["sha256"] = tensor_digest(array)
+            stats[path] = report.exact_error(array)
+            out = array
         else:
             entry["storage"] = "coded"
             entry["codes"] = {"offset": None, "count": int(array.size)}  # set by _lay_out
             entry.update(coding["entry"])
             codes_parts.append((entry, coding["codes"]))
-            out = np.asarray(coding["values"], dtype=array.dtype).reshape(array.shape)  # no copy if float32
             index = coding.get("outliers")
             if index is not None and index.size:
-                flat = out.reshape(-1)
-                flat[index] = array.reshape(-1)[index]
                 raw = little_endian_bytes(index.astype(np.int64)) + little_endian_bytes(array.reshape(-1)[index])
                 entry["outliers"] = {"offset": byte_offset, "count": int(index.size)}
                 exact_parts.append(raw)
                 byte_offset += len(raw)
-        entry["sha256"] = tensor_digest(out)
-        decoded[path] = out
+            entry["sha256"] = coding["sha256"]
+            stats[path] = coding["stats"]
+            out = coding["out"]
+        if keep:
+            decoded[path] = out
         entries.append(entry)
     codes = _lay_out(codes_parts)
-    return Encoded(entries, codes, section, arrays, b"".join(exact_parts), decoded)
+    return Encoded(entries, codes, section, arrays, b"".join(exact_parts), decoded, stats)
 
 
 def _code_entropy(codes):
@@ -250,9 +282,11 @@ def _lay_out(parts):
     return np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
 
 
-def _code_one(plan, bits, tolerance):
-    """One tensor's coding (None: store it exactly), with progress reported."""
+def _code_one(plan, bits, tolerance, keep):
+    """One tensor's finished coding (None: store it exactly), with progress reported."""
     coding = _code_one_quietly(plan, bits, tolerance)
+    if coding is not None:
+        coding = _finish(plan, coding, keep)
     _progress.advance(plan[1].size, plan[0])
     return coding
 
@@ -291,12 +325,12 @@ def _parallel_map(function, items):
         return list(pool.map(function, items))
 
 
-def _codebook(plans, bits, tolerance):
+def _codebook(plans, bits, tolerance, keep):
     tables, scale_parts = [], [np.ones(1, np.float32)]  # scales[0] == 1: "no scale"
     table_offset, scale_offset = 0, 1
     # Largest tensors first keeps both workers busy; results keep archive order.
     order = sorted(range(len(plans)), key=lambda i: -plans[i][1].size)
-    codings = dict(zip(order, _parallel_map(lambda i: _code_one(plans[i], bits, tolerance), order)))
+    codings = dict(zip(order, _parallel_map(lambda i: _code_one(plans[i], bits, tolerance, keep), order)))
     per_tensor = []
     for i in range(len(plans)):
         coding = codings[i]

@@ -185,20 +185,28 @@ def _kind(dtype_name):
     return dtype_name
 
 
-def assign(model, named_arrays):
+def assign(model, named_arrays, paths=None):
     """Load `(path, array)` pairs into `model.variables`, by position (spec R38).
 
     Paths may differ (auto-generated names such as seed generators are
     renumbered on rebuild); count, shapes and dtype kinds must match. Within
     a kind, the array is converted to the variable's dtype.
+
+    Args:
+        named_arrays: a list of `(path, array)`, or an iterable of them (then
+            `paths` lists their paths, so the count is checked first and the
+            arrays can be decoded one at a time).
     """
     variables = model.variables
-    if len(variables) != len(named_arrays):
-        first = min(len(variables), len(named_arrays))
+    if paths is None:
+        named_arrays = list(named_arrays)
+        paths = [path for path, _ in named_arrays]
+    if len(variables) != len(paths):
+        first = min(len(variables), len(paths))
         extra = (f"its variable '{variables[first].path}' has no tensor" if len(variables) > first
-                 else f"the archive's tensor '{mf._short(named_arrays[first][0])}' has no variable")
+                 else f"the archive's tensor '{mf._short(paths[first])}' has no variable")
         raise WrollError(
-            f"The archive holds {len(named_arrays)} tensors but the rebuilt model "
+            f"The archive holds {len(paths)} tensors but the rebuilt model "
             f"'{model.name}' has {len(variables)} variables ({extra}); the architecture and "
             "weights disagree.",
             rule=rules.VARIABLES,

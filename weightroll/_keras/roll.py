@@ -74,10 +74,10 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
         tolerance, _ = allocate(snap, validation_data, output_tolerance, batch_size, base_keys=base_keys)
         bits = quality = None
     encoded = _encode.encode(snap.tensors, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
-                             base_keys=base_keys)
-    originals = dict(snap.tensors)
+                             base_keys=base_keys, keep_decoded=validation_data is not None)
     storage = {t["path"]: t["storage"] for t in encoded.tensors}
-    per_tensor, overall = weights_roll_value(originals, encoded.decoded, storage)
+    sizes = {path: array.size for path, array in snap.tensors}
+    per_tensor, overall = weights_roll_value(encoded.stats, storage, sizes)
     outputs = None
     if validation_data is not None:
         rolled = model_io.rebuild(snap.architecture, compile=False, safe_mode=False)
