@@ -161,3 +161,10 @@ def test_a_newer_major_version_says_which_weightroll_reads_it():
 
     with pytest.raises(VersionError, match="format 2.0.*Upgrade weightroll"):
         weightroll.unroll(_rewrite(buf, bump))
+
+
+def test_report_of_a_tiny_model_says_larger_not_0_point_something_smaller():
+    tiny = keras.Sequential([keras.Input((2,), name="x"), keras.layers.Dense(1, name="d")], name="tiny2")
+    report = weightroll.roll(tiny, io.BytesIO())
+    assert report.compression_ratio < 1
+    assert "larger than float32" in str(report)

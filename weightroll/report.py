@@ -155,7 +155,7 @@ class RollReport:
         w = self.roll_value["weights"]
         lines = [
             f"Rolled {self.parameters:,} values into {self.archive_bytes:,} bytes "
-            f"({self.compression_ratio:.1f}x smaller than float32, {self.bits_per_value:.2f} bits per value; "
+            f"({_ratio_words(self.compression_ratio)} float32, {self.bits_per_value:.2f} bits per value; "
             f"decoder={self.decoder}, {', '.join(f'{k}={v}' for k, v in self.settings.items())}).",
             f"Weight roll value: relative RMSE {w['relative_rmse']:.3g}, max abs error {w['max_abs_error']:.3g}.",
         ]
@@ -167,3 +167,8 @@ class RollReport:
                 line += f", top-1 agreement {out['top1_agreement']:.2%}"
             lines.append(line + ".")
         return "\n".join(lines)
+
+
+def _ratio_words(ratio):
+    """'4.2x smaller than' or, for archives bigger than the weights (tiny models), '1.6x larger than'."""
+    return f"{ratio:.1f}x smaller than" if ratio >= 1 else f"{1 / ratio:.1f}x larger than"
