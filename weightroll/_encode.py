@@ -273,13 +273,14 @@ def _lay_out(parts):
     Huffman tables block by block, so neighbours alike code tighter.
     """
     order = sorted(range(len(parts)), key=lambda i: (-round(_code_entropy(parts[i][1]), 1), i))
-    offset, chunks = 0, []
+    out = np.empty(sum(codes.size for _, codes in parts), np.uint8)
+    offset = 0
     for i in order:
-        entry, codes = parts[i]
+        (entry, codes), parts[i] = parts[i], None  # each tensor's codes go once copied
         entry["codes"]["offset"] = offset
-        chunks.append(codes)
+        out[offset: offset + codes.size] = codes
         offset += codes.size
-    return np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+    return out
 
 
 def _code_one(plan, bits, tolerance, keep):

@@ -62,11 +62,15 @@ def encode_png(codes, compress_level=9):
     """
     codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
     width, height = image_shape(codes.size)
-    pixels = np.zeros(width * height, dtype=np.uint8)
-    pixels[: codes.size] = codes
-    rows = np.zeros((height, width + 1), dtype=np.uint8)  # column 0: filter byte 0
-    rows[:, 1:] = pixels.reshape(height, width)
-    raw = rows.tobytes()
+    # The raw image, filter byte 0 then the row's pixels, built in place (no
+    # padded copy of the codes, no bytes copy of the rows): memory matters
+    # for 100M-value models.
+    rows = np.zeros((height, width + 1), dtype=np.uint8)
+    full = codes.size // width
+    rows[:full, 1:] = codes[: full * width].reshape(full, width)
+    if full < height:
+        rows[full, 1: 1 + codes.size - full * width] = codes[full * width:]
+    raw = memoryview(rows.reshape(-1))
     strategies = [zlib.Z_HUFFMAN_ONLY]
     if code_entropy_bits(codes[:: max(1, codes.size >> 20)]) < _TRY_LZ77_BELOW_BITS:  # on <= ~1M codes
         strategies.append(zlib.Z_DEFAULT_STRATEGY)
@@ -76,6 +80,8 @@ def encode_png(codes, compress_level=9):
         data = packer.compress(raw) + packer.flush()
         if best is None or len(data) < len(best):
             best = data
+    del rows, raw
+    best = memoryview(best)
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     parts = [_PNG_SIGNATURE, _chunk(b"IHDR", header)]
     for start in range(0, len(best), _IDAT_CHUNK):
