@@ -45,8 +45,6 @@ _spec = importlib.util.spec_from_file_location(
 _models = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_models)
 
-DIGITS_EPOCHS = 12  # as tests/test_digits_quality.py
-DIGITS_TEST_FRACTION = 0.25
 DIGITS_CALIBRATION = 200  # training images
 HT_HELD_OUT = 512  # fresh token sequences
 TRANSFER_IMAGE = (64, 64, 3)
@@ -89,31 +87,10 @@ def predict(model, x):
 
 @pytest.fixture(scope="module")
 def digits_cnn():
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = (digits.images / 16.0).astype("float32")[..., None]
-    y = digits.target
-    order = np.random.default_rng(0).permutation(len(x))
-    split = int(len(x) * (1 - DIGITS_TEST_FRACTION))
-    train, test = order[:split], order[split:]
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(128, activation="relu"),
-        keras.layers.Dropout(0.3, seed=0),
-        keras.layers.Dense(10, activation="softmax"),
-    ], name="digits_cnn")
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x[train], y[train], epochs=DIGITS_EPOCHS, batch_size=64, verbose=0)
-    accuracy = model.evaluate(x[test], y[test], verbose=0)[1]
+    model, (x_train, _), (x_test, _), accuracy = _models.trained_digits_cnn()
     assert accuracy > 0.9, "the CNN itself did not train"
     return Case("digits_cnn", f"digits CNN (accuracy {accuracy:.1%} on the held-out images)", model,
-                calibration=x[train][:DIGITS_CALIBRATION], held_out=x[test], classifier=True)
+                calibration=x_train[:DIGITS_CALIBRATION], held_out=x_test, classifier=True)
 
 
 @pytest.fixture(scope="module")

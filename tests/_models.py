@@ -97,3 +97,38 @@ def heavy_tailed_transformer(seed=0):
         v.assign(w.astype("float32"))
     batch = rng.integers(0, HT_VOCAB, size=(256, HT_SEQ)).astype("int32")
     return model, batch
+
+
+DIGITS_EPOCHS = 12
+DIGITS_TEST_FRACTION = 0.25
+
+
+def trained_digits_cnn(name="digits_cnn"):
+    """A small CNN trained on scikit-learn's bundled digits (no download).
+
+    Returns:
+        `(model, (x_train, y_train), (x_test, y_test), test_accuracy)`.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype("float32")[..., None]
+    y = digits.target
+    order = np.random.default_rng(0).permutation(len(x))
+    split = int(len(x) * (1 - DIGITS_TEST_FRACTION))
+    train, test = order[:split], order[split:]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dropout(0.3, seed=0),
+        keras.layers.Dense(10, activation="softmax"),
+    ], name=name)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x[train], y[train], epochs=DIGITS_EPOCHS, batch_size=64, verbose=0)
+    accuracy = model.evaluate(x[test], y[test], verbose=0)[1]
+    return model, (x[train], y[train]), (x[test], y[test]), accuracy
