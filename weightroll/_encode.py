@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from weightroll import _progress, report
+from weightroll._format import image
 from weightroll._format import manifest as mf
 from weightroll.codecs import codebook, mlp, select
 from weightroll.errors import WrollError
@@ -259,12 +260,6 @@ def _assemble(plans, per_tensor, section, arrays, keep):
     return Encoded(entries, codes, section, arrays, b"".join(exact_parts), decoded, stats)
 
 
-def _code_entropy(codes):
-    p = np.bincount(codes, minlength=256)
-    p = p[p > 0] / codes.size
-    return float(-(p * np.log2(p)).sum())
-
-
 def _lay_out(parts):
     """Concatenate tensors' codes into the image, setting each entry's offset.
 
@@ -272,7 +267,7 @@ def _lay_out(parts):
     entropy, in tenths of a bit, then archive order): deflate adapts its
     Huffman tables block by block, so neighbours alike code tighter.
     """
-    order = sorted(range(len(parts)), key=lambda i: (-round(_code_entropy(parts[i][1]), 1), i))
+    order = sorted(range(len(parts)), key=lambda i: (-round(image.code_entropy_bits(parts[i][1]), 1), i))
     out = np.empty(sum(codes.size for _, codes in parts), np.uint8)
     offset = 0
     for i in order:

@@ -5,13 +5,7 @@ import dataclasses
 import numpy as np
 
 from weightroll._format.manifest import finite_or_none
-
-
-def _sum_sq(v):
-    v = np.asarray(v).reshape(-1)
-    if v.dtype not in (np.float32, np.float64):
-        v = v.astype(np.float64)
-    return float(np.dot(v, v))
+from weightroll.codecs.select import sum_of_squares
 
 
 def tensor_error(original, decoded):
@@ -30,9 +24,9 @@ def tensor_error(original, decoded):
         err = a - b.astype(a.dtype)
         if not np.all(np.isfinite(err)):  # matching infinities and NaNs are no error
             err = np.where((a == b) | (np.isnan(a) & np.isnan(b)), 0, err)
-    sq_err = _sum_sq(err)
+    sq_err = sum_of_squares(err)
     finite = bool(np.all(np.isfinite(a)))
-    sq_ref = _sum_sq(a) if finite else float("inf")
+    sq_ref = sum_of_squares(a) if finite else float("inf")
     if sq_err == 0.0:
         rel = 0.0
     elif sq_ref == 0.0:
@@ -48,7 +42,7 @@ def exact_error(array):
     """`tensor_error` of a tensor stored exactly, without comparing it to itself."""
     a = np.asarray(array)
     finite_float = np.issubdtype(a.dtype, np.floating) and a.size and bool(np.all(np.isfinite(a)))
-    return {"relative_rmse": 0.0, "max_abs_error": 0.0}, 0.0, _sum_sq(a) if finite_float else 0.0
+    return {"relative_rmse": 0.0, "max_abs_error": 0.0}, 0.0, sum_of_squares(a) if finite_float else 0.0
 
 
 def weights_roll_value(stats, storage, sizes):
@@ -82,6 +76,11 @@ def weights_roll_value(stats, storage, sizes):
     return per_tensor, overall
 
 
+def flatten_outputs(outputs):
+    """A model's outputs (a list of arrays) as one float64 matrix, a row per sample."""
+    return np.concatenate([np.asarray(o, np.float64).reshape(len(o), -1) for o in outputs], axis=1)
+
+
 def outputs_roll_value(original, rolled):
     """How far a rolled model's outputs moved from the original's.
 
@@ -94,8 +93,7 @@ def outputs_roll_value(original, rolled):
         `cosine` (mean over samples) and, for a single output whose last axis
         has more than one entry, `top1_agreement`.
     """
-    a = np.concatenate([np.asarray(o, np.float64).reshape(len(o), -1) for o in original], axis=1)
-    b = np.concatenate([np.asarray(o, np.float64).reshape(len(o), -1) for o in rolled], axis=1)
+    a, b = flatten_outputs(original), flatten_outputs(rolled)
     diff = np.abs(a - b)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -16,6 +16,7 @@ import numpy as np
 from weightroll import _encode
 from weightroll._keras import model_io
 from weightroll.codecs import select
+from weightroll.report import flatten_outputs
 
 PROBE_TOLERANCE = 0.05
 MAX_TOLERANCE = 0.5
@@ -35,8 +36,7 @@ def _take(x, n):
 
 
 def _output_error(reference, outputs):
-    a = np.concatenate([np.asarray(o, np.float64).reshape(len(o), -1) for o in reference], axis=1)
-    b = np.concatenate([np.asarray(o, np.float64).reshape(len(o), -1) for o in outputs], axis=1)
+    a, b = flatten_outputs(reference), flatten_outputs(outputs)
     ref = float(np.sum(a * a))
     return float(np.sqrt(np.sum((a - b) ** 2) / ref)) if ref > 0 else float(np.any(a != b))
 

@@ -39,18 +39,19 @@ class Choice:
     code: object
 
 
-def _energy(v):
-    """Sum of squares; float32 data is summed by BLAS (accurate to ~1e-6 here)."""
-    v = v.reshape(-1)
+def sum_of_squares(v):
+    """Sum of squares by BLAS; float32 data stays float32 (accurate to ~1e-6
+    here, and no float64 copy of a large tensor), other dtypes go to float64."""
+    v = np.asarray(v).reshape(-1)
     if v.dtype not in (np.float32, np.float64):
-        v = v.astype(np.float32)
+        v = v.astype(np.float64)
     return float(np.dot(v, v))
 
 
 def relative_rmse(original, decoded):
     a = np.asarray(original)
     e = a - np.asarray(decoded, dtype=a.dtype)
-    ref, sq = _energy(a), _energy(e)
+    ref, sq = sum_of_squares(a), sum_of_squares(e)
     if ref > 0:
         return float(np.sqrt(sq / ref))
     return 0.0 if sq == 0 else float("inf")
