@@ -19,7 +19,17 @@ from weightroll._format.atomic import atomic_write
 from weightroll.codecs import mlp
 from weightroll.errors import ArchiveError, LimitError
 
+# zstd level 19 for the small JSON members of most models; a large
+# architecture (ResNet50's is 150 KB) at 19 takes 60 ms for 5% fewer bytes
+# than level 12.
 _ZSTD_LEVEL = 19
+_ZSTD_LEVEL_LARGE = 12
+_ZSTD_LARGE = 1 << 15
+
+
+def _zstd(data):
+    level = _ZSTD_LEVEL if len(data) <= _ZSTD_LARGE else _ZSTD_LEVEL_LARGE
+    return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
 
 
 def _pack_arrays(arrays, names):
@@ -50,13 +60,11 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
     weight_entries, decoder_bin = _pack_arrays(
         encoded.decoder_arrays, decoder_array_names(kind, len(encoded.decoder_arrays))
     )
-    packer = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True)
-    architecture_zst = packer.compress(architecture_json)
     payload = [
         (mf.IMAGE_MEMBER, png),
-        (mf.DECODER_CONFIG_MEMBER, packer.compress(decoder_config_json)),
+        (mf.DECODER_CONFIG_MEMBER, _zstd(decoder_config_json)),
         (mf.DECODER_WEIGHTS_MEMBER, decoder_bin),
-        (mf.ARCHITECTURE_MEMBER, architecture_zst),
+        (mf.ARCHITECTURE_MEMBER, _zstd(architecture_json)),
     ]
     if encoded.exact_bytes:
         payload.append((mf.EXACT_MEMBER, encoded.exact_bytes))
@@ -319,12 +327,12 @@ def _decode_tensor(entry, codes, table, scales, exact_bytes, kind):
             f"Tensor '{mf._short(entry['path'])}' has code {top}, outside its {size}-entry table.",
             rule=rules.CODE_OUTSIDE_TABLE,
         )
-    values = table[offset: offset + size][span].reshape(shape)
+    values = np.take(table[offset: offset + size], span).reshape(shape)
     if "scales" in entry and kind == "codebook":
         s = entry["scales"]
         view = [1] * len(shape)
         view[s["axis"]] = s["count"]
-        values = values * scales[s["offset"]: s["offset"] + s["count"]].reshape(view)
+        values *= scales[s["offset"]: s["offset"] + s["count"]].reshape(view)
     array = values.astype(dtype, copy=False)
     if "outliers" in entry:
         index, exact = _read_outliers(exact_bytes, entry, dtype, array.size)

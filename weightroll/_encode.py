@@ -3,16 +3,15 @@
 Numpy only: this module knows nothing of Keras or of the zip container.
 """
 
-import concurrent.futures
 import dataclasses
 import hashlib
-import os
 
 import numpy as np
 
 from weightroll import _progress, report
 from weightroll._format import image
 from weightroll._format import manifest as mf
+from weightroll._parallel import parallel_map
 from weightroll.codecs import codebook, mlp, select
 from weightroll.errors import WrollError
 
@@ -216,7 +215,12 @@ def _finish(plan, coding, keep):
     if index is not None and index.size:
         out.reshape(-1)[index] = array.reshape(-1)[index]
     coding["sha256"] = tensor_digest(out)
-    coding["stats"] = report.tensor_error(array, out)
+    coding["entropy_bits"] = image.code_entropy_bits(coding["codes"])  # for the layout
+    measured = coding.pop("measured", None)
+    if measured is not None and array.dtype == np.float32:  # measured on these very values
+        coding["stats"] = report.error_from_sums(measured.sq_err, measured.sq_ref, measured.max_abs)
+    else:
+        coding["stats"] = report.tensor_error(array, out)
     coding["out"] = out if keep else None
     return coding
 
@@ -243,7 +247,7 @@ def _assemble(plans, per_tensor, section, arrays, keep):
             entry["storage"] = "coded"
             entry["codes"] = {"offset": None, "count": int(array.size)}  # set by _lay_out
             entry.update(coding["entry"])
-            codes_parts.append((entry, coding["codes"]))
+            codes_parts.append((entry, coding["codes"], coding["entropy_bits"]))
             index = coding.get("outliers")
             if index is not None and index.size:
                 raw = little_endian_bytes(index.astype(np.int64)) + little_endian_bytes(array.reshape(-1)[index])
@@ -267,11 +271,11 @@ def _lay_out(parts):
     entropy, in tenths of a bit, then archive order): deflate adapts its
     Huffman tables block by block, so neighbours alike code tighter.
     """
-    order = sorted(range(len(parts)), key=lambda i: (-round(image.code_entropy_bits(parts[i][1]), 1), i))
-    out = np.empty(sum(codes.size for _, codes in parts), np.uint8)
+    order = sorted(range(len(parts)), key=lambda i: (-round(parts[i][2], 1), i))
+    out = np.empty(sum(codes.size for _, codes, _ in parts), np.uint8)
     offset = 0
     for i in order:
-        (entry, codes), parts[i] = parts[i], None  # each tensor's codes go once copied
+        (entry, codes, _), parts[i] = parts[i], None  # each tensor's codes go once copied
         entry["codes"]["offset"] = offset
         out[offset: offset + codes.size] = codes
         offset += codes.size
@@ -304,7 +308,8 @@ def _code_one_quietly(plan, bits, tolerance):
     if choice.kind == "uniform":
         code = choice.code
         coding = {"table": code.table, "codes": code.codes, "values": code.decoded.reshape(-1),
-                  "outliers": code.outlier_index, "entry": {"quantizer": "uniform", "step": float(code.step)}}
+                  "outliers": code.outlier_index, "measured": choice.measured,
+                  "entry": {"quantizer": "uniform", "step": float(code.step)}}
         if code.scales is not None:
             coding["scales"] = code.scales
             coding["entry"]["scales"] = {"axis": int(code.axis), "count": int(code.scales.size)}
@@ -312,21 +317,12 @@ def _code_one_quietly(plan, bits, tolerance):
     return None
 
 
-def _parallel_map(function, items):
-    """`map` over a small thread pool: numpy releases the GIL in the heavy parts."""
-    workers = min(len(items), os.cpu_count() or 1, 8)
-    if workers <= 1:
-        return [function(item) for item in items]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(function, items))
-
-
 def _codebook(plans, bits, tolerance, keep):
     tables, scale_parts = [], [np.ones(1, np.float32)]  # scales[0] == 1: "no scale"
     table_offset, scale_offset = 0, 1
     # Largest tensors first keeps both workers busy; results keep archive order.
     order = sorted(range(len(plans)), key=lambda i: -plans[i][1].size)
-    codings = dict(zip(order, _parallel_map(lambda i: _code_one(plans[i], bits, tolerance, keep), order)))
+    codings = dict(zip(order, parallel_map(lambda i: _code_one(plans[i], bits, tolerance, keep), order)))
     per_tensor = []
     for i in range(len(plans)):
         coding = codings[i]

@@ -27,13 +27,20 @@ def tensor_error(original, decoded):
     sq_err = sum_of_squares(err)
     finite = bool(np.all(np.isfinite(a)))
     sq_ref = sum_of_squares(a) if finite else float("inf")
+    max_err = float(np.max(np.abs(err))) if err.size else 0.0
+    return error_from_sums(sq_err, sq_ref, max_err)
+
+
+def error_from_sums(sq_err, sq_ref, max_err):
+    """`tensor_error`'s result from the sums it is made of (`sq_ref` is inf
+    for a tensor holding non-finite values)."""
     if sq_err == 0.0:
         rel = 0.0
     elif sq_ref == 0.0:
         rel = float("inf")
     else:
         rel = float(np.sqrt(sq_err / sq_ref))
-    max_err = float(np.max(np.abs(err))) if err.size else 0.0
+    finite = sq_ref < float("inf")
     return ({"relative_rmse": finite_or_none(rel), "max_abs_error": finite_or_none(max_err)},
             sq_err, sq_ref if finite else 0.0)
 

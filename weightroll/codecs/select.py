@@ -16,7 +16,7 @@ from weightroll.codecs import codebook, uniform
 
 # Search on a strided sample of this many values at most, then code the
 # whole tensor once at the chosen step.
-_SAMPLE = 1 << 16
+_SAMPLE = 1 << 15
 _STEP_ITERATIONS = 4
 _OUTLIER_BYTES = 8 + 4  # int64 index + the value (float32 assumed for the estimate)
 # A channel may be this many times worse than the tolerance (see coding_error).
@@ -32,11 +32,13 @@ class Choice:
         estimated_bytes: the size estimate that won.
         code: a `uniform.UniformCode` for "uniform"; `(table, codes)` for
             "lossless"; None for "exact".
+        measured: for "uniform", the whole tensor's `Measured` error.
     """
 
     kind: str
     estimated_bytes: float
     code: object
+    measured: object = None
 
 
 def sum_of_squares(v):
@@ -94,15 +96,44 @@ def coding_error(original, decoded):
     a third of its worst output channel's, so that no channel (one a batch
     normalisation will rescale, say) is wiped out under a tolerance that only
     looks at the whole tensor."""
-    err = relative_rmse(original, decoded)
-    if np.ndim(original) >= 2 and err < np.inf:
-        a = np.asarray(original).reshape(-1, np.shape(original)[-1])
-        e = a - np.asarray(decoded, dtype=a.dtype).reshape(a.shape)
-        ref, sq = np.einsum("ij,ij->j", a, a), np.einsum("ij,ij->j", e, e)
+    return measure(original, decoded).error
+
+
+@dataclasses.dataclass
+class Measured:
+    """How far a decoded tensor is from the original.
+
+    Attributes:
+        error: what a tolerance bounds (see `coding_error`).
+        sq_err: sum of squared errors.
+        sq_ref: sum of squared original values.
+        max_abs: largest absolute error.
+    """
+
+    error: float
+    sq_err: float
+    sq_ref: float
+    max_abs: float
+
+
+def measure(original, decoded):
+    """`coding_error` with the sums behind it, in one pass over the error."""
+    a = np.asarray(original)
+    e = a - np.asarray(decoded, dtype=a.dtype)
+    ref, sq = sum_of_squares(a), sum_of_squares(e)
+    max_abs = float(max(e.max(), -e.min())) if e.size else 0.0
+    if ref > 0:
+        err = float(np.sqrt(sq / ref))
+    else:
+        err = 0.0 if sq == 0 else float("inf")
+    if a.ndim >= 2 and err < np.inf:
+        a2, e2 = a.reshape(-1, a.shape[-1]), e.reshape(-1, a.shape[-1])
+        ref_c, sq_c = np.einsum("ij,ij->j", a2, a2), np.einsum("ij,ij->j", e2, e2)
         with np.errstate(divide="ignore", invalid="ignore"):
-            per_channel = np.where(ref > 0, np.sqrt(sq / np.where(ref > 0, ref, 1)), np.where(sq > 0, np.inf, 0))
+            per_channel = np.where(ref_c > 0, np.sqrt(sq_c / np.where(ref_c > 0, ref_c, 1)),
+                                   np.where(sq_c > 0, np.inf, 0))
         err = max(err, float(per_channel.max()) / CHANNEL_FACTOR)
-    return err
+    return Measured(err, sq, ref, max_abs)
 
 
 def _largest_step(sample, axis, tolerance):
@@ -167,10 +198,11 @@ def choose(values, tolerance, itemsize):
         return best
     for _ in range(6):
         code = uniform.encode(x, step, axis)
-        err = coding_error(x, code.decoded)
+        measured = measure(x, code.decoded)
+        err = measured.error
         if err <= tolerance:
             cost = uniform_bytes(code)
-            return Choice("uniform", cost, code) if cost < best.estimated_bytes else best
+            return Choice("uniform", cost, code, measured) if cost < best.estimated_bytes else best
         step *= 0.97 * tolerance / err
     return best
 

@@ -43,9 +43,20 @@ class UniformCode:
 
 def channel_scales(values, axis):
     """Root-mean-square of each channel along `axis` (float32, never 0)."""
-    x = np.asarray(values, np.float64)
-    other = tuple(i for i in range(x.ndim) if i != axis)
-    rms = np.sqrt(np.mean(x * x, axis=other))
+    x = np.asarray(values)
+    if x.dtype == np.float32 and x.ndim >= 2 and axis in (0, x.ndim - 1):
+        # float32 sums by einsum: no float64 copy of a large tensor.
+        if axis == 0:
+            v = x.reshape(x.shape[0], -1)
+            sums = np.einsum("ij,ij->i", v, v)
+        else:
+            v = x.reshape(-1, x.shape[-1])
+            sums = np.einsum("ij,ij->j", v, v)
+        rms = np.sqrt(sums.astype(np.float64) / (x.size // x.shape[axis]))
+    else:
+        x = x.astype(np.float64)
+        other = tuple(i for i in range(x.ndim) if i != axis)
+        rms = np.sqrt(np.mean(x * x, axis=other))
     rms = np.where(rms > 0, rms, 1.0)
     return rms.astype(np.float32)
 
@@ -55,6 +66,11 @@ def broadcast_scales(scales, shape, axis):
     view = [1] * len(shape)
     view[axis] = shape[axis]
     return scales.reshape(view)
+
+
+# Reconstruction values are the means of the values in each grid cell, taken
+# on a strided sample of at most this many values (all of a smaller tensor).
+_TABLE_SAMPLE = 1 << 18
 
 
 def encode(values, step, axis=None):
@@ -68,40 +84,45 @@ def encode(values, step, axis=None):
     Returns:
         A `UniformCode`.
     """
-    # float32 throughout (one pass per step): codes only need to be a
-    # deterministic function of the values, and decoding is float32 anyway.
+    # float32 throughout, a few passes over the tensor: codes only need to be
+    # a deterministic function of the values, and decoding is float32 anyway.
     x = np.asarray(values, np.float32)
     flat = x.reshape(-1)
     if axis is None:
         rms = float(np.sqrt(np.dot(flat, flat) / flat.size)) if flat.size else 1.0
-        scales = None
-        scale = np.float32(rms if rms > 0 else 1.0)
-        u = flat / scale
+        scales = scale_b = None
+        scale = rms if rms > 0 else 1.0
+        y = flat * np.float32(1.0 / (scale * step))  # in grid steps
     else:
         scales = channel_scales(x, axis)
         scale_b = broadcast_scales(scales, x.shape, axis)
-        u = (x / scale_b).reshape(-1)
-    q = np.rint(u * np.float32(1.0 / step))
-    outlier = np.abs(q) > _HALF_RANGE
-    outlier_index = np.flatnonzero(outlier).astype(np.int64)
-    if outlier_index.size:
+        inverse = (1.0 / (scales.astype(np.float64) * step)).astype(np.float32)
+        y = (x * broadcast_scales(inverse, x.shape, axis)).reshape(-1)
+    sample = y[:: max(1, y.size // _TABLE_SAMPLE)].copy()
+    q = np.rint(y, out=y)
+    outlier_index = np.zeros(0, np.int64)
+    if q.size and (q.max() > _HALF_RANGE or q.min() < -_HALF_RANGE):
+        outlier_index = np.flatnonzero(np.abs(q) > _HALF_RANGE).astype(np.int64)
         q[outlier_index] = 0
-    lo, hi = int(q.min()), int(q.max())
-    codes = (q - np.float32(lo)).astype(np.uint8)
+    lo, hi = (int(q.min()), int(q.max())) if q.size else (0, 0)
+    q -= np.float32(lo)
+    codes = q.astype(np.uint8)
+    del q, y
+    # The table: each cell's mean (in steps), from the sample's inliers.
+    cells = np.rint(sample)
+    inlier = np.abs(cells) <= _HALF_RANGE
+    cells = (cells[inlier] - lo).astype(np.intp)
     size = hi - lo + 1
-    if outlier_index.size:
-        inliers = ~outlier
-        counts = np.bincount(codes[inliers], minlength=size)
-        sums = np.bincount(codes[inliers], weights=u[inliers], minlength=size)
-    else:
-        counts = np.bincount(codes, minlength=size)
-        sums = np.bincount(codes, weights=u, minlength=size)
-    centres = (np.arange(size) + lo) * step
-    table = np.where(counts > 0, sums / np.maximum(counts, 1), centres).astype(np.float32)
+    counts = np.bincount(cells, minlength=size)
+    sums = np.bincount(cells, weights=sample[inlier], minlength=size)
+    centres = np.arange(size, dtype=np.float64) + lo
+    table = (np.where(counts > 0, sums / np.maximum(counts, 1), centres) * step).astype(np.float32)
     if axis is None:
         table = (table.astype(np.float64) * np.float64(scale)).astype(np.float32)
-        decoded = table[codes]
+        decoded = np.take(table, codes)
     else:
-        decoded = (table[codes].reshape(x.shape) * scale_b).reshape(-1)
+        decoded = np.take(table, codes).reshape(x.shape)
+        decoded *= scale_b
+        decoded = decoded.reshape(-1)
     decoded[outlier_index] = flat[outlier_index]
     return UniformCode(codes, table, scales, axis, outlier_index, decoded.reshape(x.shape), step)
