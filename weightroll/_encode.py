@@ -159,12 +159,36 @@ def reference_key(array):
     return array.dtype.name, tuple(int(d) for d in array.shape), tensor_digest(array)
 
 
+@dataclasses.dataclass
+class Lazy:
+    """A tensor read only when its turn to be coded comes (a model's variable,
+    say), so that rolling never holds a copy of every tensor at once.
+
+    Attributes:
+        size: the number of values.
+        read: a function of no arguments returning the tensor as numpy.
+    """
+
+    size: int
+    read: object
+
+
+def read_tensor(source):
+    """A tensor given to `encode`, as a numpy array."""
+    return np.asarray(source.read() if isinstance(source, Lazy) else source)
+
+
+def tensor_size(source):
+    return source.size if isinstance(source, Lazy) else np.asarray(source).size
+
+
 def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality=None, seed=0,
            base_keys=None, keep_decoded=True):
     """Quantise and code tensors.
 
     Args:
-        named_tensors: sequence of `(path, numpy array)` in archive order.
+        named_tensors: sequence of `(path, tensor)` in archive order, each
+            tensor a numpy array or a `Lazy` one.
         decoder: `"codebook"` (table look-up, the default) or `"mlp"` (the
             paper's global grid and regression MLP).
         bits: fixed code width, 1 to 8: per-tensor k-means codebooks of at
@@ -183,82 +207,88 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
         An `Encoded`.
     """
     bits, tolerance = resolve_quality(decoder, bits, tolerance, quality)
-    plans, referenced = [], {}  # plans: (path, array, dtype name, codable?)
-    for path, array in named_tensors:
-        array = np.asarray(array)
-        dtype = _dtype_name(array, path)
-        if base_keys and array.size and reference_key(array) in base_keys:
-            referenced[path] = array
-            codable = False
-        else:
-            codable = dtype in mf.CODED_DTYPES and array.size > 0 and bool(np.all(np.isfinite(array)))
-        plans.append((path, array, dtype, codable))
+    named = list(named_tensors)
     if decoder == "mlp":
-        per_tensor, section, arrays = _mlp(plans, bits, seed)
+        results, section, arrays = _mlp(named, bits, seed, base_keys, keep_decoded)
     else:
-        per_tensor, section, arrays = _codebook(plans, bits, tolerance, keep_decoded)
-    per_tensor = ["reference" if path in referenced else c for (path, *_), c in zip(plans, per_tensor)]
-    if decoder == "mlp":  # the codebook codings were finished in the workers
-        per_tensor = [c if c in (None, "reference") else _finish(p, c, keep_decoded)
-                      for p, c in zip(plans, per_tensor)]
-    return _assemble(plans, per_tensor, dict(section, bits=bits if bits is not None else 8), arrays,
-                     keep_decoded)
+        # Largest tensors first keeps the workers busy; results keep archive order.
+        order = sorted(range(len(named)), key=lambda i: -tensor_size(named[i][1]))
+        done = parallel_map(lambda i: _encode_one(*named[i], bits, tolerance, base_keys, keep_decoded), order)
+        results = [r for _, r in sorted(zip(order, done), key=lambda pair: pair[0])]
+        section, arrays = _codebook_tables(results)
+    return _assemble(results, dict(section, bits=bits if bits is not None else 8), arrays)
 
 
-def _finish(plan, coding, keep):
-    """Turn a coding's values into the decoded tensor: cast, restore outliers,
-    then record its digest and error. The tensor itself is kept only if asked,
-    so that rolling never holds every decoded tensor at once."""
-    path, array, _, _ = plan
-    out = np.asarray(coding.pop("values"), dtype=array.dtype).reshape(array.shape)  # no copy if float32
-    index = coding.get("outliers")
-    if index is not None and index.size:
-        out.reshape(-1)[index] = array.reshape(-1)[index]
-    coding["sha256"] = tensor_digest(out)
-    coding["entropy_bits"] = image.code_entropy_bits(coding["codes"])  # for the layout
-    measured = coding.pop("measured", None)
-    if measured is not None and array.dtype == np.float32:  # measured on these very values
-        coding["stats"] = report.error_from_sums(measured.sq_err, measured.sq_ref, measured.max_abs)
+def _encode_one(path, source, bits, tolerance, base_keys, keep):
+    """Read, code and measure one tensor; what the archive needs of it."""
+    array = read_tensor(source)
+    dtype = _dtype_name(array, path)
+    if base_keys and array.size:
+        key = reference_key(array)
+        if key in base_keys:
+            return _result(path, array, "reference", None, keep, digest=key[2])
+    coding = None
+    if dtype in mf.CODED_DTYPES and array.size > 0 and bool(np.all(np.isfinite(array))):
+        coding = _code(path, array, bits, tolerance)
+    return _result(path, array, "exact" if coding is None else "coded", coding, keep)
+
+
+def _result(path, array, storage, coding, keep, digest=None):
+    """One tensor's manifest fields, bytes, digest and error, without the
+    tensor itself unless `keep`: decoded values for a coded tensor, its
+    outliers' bytes, or an exact tensor's bytes."""
+    result = {"path": path, "shape": [int(d) for d in array.shape], "dtype": array.dtype.name,
+              "storage": storage}
+    if storage == "coded":
+        out = np.asarray(coding.pop("values"), dtype=array.dtype).reshape(array.shape)  # no copy if float32
+        index = coding.pop("outliers", None)
+        if index is not None and index.size:
+            out.reshape(-1)[index] = array.reshape(-1)[index]
+            result["outliers"] = (int(index.size), little_endian_bytes(index.astype(np.int64)) +
+                                  little_endian_bytes(array.reshape(-1)[index]))
+        result["sha256"] = tensor_digest(out)
+        measured = coding.pop("measured", None)
+        if measured is not None and array.dtype == np.float32:  # measured on these very values
+            result["stats"] = report.error_from_sums(measured.sq_err, measured.sq_ref, measured.max_abs)
+        else:
+            result["stats"] = report.tensor_error(array, out)
+        coding["entropy_bits"] = image.code_entropy_bits(coding["codes"])  # for the layout
+        result["coding"] = coding
     else:
-        coding["stats"] = report.tensor_error(array, out)
-    coding["out"] = out if keep else None
-    return coding
+        if storage == "exact":
+            result["raw"] = little_endian_bytes(array)
+        result["sha256"] = digest or tensor_digest(array)
+        result["stats"] = report.exact_error(array)
+        out = array
+    result["out"] = out if keep else None
+    _progress.advance(array.size, path)
+    return result
 
 
-def _assemble(plans, per_tensor, section, arrays, keep):
+def _assemble(results, section, arrays):
     entries, codes_parts, exact_parts, decoded, stats = [], [], [], {}, {}
     byte_offset = 0
-    for i, (path, array, dtype, _) in enumerate(plans):
-        coding, per_tensor[i] = per_tensor[i], None  # let each coding go once used
-        entry = {"path": path, "shape": [int(d) for d in array.shape], "dtype": dtype}
-        if coding == "reference" or coding is None:
-            if coding == "reference":
-                entry["storage"] = "reference"
-            else:
-                raw = little_endian_bytes(array)
-                entry["storage"] = "exact"
-                entry["bytes"] = {"offset": byte_offset, "size": len(raw)}
-                exact_parts.append(raw)
-                byte_offset += len(raw)
-            entry["sha256"] = tensor_digest(array)
-            stats[path] = report.exact_error(array)
-            out = array
-        else:
-            entry["storage"] = "coded"
-            entry["codes"] = {"offset": None, "count": int(array.size)}  # set by _lay_out
+    for i, result in enumerate(results):
+        results[i] = None  # let each tensor's data go once used
+        path = result["path"]
+        entry = {key: result[key] for key in ("path", "shape", "dtype", "storage", "sha256")}
+        if result["storage"] == "exact":
+            entry["bytes"] = {"offset": byte_offset, "size": len(result["raw"])}
+            exact_parts.append(result["raw"])
+            byte_offset += len(result["raw"])
+        elif result["storage"] == "coded":
+            coding = result["coding"]
+            entry["codes"] = {"offset": None, "count": int(coding["codes"].size)}  # set by _lay_out
             entry.update(coding["entry"])
             codes_parts.append((entry, coding["codes"], coding["entropy_bits"]))
-            index = coding.get("outliers")
-            if index is not None and index.size:
-                raw = little_endian_bytes(index.astype(np.int64)) + little_endian_bytes(array.reshape(-1)[index])
-                entry["outliers"] = {"offset": byte_offset, "count": int(index.size)}
+            if "outliers" in result:
+                count, raw = result["outliers"]
+                entry["outliers"] = {"offset": byte_offset, "count": count}
                 exact_parts.append(raw)
                 byte_offset += len(raw)
-            entry["sha256"] = coding["sha256"]
-            stats[path] = coding["stats"]
-            out = coding["out"]
-        if keep:
-            decoded[path] = out
+        stats[path] = result["stats"]
+        if result["out"] is not None:
+            decoded[path] = result["out"]
         entries.append(entry)
     codes = _lay_out(codes_parts)
     return Encoded(entries, codes, section, arrays, b"".join(exact_parts), decoded, stats)
@@ -282,19 +312,8 @@ def _lay_out(parts):
     return out
 
 
-def _code_one(plan, bits, tolerance, keep):
-    """One tensor's finished coding (None: store it exactly), with progress reported."""
-    coding = _code_one_quietly(plan, bits, tolerance)
-    if coding is not None:
-        coding = _finish(plan, coding, keep)
-    _progress.advance(plan[1].size, plan[0])
-    return coding
-
-
-def _code_one_quietly(plan, bits, tolerance):
-    path, array, dtype, codable = plan
-    if not codable:
-        return None
+def _code(path, array, bits, tolerance):
+    """A codable tensor's coding, or None to store it exactly."""
     if bits is not None:
         if not codebook_pays(array.size, array.dtype.itemsize, bits):
             return None
@@ -317,37 +336,47 @@ def _code_one_quietly(plan, bits, tolerance):
     return None
 
 
-def _codebook(plans, bits, tolerance, keep):
+def _codebook_tables(results):
+    """Place every coded tensor's table and scales in the decoder's two arrays."""
     tables, scale_parts = [], [np.ones(1, np.float32)]  # scales[0] == 1: "no scale"
     table_offset, scale_offset = 0, 1
-    # Largest tensors first keeps both workers busy; results keep archive order.
-    order = sorted(range(len(plans)), key=lambda i: -plans[i][1].size)
-    codings = dict(zip(order, parallel_map(lambda i: _code_one(plans[i], bits, tolerance, keep), order)))
-    per_tensor = []
-    for i in range(len(plans)):
-        coding = codings[i]
-        if coding is not None and "scales" in coding:
+    for result in results:
+        coding = result.get("coding")
+        if coding is None:
+            continue
+        if "scales" in coding:
             coding["entry"]["scales"]["offset"] = scale_offset
-            scale_parts.append(coding["scales"])
-            scale_offset += coding["scales"].size
-        if coding is not None:
-            coding["entry"]["table"] = {"offset": table_offset, "size": int(coding["table"].size)}
-            tables.append(coding["table"])
-            table_offset += coding["table"].size
-        per_tensor.append(coding)
+            scale_parts.append(coding.pop("scales"))
+            scale_offset += scale_parts[-1].size
+        coding["entry"]["table"] = {"offset": table_offset, "size": int(coding["table"].size)}
+        tables.append(coding.pop("table"))
+        table_offset += tables[-1].size
     table = np.concatenate(tables) if tables else np.zeros(0, np.float32)
     scales = np.concatenate(scale_parts)
-    return per_tensor, {"kind": "codebook"}, [table.reshape(-1, 1), scales.reshape(-1, 1)]
+    return {"kind": "codebook"}, [table.reshape(-1, 1), scales.reshape(-1, 1)]
 
 
-def _mlp(plans, bits, seed):
-    coded = [array for _, array, _, c in plans if c]
+def _mlp(named, bits, seed, base_keys, keep):
+    """The paper's method: one min-max grid for all coded tensors and one MLP
+    fitted to all their values (so every tensor is read first)."""
+    plans = []  # (path, array, storage)
+    for path, source in named:
+        array = read_tensor(source)
+        dtype = _dtype_name(array, path)
+        if base_keys and array.size and reference_key(array) in base_keys:
+            storage = "reference"
+        elif dtype in mf.CODED_DTYPES and array.size > 0 and bool(np.all(np.isfinite(array))):
+            storage = "coded"
+        else:
+            storage = "exact"
+        plans.append((path, array, storage))
+    coded = [array for _, array, storage in plans if storage == "coded"]
     if coded:
         lo = min(float(a.min()) for a in coded)
         hi = max(float(a.max()) for a in coded)
     else:
         lo = hi = 0.0
-    per_codes = [mlp.grid_codes(a, lo, hi, bits) if c else None for _, a, _, c in plans]
+    per_codes = [mlp.grid_codes(a, lo, hi, bits) if storage == "coded" else None for _, a, storage in plans]
     if coded:
         all_codes = np.concatenate([c for c in per_codes if c is not None])
         all_values = np.concatenate([a.reshape(-1).astype(np.float64) for a in coded])
@@ -355,8 +384,10 @@ def _mlp(plans, bits, seed):
     else:
         params = mlp.fit(np.zeros(1, np.uint8), np.zeros(1), bits, seed=seed)
     table = mlp.evaluate(params, bits)
-    per_tensor = [
-        None if c is None else {"codes": c, "values": table[c], "entry": {"quantizer": "grid"}} for c in per_codes
+    results = [
+        _result(path, array, storage, None if c is None else
+                {"codes": c, "values": table[c], "entry": {"quantizer": "grid"}}, keep)
+        for (path, array, storage), c in zip(plans, per_codes)
     ]
     section = {"kind": "mlp", "activation": mlp.ACTIVATION, "grid": {"min": lo, "max": hi}}
-    return per_tensor, section, params
+    return results, section, params

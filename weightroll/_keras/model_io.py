@@ -24,20 +24,36 @@ def check_model(model):
         )
 
 
+def _unique_paths(variables):
+    """Each variable's path; a path that repeats gets a `:N` suffix so that
+    paths are unique keys."""
+    seen, paths = {}, []
+    for variable in variables:
+        n = seen.get(variable.path, 0)
+        seen[variable.path] = n + 1
+        paths.append(variable.path if n == 0 else f"{variable.path}:{n}")
+    return paths
+
+
 def named_variables(model):
     """`(path, numpy array)` for every variable of `model`, in `model.variables` order.
 
     Includes non-trainable state (batch-norm statistics, seed-generator state).
-    A path that repeats gets a `:N` suffix so that paths are unique keys.
+    The arrays are copies: the model may change afterwards.
     """
-    seen = {}
-    out = []
-    for variable in model.variables:
-        path = variable.path
-        n = seen.get(path, 0)
-        seen[path] = n + 1
-        out.append((path if n == 0 else f"{path}:{n}", np.array(variable.numpy(), copy=True)))
-    return out
+    variables = model.variables
+    return [(path, np.array(v.numpy(), copy=True)) for path, v in zip(_unique_paths(variables), variables)]
+
+
+def variable_sources(model):
+    """Like `named_variables`, but each variable is read only when the
+    encoder gets to it (`_encode.Lazy`), so no copy of all the weights is
+    ever held. For a model that does not change while it is rolled."""
+    from weightroll._encode import Lazy
+
+    variables = model.variables
+    return [(path, Lazy(int(np.prod(v.shape, dtype=np.int64)), v.numpy))
+            for path, v in zip(_unique_paths(variables), variables)]
 
 
 def architecture_json(model):

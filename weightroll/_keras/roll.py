@@ -31,21 +31,28 @@ class Snapshot:
     producer: dict
 
 
-def snapshot(model):
-    """Copy a built model's variables and architecture (cheap; no encoding)."""
+def snapshot(model, copy=True):
+    """A built model's variables and architecture (cheap; no encoding).
+
+    Args:
+        copy: copy every variable now (the model may then change, as it does
+            while a callback rolls it in the background); with `False` each
+            variable is read when it is coded (less memory; the model must
+            not change until the snapshot is written).
+    """
     import keras
 
     from weightroll import __version__
 
     model_io.check_model(model)
-    tensors = model_io.named_variables(model)
+    tensors = model_io.named_variables(model) if copy else model_io.variable_sources(model)
     return Snapshot(
         tensors=tensors,
         architecture=model_io.architecture_json(model),
         model_info={
             "name": model.name,
             "class_name": type(model).__name__,
-            "parameters": int(sum(a.size for _, a in tensors)),
+            "parameters": int(sum(_encode.tensor_size(t) for _, t in tensors)),
         },
         producer={
             "name": "weightroll",
@@ -76,7 +83,7 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
     encoded = _encode.encode(snap.tensors, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
                              base_keys=base_keys, keep_decoded=validation_data is not None)
     storage = {t["path"]: t["storage"] for t in encoded.tensors}
-    sizes = {path: array.size for path, array in snap.tensors}
+    sizes = {path: _encode.tensor_size(t) for path, t in snap.tensors}
     per_tensor, overall = weights_roll_value(encoded.stats, storage, sizes)
     outputs = None
     if validation_data is not None:
@@ -208,7 +215,8 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
     options = resolve_options(decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
                               validation_data=validation_data, output_tolerance=output_tolerance,
                               batch_size=batch_size, base=base)
-    snap = snapshot(model)
+    # Without calibration data nothing needs every tensor at once: stream them.
+    snap = snapshot(model, copy=options["validation_data"] is not None)
     reference = None
     if options["validation_data"] is not None:
         reference = model_io.predict_outputs(model, options["validation_data"], batch_size)
