@@ -237,7 +237,9 @@ class RolledArchive:
     def codes(self):
         """All codes of the image, as a 1-D uint8 array."""
         info = self.manifest["image"]
-        return image.decode_png(self.member(mf.IMAGE_MEMBER), info["width"], info["height"], info["codes"])
+        codes = image.decode_png(self.member(mf.IMAGE_MEMBER), info["width"], info["height"], info["codes"])
+        self._verified.pop(mf.IMAGE_MEMBER, None)  # the PNG's bytes are not needed again (read anew if asked)
+        return codes
 
     def close(self):
         self._verified = {}

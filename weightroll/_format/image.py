@@ -251,10 +251,12 @@ def _decode_plain(data, width, height):
         pos = end
     if not inflater.eof or inflater.unused_data or filled != raw_size:
         return None
-    rows = out.reshape(height, width + 1)
-    if np.any(rows[:, 0]):
+    if np.any(out[:: width + 1]):  # every row's filter byte must be 0
         return None
-    return rows[:, 1:].reshape(-1)
+    # Drop the filter bytes in place, row by row (no second image in memory).
+    for row in range(height):
+        out[row * width: (row + 1) * width] = out[row * (width + 1) + 1: (row + 1) * (width + 1)]
+    return out[: height * width]
 
 
 def _decode_with_pillow(data, width, height):
