@@ -168,3 +168,67 @@ def test_report_of_a_tiny_model_says_larger_not_0_point_something_smaller():
     report = weightroll.roll(tiny, io.BytesIO())
     assert report.compression_ratio < 1
     assert "larger than float32" in str(report)
+
+
+def _with_manifest(buf, edit):
+    def apply(name, data):
+        if name != "manifest.json":
+            return data
+        manifest = json.loads(data)
+        edit(manifest)
+        return json.dumps(manifest).encode()
+    return _rewrite(buf, apply)
+
+
+def test_coded_tensors_carry_a_coding_digest_and_archives_say_1_1():
+    buf = io.BytesIO()
+    weightroll.roll(_model(), buf)
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(buf.getvalue())).read("manifest.json"))
+    assert manifest["format_version"] == "1.1"
+    coded = [t for t in manifest["tensors"] if t["storage"] == "coded"]
+    assert coded and all(len(t["coding_sha256"]) == 64 for t in coded)
+    assert not any("coding_sha256" in t for t in manifest["tensors"] if t["storage"] != "coded")
+
+
+def test_unroll_checks_the_coding_digest_and_verify_also_checks_the_values(tmp_path):
+    buf = io.BytesIO()
+    weightroll.roll(_model(), buf)
+    expected = weightroll.unroll(io.BytesIO(buf.getvalue()))
+
+    def wrong_values_digest(manifest):  # the values' digest alone is wrong
+        t = next(t for t in manifest["tensors"] if t["storage"] == "coded")
+        t["sha256"] = "0" * 64
+
+    edited = _with_manifest(buf, wrong_values_digest)
+    got = weightroll.unroll(edited)  # the coding digest vouches for the values
+    assert all(np.array_equal(got[k], expected[k]) for k in expected)
+    path = tmp_path / "m.wroll"
+    path.write_bytes(edited.getvalue())
+    from weightroll import _archive, inspect
+
+    with _archive.RolledArchive(str(path)) as archive, pytest.raises(ArchiveError) as info:
+        inspect.verify(archive)
+    assert info.value.rule == "R33"
+
+
+def test_a_1_0_archive_without_coding_digests_is_checked_by_its_values():
+    buf = io.BytesIO()
+    weightroll.roll(_model(), buf)
+    expected = weightroll.unroll(io.BytesIO(buf.getvalue()))
+
+    def as_1_0(manifest):
+        manifest["format_version"] = "1.0"
+        for t in manifest["tensors"]:
+            t.pop("coding_sha256", None)
+
+    old = _with_manifest(buf, as_1_0)
+    got = weightroll.unroll(io.BytesIO(old.getvalue()))
+    assert all(np.array_equal(got[k], expected[k]) for k in expected)
+
+    def and_wrong(manifest):
+        as_1_0(manifest)
+        next(t for t in manifest["tensors"] if t["storage"] == "coded")["sha256"] = "0" * 64
+
+    with pytest.raises(ArchiveError, match="decodes to values whose SHA-256 differs") as info:
+        weightroll.unroll(_with_manifest(buf, and_wrong))
+    assert info.value.rule == "R33"

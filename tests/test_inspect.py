@@ -87,7 +87,7 @@ def test_summary_names_format_producer_model_members_and_ratio(archive):
     result = _tool(archive)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "wroll 1.0, written by weightroll 0.1.0, Keras 3.15.1 (tensorflow backend)" in out
+    assert "wroll 1.1, written by weightroll 0.1.0, Keras 3.15.1 (tensorflow backend)" in out
     assert "tiny (Sequential)" in out
     assert f"{32 * HIDDEN + HIDDEN + HIDDEN * 10 + 2:,} in 4 tensors" in out
     for member in (mf.MANIFEST_MEMBER, mf.IMAGE_MEMBER, mf.DECODER_CONFIG_MEMBER, mf.DECODER_WEIGHTS_MEMBER,

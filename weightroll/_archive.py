@@ -8,6 +8,7 @@ checksum-verified members; `decode()` turns it back into numpy tensors.
 import hashlib
 import io
 import os
+import struct
 
 import numpy as np
 import zstandard
@@ -68,9 +69,16 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
     ]
     if encoded.exact_bytes:
         payload.append((mf.EXACT_MEMBER, encoded.exact_bytes))
+    if kind == "codebook":
+        table, scales = encoded.decoder_arrays[0][:, 0], encoded.decoder_arrays[1][:, 0]
+        for entry in encoded.tensors:
+            if entry["storage"] == "coded":
+                entry["coding_sha256"] = coding_digest(entry, encoded.codes, table, scales, encoded.exact_bytes)
+    with_coding_digests = any("coding_sha256" in t for t in encoded.tensors)
     manifest = {
         "format": mf.FORMAT_NAME,
-        "format_version": mf.FORMAT_VERSION,
+        # The lowest version whose features the archive uses (spec §12).
+        "format_version": mf.FORMAT_VERSION if with_coding_digests else mf.FORMAT_VERSION_1_0,
         "producer": producer,
         "model": model_info,
         "image": {"member": mf.IMAGE_MEMBER, "width": width, "height": height, "codes": int(encoded.codes.size)},
@@ -298,6 +306,29 @@ def _read_outliers(exact_bytes, entry, dtype, size):
     return index, values.astype(dtype)
 
 
+def coding_digest(entry, codes, table, scales, exact_bytes):
+    """A coded tensor's `coding_sha256` (spec §7.5): SHA-256 of what its values
+    are computed from. Its dtype and shape and the axis of its scales, then
+    its codes, its table entries and scales (binary32, little-endian) and its
+    outlier block, each as the archive holds them."""
+    shape, scaled = entry["shape"], entry.get("scales")
+    header = (entry["dtype"].encode("ascii") + b"\0" + struct.pack(f"<I{len(shape)}Q", len(shape), *shape)
+              + struct.pack("<i", scaled["axis"] if scaled else -1))
+    digest = hashlib.sha256(header)
+    start = entry["codes"]["offset"]
+    digest.update(memoryview(np.ascontiguousarray(codes[start: start + entry["codes"]["count"]])))
+    t = entry["table"]
+    digest.update(np.ascontiguousarray(table[t["offset"]: t["offset"] + t["size"]], "<f4").tobytes())
+    if scaled:
+        digest.update(np.ascontiguousarray(scales[scaled["offset"]: scaled["offset"] + scaled["count"]],
+                                           "<f4").tobytes())
+    if "outliers" in entry:
+        o = entry["outliers"]
+        size = o["count"] * (8 + np.dtype(entry["dtype"]).itemsize)
+        digest.update(memoryview(exact_bytes)[o["offset"]: o["offset"] + size])
+    return digest.hexdigest()
+
+
 def decode_tensor(entry, codes, table, scales, exact_bytes, kind):
     """Decode one tensor described by its (validated) manifest entry."""
     with np.errstate(all="ignore"):  # float16 overflow is defined (§7.1): inf, no warning
@@ -329,7 +360,7 @@ def _decode_tensor(entry, codes, table, scales, exact_bytes, kind):
             f"Tensor '{mf._short(entry['path'])}' has code {top}, outside its {size}-entry table.",
             rule=rules.CODE_OUTSIDE_TABLE,
         )
-    values = np.take(table[offset: offset + size], span).reshape(shape)
+    values = np.take(table[offset: offset + size], span, mode="clip").reshape(shape)  # codes < size, checked
     if "scales" in entry and kind == "codebook":
         s = entry["scales"]
         view = [1] * len(shape)
@@ -357,14 +388,20 @@ def base_index(arrays):
     return index
 
 
-def iter_decoded(archive, base=None, skip_references=False):
+def iter_decoded(archive, base=None, skip_references=False, check_values=False):
     """Decode an open archive's tensors one at a time, each checked against its digest.
+
+    A coded tensor with a `coding_sha256` (format 1.1) is checked by it: it
+    covers everything the values are computed from, at a quarter of the
+    bytes to hash. Every other tensor is checked by the SHA-256 of its values.
 
     Args:
         archive: an open `RolledArchive`.
         base: for archives that reference a base model's tensors, a dict
             from `base_index`.
         skip_references: leave referenced tensors out (then no base is needed).
+        check_values: also check the values' SHA-256 of tensors that have a
+            coding digest (what `inspect_wroll --verify` does).
 
     Yields:
         `(path, array)` in archive order, arrays of the recorded shape and dtype.
@@ -401,7 +438,13 @@ def iter_decoded(archive, base=None, skip_references=False):
             array = np.array(base[key], copy=True)
         else:
             array = decode_tensor(t, codes, table, scales, exact_bytes, kind)
-            if _encode.tensor_digest(array) != t["sha256"]:
+            if "coding_sha256" in t and coding_digest(t, codes, table, scales, exact_bytes) != t["coding_sha256"]:
+                raise ArchiveError(
+                    f"Tensor '{mf._short(t['path'])}': its codes, table, scales or outliers differ from those "
+                    "recorded (coding_sha256) when it was rolled; the manifest or data was altered.",
+                    rule=rules.CODING_DIGEST,
+                )
+            if ("coding_sha256" not in t or check_values) and _encode.tensor_digest(array) != t["sha256"]:
                 raise ArchiveError(
                     f"Tensor '{mf._short(t['path'])}' decodes to values whose SHA-256 differs from the "
                     "one recorded when it was rolled; the manifest or data was altered.",

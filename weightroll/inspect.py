@@ -296,15 +296,15 @@ def verify(archive):
         archive.member(name)  # zip CRC and SHA-256
     mf.loads(archive.architecture_json(), f"'{mf.ARCHITECTURE_MEMBER}'")
     mf.loads(archive.decoder_config_json(), f"'{mf.DECODER_CONFIG_MEMBER}'")
-    checked = sum(1 for _ in _decoded_tensors(archive))
+    checked = sum(1 for _ in _decoded_tensors(archive, check_values=True))
     return {"ok": True, "members_checked": len(names), "tensors_checked": checked,
             "base_references": len(archive.manifest["tensors"]) - checked, "error": None}
 
 
-def _decoded_tensors(archive):
+def _decoded_tensors(archive, check_values=False):
     """`(path, array)` for every tensor the archive holds, one at a time, each
-    checked against its digest; tensors that reference a base model are left out."""
-    return _archive.iter_decoded(archive, skip_references=True)
+    checked against its digests; tensors that reference a base model are left out."""
+    return _archive.iter_decoded(archive, skip_references=True, check_values=check_values)
 
 
 # --- the picture -----------------------------------------------------------------

@@ -530,6 +530,12 @@ def invalid_vectors(bases):
     yield ("tensor_sha256_malformed", kernel(lambda t: t.update(sha256=t["sha256"][:63])), "R14",
            "ArchiveError", "sha256 must be 64 lowercase hex digits", "unroll",
            "The kernel's sha256 cut to 63 hex digits.")
+    yield ("coding_sha256_malformed", kernel(lambda t: t.update(coding_sha256=t["coding_sha256"].upper())),
+           "R14", "ArchiveError", "coding_sha256 must be 64 lowercase hex digits", "unroll",
+           "The kernel's coding_sha256 in upper case.")
+    yield ("coding_sha256_on_exact", bias(lambda t: t.update(coding_sha256=t["sha256"])), "R14",
+           "ArchiveError", "on a coded tensor of a codebook archive only", "unroll",
+           "The exact bias given a coding_sha256 (its sha256).")
     yield ("storage_unknown", bias(lambda t: t.update(storage="packed")), "R15", "ArchiveError",
            "storage must be 'coded', 'exact' or 'reference'", "unroll", "The bias's storage set to \"packed\".")
     yield ("coded_int_dtype", kernel(lambda t: t.update(dtype="int32")), "R15", "ArchiveError",
@@ -686,10 +692,21 @@ def invalid_vectors(bases):
            "dense_reference.base.json as the base.", "dense_reference.base.json")
     swapped = floats.copy()
     swapped[[0, 1]] = swapped[[1, 0]]
-    yield ("digest_mismatch", decoder_bin(swapped), "R33", "ArchiveError",
-           "decodes to values whose SHA-256 differs", "unroll",
+    yield ("coding_digest_mismatch", decoder_bin(swapped), "R39", "ArchiveError",
+           "differ from those recorded (coding_sha256)", "unroll",
            "Table entries 0 and 1 of decoder.bin swapped (checksums updated): the data are self-"
-           "consistent, only the tensor digest notices.")
+           "consistent, only the kernel's coding digest notices.")
+
+    def as_1_0(m):  # what a format 1.0 writer wrote: no coding digests
+        m["format_version"] = "1.0"
+        for t in m["tensors"]:
+            t.pop("coding_sha256", None)
+    v10 = read_members(man(as_1_0))
+    yield ("digest_mismatch", decoder_bin(swapped, v10), "R33", "ArchiveError",
+           "decodes to values whose SHA-256 differs", "unroll",
+           "A format 1.0 archive (the worked example labelled \"1.0\", its coding_sha256 fields removed) "
+           "with table entries 0 and 1 of decoder.bin swapped (checksums updated): only the tensor digest "
+           "notices.")
 
     # R34: bool bytes
     def bias_bool(t):
@@ -828,6 +845,7 @@ def environment():
     import PIL
     import zstandard
     from PIL import features
+    from zlib_ng import zlib_ng
 
     import weightroll
 
@@ -858,6 +876,7 @@ def environment():
         "pillow": PIL.__version__,
         "pillow_zlib": features.version("zlib"),
         "python_zlib": zlib.ZLIB_RUNTIME_VERSION,
+        "zlib_ng": zlib_ng.ZLIBNG_VERSION,  # weightroll's deflate (same bytes as zlib)
         "zstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
     }
 

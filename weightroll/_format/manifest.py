@@ -16,8 +16,10 @@ from weightroll.errors import ArchiveError, LimitError, VersionError
 
 FORMAT_NAME = "wroll"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
+# The lowest version a writer may label an archive without `coding_sha256`.
+FORMAT_VERSION_1_0 = "1.0"
 
 MANIFEST_MEMBER = "manifest.json"
 IMAGE_MEMBER = "weights.png"
@@ -450,6 +452,14 @@ def _check_tensors(manifest, kind, n_codes, table_size, scales_size, members):
             raise ArchiveError(f"manifest.json: {where}.sha256 must be 64 lowercase hex digits.",
                                rule=rules.TENSOR_SHA256_FIELD)
         storage = _get(entry, "storage", "str", where)
+        coding_digest = _get(entry, "coding_sha256", "str", where, optional=True)
+        if coding_digest is not None and not (_is_digest(coding_digest) and storage == "coded"
+                                              and kind == "codebook"):
+            raise ArchiveError(
+                f"manifest.json: {where}.coding_sha256 must be 64 lowercase hex digits, on a coded "
+                "tensor of a codebook archive only.",
+                rule=rules.TENSOR_SHA256_FIELD,
+            )
         if storage == "coded":
             if dtype not in CODED_DTYPES:
                 raise ArchiveError(

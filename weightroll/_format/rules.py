@@ -98,8 +98,11 @@ JSON_MEMBER = "R36"
 ARCHITECTURE_MODEL = "R37"
 # Weights are assigned by position; count, shapes and kinds of dtype must agree.
 VARIABLES = "R38"
+# A coded tensor's coding digest covers everything its values are computed
+# from (format 1.1), so a reader may check it instead of hashing the values.
+CODING_DIGEST = "R39"
 
-# Every rule, in order: ("R1", ..., "R38").
+# Every rule, in order: ("R1", ..., "R39").
 ALL = tuple(sorted(
     (value for name, value in globals().items() if name.isupper() and isinstance(value, str)),
     key=lambda rule: int(rule[1:]),
