@@ -466,7 +466,7 @@ def decode(archive, base=None):
 def unroll(filepath, base=None):
     """Decode a `.wroll` archive's weights without Keras or TensorFlow.
 
-    Only numpy, pillow and zstandard are used, so light tools and other
+    Only numpy, pillow, zstandard and zlib-ng are used, so light tools and other
     runtimes can read archives.
 
     Args:
