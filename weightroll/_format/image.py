@@ -50,37 +50,94 @@ def code_entropy_bits(codes):
     return float(-(p * np.log2(p)).sum())
 
 
-# Raw image data above this size is deflated in independent pieces of this
-# size, on the cores there are (see `_deflate`).
-_DEFLATE_PIECE = 1 << 22
+# Images of more rows than this are deflated in independent pieces of this
+# many rows, on the cores there are (see `_deflate_rows`).
+_PIECE_ROWS = 1024
 _ZLIB_HEADER_LEVEL_9 = b"\x78\xda"
+_ADLER_BASE = 65521
 
 
-def _deflate(raw, level, strategy):
-    """A zlib stream of `raw`, byte for byte what zlib writes when `raw` fits
-    in one piece.
+def _raw_rows(codes, width, first, stop):
+    """Scanlines `[first, stop)` of the image: filter byte 0, then the row's
+    codes (padding 0 after the last code)."""
+    rows = np.zeros((stop - first, width + 1), dtype=np.uint8)
+    begin, end = first * width, min(stop * width, codes.size)
+    full = (end - begin) // width
+    rows[:full, 1:] = codes[begin: begin + full * width].reshape(full, width)
+    if begin + full * width < end:
+        rows[full, 1: 1 + end - begin - full * width] = codes[begin + full * width: end]
+    return memoryview(rows.reshape(-1))
 
-    Larger data is cut into pieces of `_DEFLATE_PIECE` bytes, each deflated
-    on its own (raw deflate, ended by a full flush; the last by the final
-    block) and concatenated under one zlib header and Adler-32: a valid
+
+def _adler32_concat(first, second, second_length):
+    """The Adler-32 of two byte strings joined, from theirs: A = A1 + A2 - 1,
+    B = B1 + B2 + len2 * (A1 - 1), both mod 65521."""
+    a1, b1 = first & 0xFFFF, first >> 16
+    a2, b2 = second & 0xFFFF, second >> 16
+    a = (a1 + a2 - 1) % _ADLER_BASE
+    b = (b1 + b2 + second_length * (a1 - 1)) % _ADLER_BASE
+    return (b << 16) | a
+
+
+def _deflate_rows(codes, width, height, level, strategy):
+    """The image's zlib stream, as a list of byte strings to concatenate.
+
+    An image of up to `_PIECE_ROWS` rows is one zlib stream, byte for byte
+    what zlib writes. A taller one is cut into pieces of `_PIECE_ROWS` rows,
+    each built and deflated on its own (raw deflate, ended by a full flush;
+    the last by the final block) under one zlib header and Adler-32: a valid
     stream that inflates like any other, the same on every machine whatever
-    its number of cores. Huffman-only coding has no matches to lose at the
-    cuts, and deflate starts new blocks far more often than once per piece.
-    zlib-ng writes the same bytes as zlib, about twice as fast.
+    its number of cores, and no copy of the whole raw image is ever made.
+    Huffman-only coding has no matches to lose at the cuts, and deflate starts
+    new blocks far more often than once per piece. zlib-ng writes the same
+    bytes as zlib, about twice as fast.
     """
-    n = len(raw)
-    if n <= _DEFLATE_PIECE or level != 9:
+    if height <= _PIECE_ROWS:
         packer = zlib_ng.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
-        return packer.compress(raw) + packer.flush()
+        raw = _raw_rows(codes, width, 0, height)
+        return [packer.compress(raw) + packer.flush()]
 
-    def piece(start):
+    def piece(first):
+        stop = min(first + _PIECE_ROWS, height)
+        raw = _raw_rows(codes, width, first, stop)
         packer = zlib_ng.compressobj(level, zlib.DEFLATED, -15, 9, strategy)
-        last = start + _DEFLATE_PIECE >= n
-        return packer.compress(raw[start: start + _DEFLATE_PIECE]) + \
-            packer.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
+        data = packer.compress(raw) + packer.flush(zlib.Z_FINISH if stop == height else zlib.Z_FULL_FLUSH)
+        return data, zlib_ng.adler32(raw), len(raw)
 
-    parts = parallel_map(piece, range(0, n, _DEFLATE_PIECE))
-    return b"".join([_ZLIB_HEADER_LEVEL_9, *parts, struct.pack(">I", zlib_ng.adler32(raw))])
+    pieces = parallel_map(piece, range(0, height, _PIECE_ROWS))
+    adler = 1
+    for _, piece_adler, length in pieces:
+        adler = _adler32_concat(adler, piece_adler, length)
+    return [_ZLIB_HEADER_LEVEL_9] + [data for data, _, _ in pieces] + [struct.pack(">I", adler)]
+
+
+def _png_from_stream(parts, width, height):
+    """PNG bytes (a bytearray) for a zlib stream given as `parts`: IHDR, the
+    stream in IDAT chunks of `_IDAT_CHUNK` bytes, IEND; written once into one
+    buffer."""
+    total = sum(len(part) for part in parts)
+    chunks = -(-total // _IDAT_CHUNK)
+    out = bytearray(8 + 25 + 12 * chunks + total + 12)
+    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    out[:33] = _PNG_SIGNATURE + header
+    pos, queue = 33, [memoryview(part) for part in parts if len(part)]
+    for _ in range(chunks):
+        size = min(_IDAT_CHUNK, total)
+        total -= size
+        out[pos: pos + 8] = struct.pack(">I", size) + b"IDAT"
+        crc, pos, left = zlib.crc32(b"IDAT"), pos + 8, size
+        while left:
+            take = queue[0][:left]
+            out[pos: pos + len(take)] = take
+            crc = zlib.crc32(take, crc)
+            pos, left = pos + len(take), left - len(take)
+            queue[0] = queue[0][len(take):]
+            if not len(queue[0]):
+                queue.pop(0)
+        out[pos: pos + 4] = struct.pack(">I", crc)
+        pos += 4
+    out[pos:] = _chunk(b"IEND", b"")
+    return out
 
 
 def encode_png(codes, compress_level=9):
@@ -93,35 +150,21 @@ def encode_png(codes, compress_level=9):
     where LZ77 finds runs).
 
     Returns:
-        `(png_bytes, width, height)`.
+        `(png_bytes, width, height)`; the bytes are a `bytearray`.
     """
     codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
     width, height = image_shape(codes.size)
-    # The raw image, filter byte 0 then the row's pixels, built in place (no
-    # padded copy of the codes, no bytes copy of the rows): memory matters
-    # for 100M-value models.
-    rows = np.zeros((height, width + 1), dtype=np.uint8)
-    full = codes.size // width
-    rows[:full, 1:] = codes[: full * width].reshape(full, width)
-    if full < height:
-        rows[full, 1: 1 + codes.size - full * width] = codes[full * width:]
-    raw = memoryview(rows.reshape(-1))
     strategies = [zlib.Z_HUFFMAN_ONLY]
     if code_entropy_bits(codes[:: max(1, codes.size >> 20)]) < _TRY_LZ77_BELOW_BITS:  # on <= ~1M codes
         strategies.append(zlib.Z_DEFAULT_STRATEGY)
-    best = None
+    best, best_size = None, None
     for strategy in strategies:
-        data = _deflate(raw, compress_level, strategy)
-        if best is None or len(data) < len(best):
-            best = data
-    del rows, raw
-    best = memoryview(best)
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    parts = [_PNG_SIGNATURE, _chunk(b"IHDR", header)]
-    for start in range(0, len(best), _IDAT_CHUNK):
-        parts.append(_chunk(b"IDAT", best[start:start + _IDAT_CHUNK]))
-    parts.append(_chunk(b"IEND", b""))
-    return b"".join(parts), width, height
+        parts = _deflate_rows(codes, width, height, compress_level, strategy)
+        size = sum(len(part) for part in parts)
+        if best is None or size < best_size:
+            best, best_size = parts, size
+        del parts
+    return _png_from_stream(best, width, height), width, height
 
 
 def read_png_header(data):
