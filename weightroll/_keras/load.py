@@ -46,7 +46,9 @@ def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, bas
 
         index = base_index(base)
     with _archive.RolledArchive(filepath) as archive:
-        archive.verify_members()  # every member's SHA-256 first
+        # Every member's SHA-256 first; the code image is read again when it is
+        # decoded, so that its bytes are not held while Keras builds the model.
+        archive.verify_members(keep_image=False)
         architecture = archive.architecture_json()
         archive.decoder_config()  # checked like the architecture, though decoding uses decoder.bin
         model = model_io.rebuild(architecture, custom_objects=custom_objects, compile=compile,
