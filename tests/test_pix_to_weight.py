@@ -158,3 +158,10 @@ def test_unroll_imports_neither_keras_nor_tensorflow(archive_path):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("table_size, scales_size", [(0, 1), (4, 1), (300, 17)])
+def test_codebook_config_from_the_template_is_the_built_networks(table_size, scales_size):
+    arrays = [np.zeros((table_size, 1), np.float32), np.ones((scales_size, 1), np.float32)]
+    decoder = {"kind": "codebook"}
+    assert network.decoder_config_json(decoder, arrays) == network.config_json(network.build(decoder, arrays))

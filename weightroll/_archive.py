@@ -53,11 +53,21 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
                   settings=None, compress_level=9):
     """The archive's members, in order, as `(name, bytes)`, manifest first.
 
+    The codes are handed over: `encoded.codes` is None afterwards, so that
+    they are freed as soon as the PNG no longer needs them.
+
     Returns:
         `(members, manifest)`.
     """
-    png, width, height = image.encode_png(encoded.codes, compress_level=compress_level)
     kind = encoded.decoder["kind"]
+    if kind == "codebook":
+        table, scales = encoded.decoder_arrays[0][:, 0], encoded.decoder_arrays[1][:, 0]
+        for entry in encoded.tensors:
+            if entry["storage"] == "coded":
+                entry["coding_sha256"] = coding_digest(entry, encoded.codes, table, scales, encoded.exact_bytes)
+    n_codes = int(encoded.codes.size)
+    held, encoded.codes = [encoded.codes], None
+    png, width, height = image.encode_png(held.pop(), compress_level=compress_level)  # its only holder
     weight_entries, decoder_bin = _pack_arrays(
         encoded.decoder_arrays, decoder_array_names(kind, len(encoded.decoder_arrays))
     )
@@ -69,11 +79,6 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
     ]
     if encoded.exact_bytes:
         payload.append((mf.EXACT_MEMBER, encoded.exact_bytes))
-    if kind == "codebook":
-        table, scales = encoded.decoder_arrays[0][:, 0], encoded.decoder_arrays[1][:, 0]
-        for entry in encoded.tensors:
-            if entry["storage"] == "coded":
-                entry["coding_sha256"] = coding_digest(entry, encoded.codes, table, scales, encoded.exact_bytes)
     with_coding_digests = any("coding_sha256" in t for t in encoded.tensors)
     manifest = {
         "format": mf.FORMAT_NAME,
@@ -81,7 +86,7 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
         "format_version": mf.FORMAT_VERSION if with_coding_digests else mf.FORMAT_VERSION_1_0,
         "producer": producer,
         "model": model_info,
-        "image": {"member": mf.IMAGE_MEMBER, "width": width, "height": height, "codes": int(encoded.codes.size)},
+        "image": {"member": mf.IMAGE_MEMBER, "width": width, "height": height, "codes": n_codes},
         "decoder": dict(encoded.decoder, config_member=mf.DECODER_CONFIG_MEMBER,
                         config_size=len(decoder_config_json),
                         weights_member=mf.DECODER_WEIGHTS_MEMBER, weights=weight_entries),

@@ -164,6 +164,7 @@ def encode_png(codes, compress_level=9):
         if best is None or size < best_size:
             best, best_size = parts, size
         del parts
+    del codes  # if the caller handed them over, they are freed before the PNG is assembled
     return _png_from_stream(best, width, height), width, height
 
 

@@ -8,10 +8,10 @@ reconstruction values and the scales, and their float32 product is the weight.
 2019 paper (the grey-level normalisation is folded into the first kernel).
 """
 
+import functools
 import json
 
 import numpy as np
-
 
 
 def build(decoder, arrays):
@@ -53,8 +53,30 @@ def config_json(network):
     """The network's Keras config as canonical JSON bytes."""
     import keras
 
-    config = keras.saving.serialize_keras_object(network)
+    return _canonical(keras.saving.serialize_keras_object(network))
+
+
+def _canonical(config):
     return (json.dumps(config, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def decoder_config_json(decoder, arrays):
+    """`config_json(build(decoder, arrays))`, without building a codebook network
+    each time: its config differs between archives only in the two tables'
+    sizes (`input_dim`), so a template built once is filled in."""
+    if decoder["kind"] != "codebook":
+        return config_json(build(decoder, arrays))
+    config = json.loads(_codebook_template())
+    sizes = {"codebook": max(arrays[0].shape[0], 1), "scales": arrays[1].shape[0]}
+    for layer in config["config"]["layers"]:
+        if layer["config"]["name"] in sizes:
+            layer["config"]["input_dim"] = int(sizes[layer["config"]["name"]])
+    return _canonical(config)
+
+
+@functools.lru_cache(maxsize=None)
+def _codebook_template():
+    return config_json(build({"kind": "codebook"}, [np.zeros((1, 1), np.float32), np.ones((1, 1), np.float32)]))
 
 
 def from_archive(archive):

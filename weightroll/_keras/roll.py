@@ -95,10 +95,9 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
     for entry in encoded.tensors:
         if entry["storage"] == "coded":  # exact and referenced tensors have no error
             entry["error"] = per_tensor[entry["path"]]
-    net = network.build(encoded.decoder, encoded.decoder_arrays)
     members, _ = _archive.build_members(
         encoded,
-        decoder_config_json=network.config_json(net),
+        decoder_config_json=network.decoder_config_json(encoded.decoder, encoded.decoder_arrays),
         architecture_json=snap.architecture,
         producer=snap.producer,
         model_info=snap.model_info,
