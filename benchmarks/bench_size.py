@@ -225,13 +225,18 @@ for _q in PRESETS:
 # is about int8's (cosine ~ 1 - t**2 / 2), for the goal's "at equal cosine".
 INT8_MATCHED = "output_tolerance=0.08 + calibration"
 WROLL[INT8_MATCHED] = _wroll(output_tolerance=0.08, calibrate=True)
+# The held-out cosine runs a little below the calibration data's (GPTQ fits
+# the calibration inputs): 0.075 is the tolerance that lands at or above
+# int8's cosine on the held-out sequences.
+INT8_MATCHED_HELD_OUT = "output_tolerance=0.075 + calibration"
+WROLL[INT8_MATCHED_HELD_OUT] = _wroll(output_tolerance=0.075, calibrate=True)
 METHODS = {**BASELINES, **WROLL}
 
 PLAN = {
     "digits_cnn": [KERAS, KERAS_ZSTD, FLOAT16, INT8, PAPER] + [_preset(q) for q in PRESETS]
     + [_preset(q, True) for q in PRESETS],
     "heavy_tailed": [KERAS, KERAS_ZSTD, FLOAT16, INT8, PAPER] + [_preset(q) for q in PRESETS]
-    + [_preset(q, True) for q in PRESETS] + [INT8_MATCHED],
+    + [_preset(q, True) for q in PRESETS] + [INT8_MATCHED, INT8_MATCHED_HELD_OUT],
     # The whole-model float16 / int8 baselines would only restate ResNet50's
     # size; a transfer model's honest baseline ships the head alone.
     "transfer": [KERAS, KERAS_ZSTD, HEAD_FLOAT32, PAPER] + [_preset(q) for q in PRESETS]

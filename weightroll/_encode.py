@@ -12,7 +12,7 @@ from weightroll import _progress, report
 from weightroll._format import image
 from weightroll._format import manifest as mf
 from weightroll._parallel import parallel_map
-from weightroll.codecs import codebook, mlp, select
+from weightroll.codecs import codebook, mlp, select, uniform
 from weightroll.errors import WrollError
 
 DECODERS = mf.DECODER_KINDS
@@ -194,7 +194,9 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
         bits: fixed code width, 1 to 8: per-tensor k-means codebooks of at
             most `2**bits` entries (or the paper's grid for `"mlp"`).
         tolerance: largest relative RMSE per coded tensor; the cheapest code
-            meeting it is chosen per tensor. A float, or a dict path -> float.
+            meeting it is chosen per tensor. A float, or a dict path -> float
+            or path -> `uniform.UniformCode` (a tensor coded beforehand, as
+            rate-distortion allocation does; used as given).
         quality: a preset name from `PRESETS`, mapped to a tolerance.
         seed: seed of the MLP fit (ignored by `"codebook"`).
         base_keys: optional set of `reference_key`s of a base model's tensors;
@@ -320,7 +322,12 @@ def _code(path, array, bits, tolerance):
         table, codes = codebook.fit_codebook(array, bits)
         return {"table": table, "codes": codes, "values": table[codes], "entry": {"quantizer": "kmeans"}}
     tol = tolerance.get(path, 0.0) if isinstance(tolerance, dict) else tolerance
-    choice = select.choose(array, tol, array.dtype.itemsize)
+    if isinstance(tol, uniform.UniformCode):  # coded beforehand (rate-distortion allocation)
+        if tol.codes.size != array.size:
+            raise WrollError(f"The code given for '{path}' has {tol.codes.size} values; the tensor has {array.size}.")
+        choice = select.Choice("uniform", select.uniform_bytes(tol), tol)
+    else:
+        choice = select.choose(array, tol, array.dtype.itemsize)
     if choice.kind == "lossless":
         table, codes = choice.code
         return {"table": table, "codes": codes, "values": table[codes], "entry": {"quantizer": "lossless"}}

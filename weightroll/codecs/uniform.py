@@ -126,3 +126,54 @@ def encode(values, step, axis=None):
         decoded = decoded.reshape(-1)
     decoded[outlier_index] = flat[outlier_index]
     return UniformCode(codes, table, scales, axis, outlier_index, decoded.reshape(x.shape), step)
+
+
+def from_levels(values, levels, exact, steps, axis=None):
+    """A `UniformCode` for integer grid levels chosen elsewhere (e.g. by GPTQ).
+
+    Each value decodes to `levels * step` of its channel; only the levels in
+    use enter the table, so a wide but sparse grid costs no unused entries.
+
+    Args:
+        values: the original float array.
+        levels: integer levels of `values`' shape, at most 255 distinct
+            among the values not kept exactly.
+        exact: bool array of `values`' shape: values stored exactly (outliers).
+        steps: float32 grid steps, one per channel along `axis` (1-D), or a
+            scalar step for the whole tensor when `axis` is None.
+        axis: the channel axis of `steps`, or None.
+
+    Returns:
+        A `UniformCode` (its `step` is 1 when the steps are channel scales).
+    """
+    x = np.asarray(values)
+    q = np.asarray(levels).reshape(-1)
+    out = np.asarray(exact, bool).reshape(-1)
+    used, counts = np.unique(q[~out], return_counts=True)
+    if used.size == 0:
+        used, counts = np.zeros(1, q.dtype), np.ones(1, np.int64)
+    if used.size > 2 * _HALF_RANGE + 1:
+        raise ValueError(f"{used.size} distinct levels do not fit 8-bit codes (255 at most).")
+    # Codes rank the levels by frequency (commonest first): every tensor's
+    # codes then fall off alike from 0, so tensors sharing a deflate block
+    # share one Huffman table at little cost.
+    by_count = np.argsort(-counts, kind="stable")  # code -> position among the sorted levels
+    rank = np.empty_like(by_count)
+    rank[by_count] = np.arange(by_count.size)  # position -> code
+    codes = rank[np.searchsorted(used, q).clip(0, used.size - 1)].astype(np.uint8)
+    used = used[by_count]  # the levels in code order
+    codes[out] = 0  # the commonest code: the cheapest filler
+    outlier_index = np.flatnonzero(out).astype(np.int64)
+    if axis is None:
+        step = np.float32(steps)
+        table = (used.astype(np.float64) * float(step)).astype(np.float32)
+        decoded = np.take(table, codes)
+        scales, scale_step = None, float(step)
+    else:
+        scales = np.asarray(steps, np.float32).reshape(-1)
+        table = used.astype(np.float32)
+        decoded = (np.take(table, codes).reshape(x.shape) * broadcast_scales(scales, x.shape, axis)).reshape(-1)
+        scale_step = 1.0
+    decoded = decoded.astype(np.float32)
+    decoded[outlier_index] = np.asarray(x, np.float32).reshape(-1)[outlier_index]
+    return UniformCode(codes, table, scales, axis, outlier_index, decoded.reshape(x.shape), scale_step)
