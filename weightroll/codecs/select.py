@@ -18,6 +18,9 @@ from weightroll.codecs import codebook, uniform
 # whole tensor once at the chosen step.
 _SAMPLE = 1 << 15
 _STEP_ITERATIONS = 4
+# A step whose error is within this fraction of the tolerance is kept: a few
+# percent of step are worth less than another pass over the sample.
+_CLOSE_ENOUGH = 0.97
 _OUTLIER_BYTES = 8 + 4  # int64 index + the value (float32 assumed for the estimate)
 # A channel may be this many times worse than the tolerance (see coding_error).
 CHANNEL_FACTOR = 3.0
@@ -149,7 +152,7 @@ def _largest_step(sample, axis, tolerance):
         err = coding_error(sample, code.decoded)
         if err <= tolerance and (best is None or step > best[0]):
             best = (step, code)
-        if err == 0:
+        if err == 0 or _CLOSE_ENOUGH * tolerance <= err <= tolerance:
             break
         step *= float(np.clip(tolerance / err, 0.5, 2.0)) * (0.995 if err > tolerance else 1.0)
     return best if best is not None else (step, uniform.encode(sample, step, axis))
