@@ -119,24 +119,39 @@ class Measured:
     max_abs: float
 
 
+# `measure` goes through a tensor this many values at a time, so that the
+# error is never a second copy of a large tensor.
+_MEASURE_BLOCK = 1 << 18
+
+
 def measure(original, decoded):
     """`coding_error` with the sums behind it, in one pass over the error."""
     a = np.asarray(original)
-    e = a - np.asarray(decoded, dtype=a.dtype)
-    ref, sq = sum_of_squares(a), sum_of_squares(e)
-    max_abs = float(max(e.max(), -e.min())) if e.size else 0.0
+    d = np.asarray(decoded, dtype=a.dtype)
+    columns = a.shape[-1] if a.ndim >= 2 and a.size else 1
+    a2, d2 = a.reshape(-1, columns), d.reshape(-1, columns)
+    rows = max(1, _MEASURE_BLOCK // columns)
+    sq = ref = high = low = 0.0
+    ref_c = sq_c = np.zeros(columns)
+    for start in range(0, a2.shape[0], rows):
+        block = a2[start: start + rows]
+        e = block - d2[start: start + rows]
+        sq, ref = sq + sum_of_squares(e), ref + sum_of_squares(block)
+        if e.size:
+            high, low = max(high, float(e.max())), min(low, float(e.min()))
+        if a.ndim >= 2:
+            ref_c = ref_c + np.einsum("ij,ij->j", block, block)
+            sq_c = sq_c + np.einsum("ij,ij->j", e, e)
     if ref > 0:
         err = float(np.sqrt(sq / ref))
     else:
         err = 0.0 if sq == 0 else float("inf")
     if a.ndim >= 2 and err < np.inf:
-        a2, e2 = a.reshape(-1, a.shape[-1]), e.reshape(-1, a.shape[-1])
-        ref_c, sq_c = np.einsum("ij,ij->j", a2, a2), np.einsum("ij,ij->j", e2, e2)
         with np.errstate(divide="ignore", invalid="ignore"):
             per_channel = np.where(ref_c > 0, np.sqrt(sq_c / np.where(ref_c > 0, ref_c, 1)),
                                    np.where(sq_c > 0, np.inf, 0))
         err = max(err, float(per_channel.max()) / CHANNEL_FACTOR)
-    return Measured(err, sq, ref, max_abs)
+    return Measured(err, sq, ref, max(high, -low))
 
 
 def _largest_step(sample, axis, tolerance):

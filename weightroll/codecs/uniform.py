@@ -71,6 +71,42 @@ def broadcast_scales(scales, shape, axis):
 # Reconstruction values are the means of the values in each grid cell, taken
 # on a strided sample of at most this many values (all of a smaller tensor).
 _TABLE_SAMPLE = 1 << 18
+# Values are scaled and rounded this many at a time (no full-size temporaries).
+_BLOCK = 1 << 18
+
+
+def _scaled_blocks(x, inverse, axis):
+    """`(start, block)`: the flat values from `start` on, times their channel's
+    `inverse` (float32, a new array), a block of about `_BLOCK` values at a time."""
+    if axis is None or x.ndim == 0:
+        flat = x.reshape(-1)
+        for start in range(0, flat.size, _BLOCK):
+            yield start, flat[start: start + _BLOCK] * inverse
+        return
+    if axis == x.ndim - 1:
+        view, factors = x.reshape(-1, x.shape[-1]), inverse.reshape(1, -1)
+    elif axis == 0:
+        view, factors = x.reshape(x.shape[0], -1), inverse.reshape(-1, 1)
+    else:  # any other axis: one block
+        yield 0, (x * broadcast_scales(inverse, x.shape, axis)).reshape(-1)
+        return
+    rows = max(1, _BLOCK // max(view.shape[1], 1))
+    for first in range(0, view.shape[0], rows):
+        block = view[first: first + rows] * (factors if axis != 0 else factors[first: first + rows])
+        yield first * view.shape[1], block.reshape(-1)
+
+
+def _sample_positions(x, stride, inverse, axis):
+    """The scaled values at flat positions `0, stride, 2 * stride, ...`."""
+    flat = x.reshape(-1)
+    positions = np.arange(0, flat.size, stride)
+    if axis is None:
+        return flat[positions] * inverse
+    if axis == x.ndim - 1:
+        return flat[positions] * inverse[positions % x.shape[-1]]
+    if axis == 0:
+        return flat[positions] * inverse[positions // (flat.size // x.shape[0])]
+    return (x * broadcast_scales(inverse, x.shape, axis)).reshape(-1)[positions]
 
 
 def encode(values, step, axis=None):
@@ -84,31 +120,38 @@ def encode(values, step, axis=None):
     Returns:
         A `UniformCode`.
     """
-    # float32 throughout, a few passes over the tensor: codes only need to be
-    # a deterministic function of the values, and decoding is float32 anyway.
+    # float32 throughout, block by block: codes only need to be a
+    # deterministic function of the values, and decoding is float32 anyway.
     x = np.asarray(values, np.float32)
     flat = x.reshape(-1)
     if axis is None:
         rms = float(np.sqrt(np.dot(flat, flat) / flat.size)) if flat.size else 1.0
         scales = scale_b = None
         scale = rms if rms > 0 else 1.0
-        y = flat * np.float32(1.0 / (scale * step))  # in grid steps
+        inverse = np.float32(1.0 / (scale * step))  # values times this are in grid steps
     else:
         scales = channel_scales(x, axis)
         scale_b = broadcast_scales(scales, x.shape, axis)
         inverse = (1.0 / (scales.astype(np.float64) * step)).astype(np.float32)
-        y = (x * broadcast_scales(inverse, x.shape, axis)).reshape(-1)
-    sample = y[:: max(1, y.size // _TABLE_SAMPLE)].copy()
-    q = np.rint(y, out=y)
-    outlier_index = np.zeros(0, np.int64)
-    if q.size and (q.max() > _HALF_RANGE or q.min() < -_HALF_RANGE):
-        outlier_index = np.flatnonzero(np.abs(q) > _HALF_RANGE).astype(np.int64)
-        q[outlier_index] = 0
-    lo, hi = (int(q.min()), int(q.max())) if q.size else (0, 0)
-    q -= np.float32(lo)
-    codes = q.astype(np.uint8)
-    del q, y
+    # Codes are first offset by 127 (every inlier fits), then moved down to
+    # start at 0 once the lowest level is known.
+    codes = np.empty(flat.size, np.uint8)
+    outliers, lo, hi = [], None, None
+    for start, q in _scaled_blocks(x, inverse, axis):
+        np.rint(q, out=q)
+        if q.max() > _HALF_RANGE or q.min() < -_HALF_RANGE:
+            index = np.flatnonzero(np.abs(q) > _HALF_RANGE)
+            q[index] = 0
+            outliers.append(index.astype(np.int64) + start)
+        low, high = int(q.min()), int(q.max())
+        lo, hi = (low, high) if lo is None else (min(lo, low), max(hi, high))
+        q += np.float32(_HALF_RANGE)
+        codes[start: start + q.size] = q.astype(np.uint8)
+    lo, hi = (lo, hi) if lo is not None else (0, 0)
+    codes -= np.uint8(lo + _HALF_RANGE)
+    outlier_index = np.concatenate(outliers) if outliers else np.zeros(0, np.int64)
     # The table: each cell's mean (in steps), from the sample's inliers.
+    sample = _sample_positions(x, max(1, flat.size // _TABLE_SAMPLE), inverse, axis)
     cells = np.rint(sample)
     inlier = np.abs(cells) <= _HALF_RANGE
     cells = (cells[inlier] - lo).astype(np.intp)
