@@ -119,8 +119,12 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
             reference_outputs, model_io.predict_outputs(rolled, validation_data, batch_size)
         )
     for entry in encoded.tensors:
-        if entry["storage"] == "coded":  # exact and referenced tensors have no error
-            entry["error"] = per_tensor[entry["path"]]
+        # Only coded tensors that changed record their error (spec §4.9): exact,
+        # referenced and losslessly coded tensors have none, and an entry costs
+        # manifest bytes (25 LayerNorm vectors of a small transformer: 1.4 KB).
+        error = per_tensor[entry["path"]]
+        if entry["storage"] == "coded" and error != {"relative_rmse": 0.0, "max_abs_error": 0.0}:
+            entry["error"] = error
     members, _ = _archive.build_members(
         encoded,
         decoder_config_json=network.decoder_config_json(encoded.decoder, encoded.decoder_arrays),
