@@ -366,7 +366,10 @@ def _goals():
                      f"{best}: {ratio[best]:.2f}x smaller, cosine {r['cosine']:.6f}",
                      _status(smaller), ", ".join(sorted(smaller)) or "none"])
         both = fine & smaller
-        rows.append(["heavy-tailed: both at once (the issue's goal)", "", _status(both),
+        # The issue states two goals; one archive meeting both would need
+        # cosine >= 0.999 at <= 6.29 / 1.5 = 4.19 bits. Shown for reference.
+        rows.append(["heavy-tailed, stricter than the issue: one archive meeting both (cosine >= 0.999 "
+                     "at <= 1/1.5 of int8's bits)", "", "met" if both else "not met",
                      ", ".join(sorted(both)) or "none"])
     tl = RESULTS["transfer"]
     if tl and KERAS in tl:
