@@ -254,7 +254,8 @@ def _result(path, array, storage, coding, keep, digest=None):
             result["stats"] = report.error_from_sums(measured.sq_err, measured.sq_ref, measured.max_abs)
         else:
             result["stats"] = report.tensor_error(array, out)
-        coding["entropy_bits"] = image.code_entropy_bits(coding["codes"])  # for the layout
+        if coding.get("entropy_bits") is None:  # for the layout
+            coding["entropy_bits"] = image.code_entropy_bits(coding["codes"])
         result["coding"] = coding
     else:
         if storage == "exact":
@@ -335,6 +336,7 @@ def _code(path, array, bits, tolerance):
         code = choice.code
         coding = {"table": code.table, "codes": code.codes, "values": code.decoded.reshape(-1),
                   "outliers": code.outlier_index, "measured": choice.measured,
+                  "entropy_bits": code.entropy_bits,
                   "entry": {"quantizer": "uniform", "step": float(code.step)}}
         if code.scales is not None:
             coding["scales"] = code.scales

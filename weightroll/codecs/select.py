@@ -71,8 +71,12 @@ def entropy_bytes(codes):
 
 
 def uniform_bytes(code):
+    """A uniform code's estimated size: its codes at their entropy, table, scales, outliers."""
+    if code.entropy_bits is None:  # measured once (the layout uses it too)
+        code.entropy_bits = 8 * entropy_bytes(code.codes) / code.codes.size if code.codes.size else 0.0
     scales = 0 if code.scales is None else 4 * code.scales.size
-    return entropy_bytes(code.codes) + 4 * code.table.size + scales + _OUTLIER_BYTES * code.outlier_index.size
+    return (code.entropy_bits * code.codes.size / 8 + 4 * code.table.size + scales
+            + _OUTLIER_BYTES * code.outlier_index.size)
 
 
 def _axes(shape):

@@ -30,6 +30,8 @@ class UniformCode:
         outlier_index: int64 flat indices of values stored exactly (sorted).
         decoded: the decoded tensor (float32), outliers restored.
         step: the grid step in normalised units.
+        entropy_bits: the codes' order-0 entropy in bits per code, once
+            measured (`select.uniform_bytes` fills it in).
     """
 
     codes: np.ndarray
@@ -39,6 +41,7 @@ class UniformCode:
     outlier_index: np.ndarray
     decoded: np.ndarray
     step: float
+    entropy_bits: object = None
 
 
 def channel_scales(values, axis):
@@ -99,6 +102,8 @@ def _scaled_blocks(x, inverse, axis):
 def _sample_positions(x, stride, inverse, axis):
     """The scaled values at flat positions `0, stride, 2 * stride, ...`."""
     flat = x.reshape(-1)
+    if stride == 1:  # every value: broadcasting, no gather
+        return flat * inverse if axis is None else (x * broadcast_scales(inverse, x.shape, axis)).reshape(-1)
     positions = np.arange(0, flat.size, stride)
     if axis is None:
         return flat[positions] * inverse
