@@ -213,12 +213,40 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
     if decoder == "mlp":
         results, section, arrays = _mlp(named, bits, seed, base_keys, keep_decoded)
     else:
-        # Largest tensors first keeps the workers busy; results keep archive order.
-        order = sorted(range(len(named)), key=lambda i: -tensor_size(named[i][1]))
-        done = parallel_map(lambda i: _encode_one(*named[i], bits, tolerance, base_keys, keep_decoded), order)
-        results = [r for _, r in sorted(zip(order, done), key=lambda pair: pair[0])]
+        results = [None] * len(named)
+
+        def run(batch):
+            for i in batch:
+                results[i] = _encode_one(*named[i], bits, tolerance, base_keys, keep_decoded)
+
+        parallel_map(run, _batches([tensor_size(t) for _, t in named]))
         section, arrays = _codebook_tables(results)
     return _assemble(results, dict(section, bits=bits if bits is not None else 8), arrays)
+
+
+# Tensors below this many values are coded in batches of about this many
+# values, each batch on one thread: their numpy calls are too short to gain
+# from threads, and threads contending for the GIL make them slower.
+_SMALL = 1 << 16
+
+
+def _batches(sizes):
+    """Tensor indices grouped into tasks, largest first (which keeps the
+    workers busy): each large tensor alone, small ones together."""
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    tasks, batch, total = [], [], 0
+    for i in order:
+        if sizes[i] >= _SMALL:
+            tasks.append([i])
+            continue
+        batch.append(i)
+        total += sizes[i]
+        if total >= _SMALL:
+            tasks.append(batch)
+            batch, total = [], 0
+    if batch:
+        tasks.append(batch)
+    return tasks
 
 
 def _encode_one(path, source, bits, tolerance, base_keys, keep):
