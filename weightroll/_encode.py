@@ -227,7 +227,7 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
 # Tensors below this many values are coded in batches of about this many
 # values, each batch on one thread: their numpy calls are too short to gain
 # from threads, and threads contending for the GIL make them slower.
-_SMALL = 1 << 16
+_SMALL = 1 << 20
 
 
 def _batches(sizes):

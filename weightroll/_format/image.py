@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 from zlib_ng import zlib_ng
 
+from weightroll._entropy import bits_per_code
 from weightroll._format import limits, rules
 from weightroll._parallel import parallel_map
 from weightroll.errors import ArchiveError, LimitError
@@ -43,11 +44,7 @@ def _chunk(kind, payload):
 
 def code_entropy_bits(codes):
     """Empirical order-0 entropy of `codes`, in bits per code."""
-    if codes.size == 0:
-        return 0.0
-    p = np.bincount(codes, minlength=256)
-    p = p[p > 0] / codes.size
-    return float(-(p * np.log2(p)).sum())
+    return bits_per_code(codes)
 
 
 # Images of more rows than this are deflated in independent pieces of this

@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from weightroll._entropy import bits_per_code
 from weightroll.codecs import codebook, uniform
 
 # Search on a strided sample of this many values at most, then code the
@@ -63,17 +64,14 @@ def relative_rmse(original, decoded):
 
 
 def entropy_bytes(codes):
-    if codes.size == 0:
-        return 0.0
-    p = np.bincount(codes, minlength=256)
-    p = p[p > 0] / codes.size
-    return float(-(p * np.log2(p)).sum()) * codes.size / 8
+    """`codes` at their order-0 entropy, in bytes."""
+    return bits_per_code(codes) * codes.size / 8
 
 
 def uniform_bytes(code):
     """A uniform code's estimated size: its codes at their entropy, table, scales, outliers."""
     if code.entropy_bits is None:  # measured once (the layout uses it too)
-        code.entropy_bits = 8 * entropy_bytes(code.codes) / code.codes.size if code.codes.size else 0.0
+        code.entropy_bits = bits_per_code(code.codes)
     scales = 0 if code.scales is None else 4 * code.scales.size
     return (code.entropy_bits * code.codes.size / 8 + 4 * code.table.size + scales
             + _OUTLIER_BYTES * code.outlier_index.size)
@@ -125,7 +123,7 @@ class Measured:
 
 # `measure` goes through a tensor this many values at a time, so that the
 # error is never a second copy of a large tensor.
-_MEASURE_BLOCK = 1 << 18
+_MEASURE_BLOCK = 1 << 16
 
 
 def measure(original, decoded):

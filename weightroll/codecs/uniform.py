@@ -73,9 +73,9 @@ def broadcast_scales(scales, shape, axis):
 
 # Reconstruction values are the means of the values in each grid cell, taken
 # on a strided sample of at most this many values (all of a smaller tensor).
-_TABLE_SAMPLE = 1 << 18
+_TABLE_SAMPLE = 1 << 16
 # Values are scaled and rounded this many at a time (no full-size temporaries).
-_BLOCK = 1 << 18
+_BLOCK = 1 << 16
 
 
 def _scaled_blocks(x, inverse, axis):
