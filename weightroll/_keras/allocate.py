@@ -89,12 +89,8 @@ def allocate_by_probes(snap, x, output_tolerance, batch_size=None, progress=None
     reference = model_io.predict_outputs(model, x, batch_size)
     variables = model.variables
     sizes, sensitivity = {}, {}
-    for i, (path, array) in enumerate(originals):
-        if (array.dtype.name not in ("float16", "float32", "float64") or array.size < _MIN_PROBED_SIZE
-                or not np.all(np.isfinite(array))):
-            continue
-        if base_keys and _encode.reference_key(array) in base_keys:
-            continue
+    for i in _candidates(originals, base_keys):
+        path, array = originals[i]
         choice = select.choose(array, PROBE_TOLERANCE, array.dtype.itemsize)
         if choice.kind != "uniform":
             continue
@@ -113,9 +109,7 @@ def allocate_by_probes(snap, x, output_tolerance, batch_size=None, progress=None
     # A classifier must also keep its decisions: top-1 agreement on the
     # calibration samples of at least 1 - output_tolerance / 4 (99% at 0.04).
     # Classifier here means one output of class probabilities (softmax).
-    classifier = (len(reference) == 1 and reference[0].ndim >= 2 and reference[0].shape[-1] > 1
-                  and bool(np.all(reference[0] >= 0))
-                  and bool(np.allclose(reference[0].sum(-1), 1.0, atol=1e-3)))
+    classifier = _is_classifier(reference)
     min_agreement = 1.0 - output_tolerance / 4
 
     def trial(k):
