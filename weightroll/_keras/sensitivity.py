@@ -18,6 +18,7 @@ caller falls back to probing.
 """
 
 import dataclasses
+import inspect
 
 import numpy as np
 
@@ -173,13 +174,23 @@ def _jax_fisher(model, x, variables, indices, embeddings, projections, seed, siz
     if any(id(variables[i]) not in slot for i in indices):
         raise Unsupported("a variable is neither trainable nor non-trainable")
 
-    def loss(tv, nv, xb, directions):
-        outputs, _ = model.stateless_call(tv, nv, xb, training=False)
+    places = [slot[id(variables[i])] for i in indices]
+    # `stateless_call` hands its keywords to `call` itself, which may not take `training`.
+    call_kwargs = {"training": False} if "training" in inspect.signature(model.call).parameters else {}
+
+    def loss(wanted, tv, nv, xb, directions):
+        # Only the measured (float) variables are differentiated: others, such
+        # as a seed generator's uint32 state, are constants here.
+        tv, nv = list(tv), list(nv)
+        for (kind, k), value in zip(places, wanted):
+            (tv if kind == "t" else nv)[k] = value
+        outputs, _ = model.stateless_call(tv, nv, xb, **call_kwargs)
         return sum(jnp.sum(o.astype("float32") * v) for o, v in zip(_flatten(outputs), directions))
 
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    grad = jax.jit(jax.grad(loss, argnums=0))
     tv = [v.value for v in trainable]
     nv = [v.value for v in frozen]
+    wanted = [variables[i].value for i in indices]
     fisher = {i: np.zeros(variables[i].shape, np.float64) for i in indices}
     emb = {i: np.zeros((variables[i].shape[1],) * 2) for i in embeddings}
     rng = np.random.default_rng(seed)
@@ -190,10 +201,9 @@ def _jax_fisher(model, x, variables, indices, embeddings, projections, seed, siz
             if b not in shapes:
                 shapes[b] = [np.shape(o) for o in _flatten(model(xb, training=False))]
             directions = [rng.standard_normal(s).astype(np.float32) for s in shapes[b]]
-            gt, gn = grad(tv, nv, xb, directions)
-            for i in indices:
-                kind, k = slot[id(variables[i])]
-                g = np.asarray((gt if kind == "t" else gn)[k], np.float64)
+            grads = grad(wanted, tv, nv, xb, directions)
+            for i, g in zip(indices, grads):
+                g = np.asarray(g, np.float64)
                 if i in emb:
                     emb[i] += g.T @ g
                 fisher[i] += g * g
