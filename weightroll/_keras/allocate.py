@@ -52,15 +52,6 @@ _MULTIPLIER_RANGE = (0.25, 8.0)
 _MIN_PROBED_SIZE = 64
 
 
-def _take(x, n):
-    """The first `n` samples of model inputs (array, list or dict of arrays)."""
-    if isinstance(x, dict):
-        return {k: v[:n] for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(v[:n] for v in x)
-    return x[:n]
-
-
 def _output_error(reference, outputs):
     a, b = flatten_outputs(reference), flatten_outputs(outputs)
     ref = float(np.sum(a * a))
@@ -82,7 +73,7 @@ def allocate_by_probes(snap, x, output_tolerance, batch_size=None, progress=None
         `(tolerances, measured)`: a dict path -> weight tolerance, and the
         output relative RMSE measured with them.
     """
-    x = _take(x, CALIBRATION_SAMPLES)
+    x = model_io.input_rows(x, 0, CALIBRATION_SAMPLES)
     model = model_io.rebuild(snap.architecture, compile=False, safe_mode=False)
     originals = list(snap.tensors)
     model_io.assign(model, originals)
@@ -234,7 +225,7 @@ def allocate(snap, x, output_tolerance, batch_size=None, progress=None, base_key
         tensor's code, used as is by `_encode.encode`) or weight tolerance
         (a float), and the output relative RMSE measured with it.
     """
-    xs = _take(x, CALIBRATION_SAMPLES)
+    xs = model_io.input_rows(x, 0, CALIBRATION_SAMPLES)
     model = model_io.rebuild(snap.architecture, compile=False, safe_mode=False)
     originals = list(snap.tensors)
     model_io.assign(model, originals)

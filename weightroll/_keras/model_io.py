@@ -254,6 +254,22 @@ def assign(model, named_arrays, paths=None):
             ) from e
 
 
+def input_rows(x, start, stop):
+    """Samples `[start, stop)` of model inputs (an array, or a list, tuple or
+    dict of arrays)."""
+    if isinstance(x, dict):
+        return {k: v[start:stop] for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(v[start:stop] for v in x)
+    return x[start:stop]
+
+
+def input_count(x):
+    """How many samples model inputs hold."""
+    first = next(iter(x.values())) if isinstance(x, dict) else x[0] if isinstance(x, (list, tuple)) else x
+    return len(first)
+
+
 def predict_outputs(model, x, batch_size=None):
     """`model.predict(x)` as a flat list of numpy arrays."""
     import keras

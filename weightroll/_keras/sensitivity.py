@@ -22,6 +22,8 @@ import inspect
 
 import numpy as np
 
+from weightroll._keras.model_io import input_count, input_rows
+
 PROJECTIONS = 16
 MIN_ROWS_PER_INPUT = 4
 _BATCH = 128
@@ -52,14 +54,8 @@ class Sensitivity:
 
 
 def _batches(x, size):
-    n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x[0]) if isinstance(x, (list, tuple)) else len(x)
-    for start in range(0, n, size):
-        if isinstance(x, dict):
-            yield {k: v[start:start + size] for k, v in x.items()}
-        elif isinstance(x, (list, tuple)):
-            yield type(x)(v[start:start + size] for v in x)
-        else:
-            yield x[start:start + size]
+    for start in range(0, input_count(x), size):
+        yield input_rows(x, start, start + size)
 
 
 def _flatten(outputs):
