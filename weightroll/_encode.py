@@ -249,18 +249,27 @@ def _batches(sizes):
     return tasks
 
 
-def _encode_one(path, source, bits, tolerance, base_keys, keep):
-    """Read, code and measure one tensor; what the archive needs of it."""
-    array = read_tensor(source)
+def _storage(path, array, base_keys):
+    """`(storage, digest)`: "reference" (with the tensor's SHA-256) for a base
+    tensor, "coded" for one that codes may hold (finite floats), else "exact"."""
     dtype = _dtype_name(array, path)
     if base_keys and array.size:
         key = reference_key(array)
         if key in base_keys:
-            return _result(path, array, "reference", None, keep, digest=key[2])
-    coding = None
+            return "reference", key[2]
     if dtype in mf.CODED_DTYPES and array.size > 0 and bool(np.all(np.isfinite(array))):
-        coding = _code(path, array, bits, tolerance)
-    return _result(path, array, "exact" if coding is None else "coded", coding, keep)
+        return "coded", None
+    return "exact", None
+
+
+def _encode_one(path, source, bits, tolerance, base_keys, keep):
+    """Read, code and measure one tensor; what the archive needs of it."""
+    array = read_tensor(source)
+    storage, digest = _storage(path, array, base_keys)
+    coding = _code(path, array, bits, tolerance) if storage == "coded" else None
+    if storage == "coded" and coding is None:
+        storage = "exact"  # coding does not pay
+    return _result(path, array, storage, coding, keep, digest=digest)
 
 
 def _result(path, array, storage, coding, keep, digest=None):
@@ -399,14 +408,7 @@ def _mlp(named, bits, seed, base_keys, keep):
     plans = []  # (path, array, storage)
     for path, source in named:
         array = read_tensor(source)
-        dtype = _dtype_name(array, path)
-        if base_keys and array.size and reference_key(array) in base_keys:
-            storage = "reference"
-        elif dtype in mf.CODED_DTYPES and array.size > 0 and bool(np.all(np.isfinite(array))):
-            storage = "coded"
-        else:
-            storage = "exact"
-        plans.append((path, array, storage))
+        plans.append((path, array, _storage(path, array, base_keys)[0]))
     coded = [array for _, array, storage in plans if storage == "coded"]
     if coded:
         lo = min(float(a.min()) for a in coded)
