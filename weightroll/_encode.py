@@ -9,7 +9,7 @@ import hashlib
 import numpy as np
 
 from weightroll import _progress, report
-from weightroll._format import image
+from weightroll._entropy import bits_per_code
 from weightroll._format import manifest as mf
 from weightroll._parallel import parallel_map
 from weightroll.codecs import codebook, mlp, select, uniform
@@ -292,7 +292,7 @@ def _result(path, array, storage, coding, keep, digest=None):
         else:
             result["stats"] = report.tensor_error(array, out)
         if coding.get("entropy_bits") is None:  # for the layout
-            coding["entropy_bits"] = image.code_entropy_bits(coding["codes"])
+            coding["entropy_bits"] = bits_per_code(coding["codes"])
         result["coding"] = coding
     else:
         if storage == "exact":

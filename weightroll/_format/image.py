@@ -42,11 +42,6 @@ def _chunk(kind, payload):
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-def code_entropy_bits(codes):
-    """Empirical order-0 entropy of `codes`, in bits per code."""
-    return bits_per_code(codes)
-
-
 # Images of more rows than this are deflated in independent pieces of this
 # many rows, on the cores there are (see `_deflate_rows`).
 _PIECE_ROWS = 1024
@@ -152,7 +147,7 @@ def encode_png(codes, compress_level=9):
     codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
     width, height = image_shape(codes.size)
     strategies = [zlib.Z_HUFFMAN_ONLY]
-    if code_entropy_bits(codes[:: max(1, codes.size >> 20)]) < _TRY_LZ77_BELOW_BITS:  # on <= ~1M codes
+    if bits_per_code(codes[:: max(1, codes.size >> 20)]) < _TRY_LZ77_BELOW_BITS:  # on <= ~1M codes
         strategies.append(zlib.Z_DEFAULT_STRATEGY)
     best, best_size = None, None
     for strategy in strategies:

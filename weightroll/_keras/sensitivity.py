@@ -61,7 +61,7 @@ def _batches(x, size):
 def _flatten(outputs):
     import keras
 
-    return [o for o in keras.tree.flatten(outputs)]
+    return keras.tree.flatten(outputs)
 
 
 def estimate(model, x, indices, projections=PROJECTIONS, seed=0, batch_size=None):
@@ -113,8 +113,9 @@ def _embedding_tables(model, variables, indices):
     return found
 
 
-def _directions(rng, outputs):
-    return [rng.standard_normal(np.shape(o)).astype(np.float32) for o in outputs]
+def _directions(rng, shapes):
+    """One random output direction: standard normals of each output's shape."""
+    return [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
 
 
 def _tensorflow_fisher(model, x, variables, indices, embeddings, projections, seed, size):
@@ -131,7 +132,7 @@ def _tensorflow_fisher(model, x, variables, indices, embeddings, projections, se
                 for v in watched:
                     tape.watch(v.value)
                 outputs = _flatten(model(xb, training=False))
-                directions = _directions(rng, outputs)
+                directions = _directions(rng, [np.shape(o) for o in outputs])
                 loss = tf.add_n([tf.reduce_sum(tf.cast(o, tf.float32) * v) for o, v in zip(outputs, directions)])
             grads = tape.gradient(loss, [v.value for v in watched])
             for i, g in zip(indices, grads):
@@ -196,7 +197,7 @@ def _jax_fisher(model, x, variables, indices, embeddings, projections, seed, siz
         for b, xb in enumerate(batches):
             if b not in shapes:
                 shapes[b] = [np.shape(o) for o in _flatten(model(xb, training=False))]
-            directions = [rng.standard_normal(s).astype(np.float32) for s in shapes[b]]
+            directions = _directions(rng, shapes[b])
             grads = grad(wanted, tv, nv, xb, directions)
             for i, g in zip(indices, grads):
                 g = np.asarray(g, np.float64)
