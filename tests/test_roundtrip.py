@@ -133,3 +133,23 @@ def test_unregistered_custom_layer_needs_custom_objects(tmp_path):
         weightroll.load_rolled(tmp_path / "custom.wroll")
     loaded = weightroll.load_rolled(tmp_path / "custom.wroll", custom_objects={"Doubler": Doubler})
     assert isinstance(loaded.layers[0], Doubler)
+
+
+def test_rolling_reads_variables_without_writing_through_them():
+    from weightroll._keras import model_io
+
+    model, _ = _models.sequential_cnn()
+    sources = model_io.variable_sources(model)
+    for (_, source), variable in zip(sources, model.variables):
+        value = source.read()
+        np.testing.assert_array_equal(value, variable.numpy())
+        # A view of the backend's buffer (TensorFlow, JAX) must not be writable:
+        # nothing in rolling may change the model's weights through it.
+        assert not value.flags.writeable or not np.shares_memory(value, source.read())
+    # A value read before the model changes keeps what was read.
+    variable, (_, source) = model.variables[0], sources[0]
+    value = source.read()
+    before = value.copy()
+    variable.assign(variable.numpy() + 1.0)
+    np.testing.assert_array_equal(value, before)
+    np.testing.assert_array_equal(source.read(), before + 1.0)

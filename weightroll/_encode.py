@@ -266,7 +266,7 @@ def _encode_one(path, source, bits, tolerance, base_keys, keep):
     """Read, code and measure one tensor; what the archive needs of it."""
     array = read_tensor(source)
     storage, digest = _storage(path, array, base_keys)
-    coding = _code(path, array, bits, tolerance) if storage == "coded" else None
+    coding = _code(path, array, bits, tolerance, keep) if storage == "coded" else None
     if storage == "coded" and coding is None:
         storage = "exact"  # coding does not pay
     return _result(path, array, storage, coding, keep, digest=digest)
@@ -279,13 +279,16 @@ def _result(path, array, storage, coding, keep, digest=None):
     result = {"path": path, "shape": [int(d) for d in array.shape], "dtype": array.dtype.name,
               "storage": storage}
     if storage == "coded":
-        out = np.asarray(coding.pop("values"), dtype=array.dtype).reshape(array.shape)  # no copy if float32
+        values, values_digest = coding.pop("values"), coding.pop("sha256", None)
+        # Decoded float32 values come with their digest, outliers restored.
+        out = None if values is None else np.asarray(values, dtype=array.dtype).reshape(array.shape)
         index = coding.pop("outliers", None)
         if index is not None and index.size:
-            out.reshape(-1)[index] = array.reshape(-1)[index]
+            if values_digest is None:
+                out.reshape(-1)[index] = array.reshape(-1)[index]
             result["outliers"] = (int(index.size), little_endian_bytes(index.astype(np.int64)) +
                                   little_endian_bytes(array.reshape(-1)[index]))
-        result["sha256"] = tensor_digest(out)
+        result["sha256"] = values_digest or tensor_digest(out)
         measured = coding.pop("measured", None)
         if measured is not None and array.dtype == np.float32:  # measured on these very values
             result["stats"] = report.error_from_sums(measured.sq_err, measured.sq_ref, measured.max_abs)
@@ -352,8 +355,10 @@ def _lay_out(parts):
     return out
 
 
-def _code(path, array, bits, tolerance):
-    """A codable tensor's coding, or None to store it exactly."""
+def _code(path, array, bits, tolerance, keep=True):
+    """A codable tensor's coding, or None to store it exactly. Without `keep`
+    a float32 tensor's uniform code holds no decoded values ("values" is
+    None), only their digest ("sha256")."""
     if bits is not None:
         if not codebook_pays(array.size, array.dtype.itemsize, bits):
             return None
@@ -365,14 +370,19 @@ def _code(path, array, bits, tolerance):
             raise WrollError(f"The code given for '{path}' has {tol.codes.size} values; the tensor has {array.size}.")
         choice = select.Choice("uniform", select.uniform_bytes(tol), tol)
     else:
-        choice = select.choose(array, tol, array.dtype.itemsize)
+        # The decoded values are hashed as they are made, float32 ones only:
+        # others are digested in their own dtype once cast back.
+        in_place = array.dtype == np.float32
+        choice = select.choose(array, tol, array.dtype.itemsize, keep_decoded=keep or not in_place,
+                               digest=in_place)
     if choice.kind == "lossless":
         table, codes = choice.code
         return {"table": table, "codes": codes, "values": table[codes], "entry": {"quantizer": "lossless"}}
     if choice.kind == "uniform":
         code = choice.code
-        coding = {"table": code.table, "codes": code.codes, "values": code.decoded.reshape(-1),
-                  "outliers": code.outlier_index, "measured": choice.measured,
+        coding = {"table": code.table, "codes": code.codes,
+                  "values": None if code.decoded is None else code.decoded.reshape(-1),
+                  "sha256": code.sha256, "outliers": code.outlier_index, "measured": choice.measured,
                   "entropy_bits": code.entropy_bits,
                   "entry": {"quantizer": "uniform", "step": float(code.step)}}
         if code.scales is not None:

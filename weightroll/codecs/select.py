@@ -14,6 +14,7 @@ import numpy as np
 
 from weightroll._entropy import bits_per_code
 from weightroll.codecs import codebook, uniform
+from weightroll.codecs.error import sum_of_squares
 
 # Search on a strided sample of this many values at most, then code the
 # whole tensor once at the chosen step.
@@ -23,8 +24,6 @@ _STEP_ITERATIONS = 4
 # percent of step are worth less than another pass over the sample.
 _CLOSE_ENOUGH = 0.97
 _OUTLIER_BYTES = 8 + 4  # int64 index + the value (float32 assumed for the estimate)
-# A channel may be this many times worse than the tolerance (see coding_error).
-CHANNEL_FACTOR = 3.0
 
 
 @dataclasses.dataclass
@@ -43,15 +42,6 @@ class Choice:
     estimated_bytes: float
     code: object
     measured: object = None
-
-
-def sum_of_squares(v):
-    """Sum of squares by BLAS; float32 data stays float32 (accurate to ~1e-6
-    here, and no float64 copy of a large tensor), other dtypes go to float64."""
-    v = np.asarray(v).reshape(-1)
-    if v.dtype not in (np.float32, np.float64):
-        v = v.astype(np.float64)
-    return float(np.dot(v, v))
 
 
 def relative_rmse(original, decoded):
@@ -96,66 +86,6 @@ def _sample(view):
     return view[::stride]
 
 
-def coding_error(original, decoded):
-    """The error a tolerance bounds: the tensor's relative RMSE, or, if larger,
-    a third of its worst output channel's, so that no channel (one a batch
-    normalisation will rescale, say) is wiped out under a tolerance that only
-    looks at the whole tensor."""
-    return measure(original, decoded).error
-
-
-@dataclasses.dataclass
-class Measured:
-    """How far a decoded tensor is from the original.
-
-    Attributes:
-        error: what a tolerance bounds (see `coding_error`).
-        sq_err: sum of squared errors.
-        sq_ref: sum of squared original values.
-        max_abs: largest absolute error.
-    """
-
-    error: float
-    sq_err: float
-    sq_ref: float
-    max_abs: float
-
-
-# `measure` goes through a tensor this many values at a time, so that the
-# error is never a second copy of a large tensor.
-_MEASURE_BLOCK = 1 << 16
-
-
-def measure(original, decoded):
-    """`coding_error` with the sums behind it, in one pass over the error."""
-    a = np.asarray(original)
-    d = np.asarray(decoded, dtype=a.dtype)
-    columns = a.shape[-1] if a.ndim >= 2 and a.size else 1
-    a2, d2 = a.reshape(-1, columns), d.reshape(-1, columns)
-    rows = max(1, _MEASURE_BLOCK // columns)
-    sq = ref = high = low = 0.0
-    ref_c = sq_c = np.zeros(columns)
-    for start in range(0, a2.shape[0], rows):
-        block = a2[start: start + rows]
-        e = block - d2[start: start + rows]
-        sq, ref = sq + sum_of_squares(e), ref + sum_of_squares(block)
-        if e.size:
-            high, low = max(high, float(e.max())), min(low, float(e.min()))
-        if a.ndim >= 2:
-            ref_c = ref_c + np.einsum("ij,ij->j", block, block)
-            sq_c = sq_c + np.einsum("ij,ij->j", e, e)
-    if ref > 0:
-        err = float(np.sqrt(sq / ref))
-    else:
-        err = 0.0 if sq == 0 else float("inf")
-    if a.ndim >= 2 and err < np.inf:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            per_channel = np.where(ref_c > 0, np.sqrt(sq_c / np.where(ref_c > 0, ref_c, 1)),
-                                   np.where(sq_c > 0, np.inf, 0))
-        err = max(err, float(per_channel.max()) / CHANNEL_FACTOR)
-    return Measured(err, sq, ref, max(high, -low))
-
-
 def _largest_step(sample, axis, tolerance):
     """The largest grid step whose error on `sample` stays within tolerance.
 
@@ -165,25 +95,25 @@ def _largest_step(sample, axis, tolerance):
     step = tolerance * np.sqrt(12.0)
     best = None
     for _ in range(_STEP_ITERATIONS):
-        code = uniform.encode(sample, step, axis)
-        err = coding_error(sample, code.decoded)
+        code = uniform.encode(sample, step, axis, keep_decoded=False)
+        err = code.measured.error
         if err <= tolerance and (best is None or step > best[0]):
             best = (step, code)
         if err == 0 or _CLOSE_ENOUGH * tolerance <= err <= tolerance:
             break
         step *= float(np.clip(tolerance / err, 0.5, 2.0)) * (0.995 if err > tolerance else 1.0)
-    return best if best is not None else (step, uniform.encode(sample, step, axis))
+    return best if best is not None else (step, uniform.encode(sample, step, axis, keep_decoded=False))
 
 
 def _estimate_bytes(sample_code, n, scale_count):
     """A whole tensor's coded size, extrapolated from its sample's code."""
     m = sample_code.codes.size
-    per_value = (entropy_bytes(sample_code.codes) + _OUTLIER_BYTES * sample_code.outlier_index.size) / m
+    per_value = (sample_code.entropy_bits * m / 8 + _OUTLIER_BYTES * sample_code.outlier_index.size) / m
     return per_value * n + 4 * sample_code.table.size + 4 * scale_count
 
 
-def choose(values, tolerance, itemsize):
-    """The cheapest code of `values` whose `coding_error` is at most `tolerance`.
+def choose(values, tolerance, itemsize, keep_decoded=True, digest=False):
+    """The cheapest code of `values` whose error (`error.Measured.error`) is at most `tolerance`.
 
     Each scale layout is tried on a sample (all of a small tensor); the
     cheapest estimate is then coded in full and its error checked.
@@ -192,6 +122,8 @@ def choose(values, tolerance, itemsize):
         values: a finite float array.
         tolerance: the largest relative RMSE allowed, >= 0.
         itemsize: bytes per value when stored exactly.
+        keep_decoded: keep a uniform code's decoded tensor (`uniform.encode`).
+        digest: hash a uniform code's decoded float32 values (`uniform.encode`).
 
     Returns:
         A `Choice`.
@@ -217,12 +149,11 @@ def choose(values, tolerance, itemsize):
     if estimate >= best.estimated_bytes:
         return best
     for _ in range(6):
-        code = uniform.encode(x, step, axis)
-        measured = measure(x, code.decoded)
-        err = measured.error
+        code = uniform.encode(x, step, axis, keep_decoded=keep_decoded, digest=digest)
+        err = code.measured.error
         if err <= tolerance:
             cost = uniform_bytes(code)
-            return Choice("uniform", cost, code, measured) if cost < best.estimated_bytes else best
+            return Choice("uniform", cost, code, code.measured) if cost < best.estimated_bytes else best
         step *= 0.97 * tolerance / err
     return best
 

@@ -12,8 +12,11 @@ bits on the common small codes.
 """
 
 import dataclasses
+import hashlib
 
 import numpy as np
+
+from weightroll.codecs.error import ErrorSums
 
 _HALF_RANGE = 127  # codes 0..254 around a centre of 127; 255 stays unused
 
@@ -28,10 +31,15 @@ class UniformCode:
         scales: float32 per-channel scales, or None for one scale of 1.
         axis: the channel axis of `scales`, or None.
         outlier_index: int64 flat indices of values stored exactly (sorted).
-        decoded: the decoded tensor (float32), outliers restored.
+        decoded: the decoded tensor (float32), outliers restored, or None
+            when `encode` was asked not to keep it.
         step: the grid step in normalised units.
-        entropy_bits: the codes' order-0 entropy in bits per code, once
-            measured (`select.uniform_bytes` fills it in).
+        entropy_bits: the codes' order-0 entropy in bits per code: `encode`
+            estimates it on its table sample (exact up to 64k values);
+            otherwise `select.uniform_bytes` measures it.
+        measured: `error.Measured` of the decoded values, or None.
+        sha256: hex SHA-256 of the decoded float32 values in C order, or
+            None when not asked for.
     """
 
     codes: np.ndarray
@@ -42,6 +50,8 @@ class UniformCode:
     decoded: np.ndarray
     step: float
     entropy_bits: object = None
+    measured: object = None
+    sha256: object = None
 
 
 def channel_scales(values, axis):
@@ -78,52 +88,79 @@ _TABLE_SAMPLE = 1 << 16
 _BLOCK = 1 << 16
 
 
-def _scaled_blocks(x, inverse, axis):
-    """`(start, block)`: the flat values from `start` on, times their channel's
-    `inverse` (float32, a new array), a block of about `_BLOCK` values at a time."""
-    if axis is None or x.ndim == 0:
-        flat = x.reshape(-1)
-        for start in range(0, flat.size, _BLOCK):
-            yield start, flat[start: start + _BLOCK] * inverse
+def _blocks(x, inverse, scales, axis):
+    """`(start, original, scaled, scale)` for blocks of about `_BLOCK` values
+    of `x` in C order: `original` a view of the values from flat position
+    `start` on, `scaled` a new float32 array of them times their channel's
+    `inverse`, `scale` what decoded values of the block are multiplied by
+    (None for one scale). Each block holds whole rows of the last axis."""
+    if axis is not None and x.ndim >= 2 and axis not in (0, x.ndim - 1):  # any other axis: one block
+        view = x.reshape(-1, x.shape[-1])
+        shaped = (-1, x.shape[-1])
+        yield (0, view, (x * broadcast_scales(inverse, x.shape, axis)).reshape(shaped),
+               np.broadcast_to(broadcast_scales(scales, x.shape, axis), x.shape).reshape(shaped))
         return
-    if axis == x.ndim - 1:
-        view, factors = x.reshape(-1, x.shape[-1]), inverse.reshape(1, -1)
-    elif axis == 0:
-        view, factors = x.reshape(x.shape[0], -1), inverse.reshape(-1, 1)
-    else:  # any other axis: one block
-        yield 0, (x * broadcast_scales(inverse, x.shape, axis)).reshape(-1)
-        return
+    if x.ndim >= 2 and axis != 0:  # rows of the channel matrix
+        view = x.reshape(-1, x.shape[-1])
+    else:  # rows of the first axis, or a vector
+        view = x.reshape(x.shape[0] if x.ndim else 1, -1) if axis == 0 else x.reshape(-1, 1)
     rows = max(1, _BLOCK // max(view.shape[1], 1))
     for first in range(0, view.shape[0], rows):
-        block = view[first: first + rows] * (factors if axis != 0 else factors[first: first + rows])
-        yield first * view.shape[1], block.reshape(-1)
+        block = view[first: first + rows]
+        if axis is None:
+            yield first * view.shape[1], block, block * inverse, None
+        elif axis == 0:
+            part = slice(first, first + rows)
+            yield (first * view.shape[1], block, block * inverse[part].reshape(-1, 1),
+                   scales[part].reshape(-1, 1))
+        else:
+            yield first * view.shape[1], block, block * inverse.reshape(1, -1), scales.reshape(1, -1)
 
 
-def _sample_positions(x, stride, inverse, axis):
-    """The scaled values at flat positions `0, stride, 2 * stride, ...`."""
+def _table_sample(x, inverse, axis):
+    """Scaled values (times their channel's `inverse`) of a sample of about
+    `_TABLE_SAMPLE` to twice as many values, all of a smaller tensor: every
+    k-th row of the channel matrix (of the first axis, for per-row scales),
+    whole rows so that the sample mixes what each row holds as the tensor
+    does, without index arrays."""
+    stride = max(1, x.size // _TABLE_SAMPLE)
+    if axis is not None and x.ndim >= 2 and axis not in (0, x.ndim - 1):
+        return (x * broadcast_scales(inverse, x.shape, axis)).reshape(-1)[::stride]
+    if x.ndim < 2:  # a vector (scales per value, if any) or a scalar
+        return x.reshape(-1)[::stride] * (inverse if axis is None else inverse[::stride])
+    view = x.reshape(x.shape[0], -1) if axis == 0 else x.reshape(-1, x.shape[-1])
+    if view.shape[0] >= stride:
+        if axis is None:
+            return view[::stride] * inverse
+        factors = inverse[::stride].reshape(-1, 1) if axis == 0 else inverse.reshape(1, -1)
+        return view[::stride] * factors
+    # Too few rows to skip: every `stride`-th value.
     flat = x.reshape(-1)
-    if stride == 1:  # every value: broadcasting, no gather
-        return flat * inverse if axis is None else (x * broadcast_scales(inverse, x.shape, axis)).reshape(-1)
     positions = np.arange(0, flat.size, stride)
     if axis is None:
         return flat[positions] * inverse
-    if axis == x.ndim - 1:
-        return flat[positions] * inverse[positions % x.shape[-1]]
     if axis == 0:
-        return flat[positions] * inverse[positions // (flat.size // x.shape[0])]
-    return (x * broadcast_scales(inverse, x.shape, axis)).reshape(-1)[positions]
+        return flat[positions] * inverse[positions // view.shape[1]]
+    return flat[positions] * inverse[positions % x.shape[-1]]
 
 
-def encode(values, step, axis=None):
+def encode(values, step, axis=None, keep_decoded=True, digest=False):
     """Code `values` on a uniform grid of `step` after per-channel scaling.
+
+    The codes are decoded and measured block by block as they are made, so
+    the error (and, if asked, the decoded values' SHA-256) costs no second
+    pass over the tensor.
 
     Args:
         values: a finite float array.
         step: grid step in units of the channel's RMS (e.g. 0.1).
         axis: channel axis for scales, or None for per-tensor scaling.
+        keep_decoded: return the decoded tensor; without it `decoded` is None
+            and no decoded copy of the tensor is ever held.
+        digest: also hash the decoded float32 values (`sha256`).
 
     Returns:
-        A `UniformCode`.
+        A `UniformCode`, its `measured` error filled in.
     """
     # float32 throughout, block by block: codes only need to be a
     # deterministic function of the values, and decoding is float32 anyway.
@@ -131,49 +168,84 @@ def encode(values, step, axis=None):
     flat = x.reshape(-1)
     if axis is None:
         rms = float(np.sqrt(np.dot(flat, flat) / flat.size)) if flat.size else 1.0
-        scales = scale_b = None
+        scales = None
         scale = rms if rms > 0 else 1.0
         inverse = np.float32(1.0 / (scale * step))  # values times this are in grid steps
     else:
         scales = channel_scales(x, axis)
-        scale_b = broadcast_scales(scales, x.shape, axis)
         inverse = (1.0 / (scales.astype(np.float64) * step)).astype(np.float32)
-    # Codes are first offset by 127 (every inlier fits), then moved down to
-    # start at 0 once the lowest level is known.
+    # The table first, from a sample: each grid cell's mean (in steps) for
+    # the levels -127..127; then one pass codes, decodes and measures each
+    # block while it is in cache.
+    table, level_counts = _cell_means(x, inverse, axis, step)
+    if axis is None:
+        table = (table.astype(np.float64) * np.float64(scale)).astype(np.float32)
     codes = np.empty(flat.size, np.uint8)
+    decoded = np.empty(flat.size, np.float32) if keep_decoded else None
+    sums = ErrorSums(x.shape[-1] if x.ndim >= 2 else None)
+    hasher = hashlib.sha256() if digest else None
     outliers, lo, hi = [], None, None
-    for start, q in _scaled_blocks(x, inverse, axis):
+    for start, block, q, block_scale in _blocks(x, inverse, scales, axis):
         np.rint(q, out=q)
+        index = None
         if q.max() > _HALF_RANGE or q.min() < -_HALF_RANGE:
             index = np.flatnonzero(np.abs(q) > _HALF_RANGE)
-            q[index] = 0
+            q.reshape(-1)[index] = 0
             outliers.append(index.astype(np.int64) + start)
         low, high = int(q.min()), int(q.max())
         lo, hi = (low, high) if lo is None else (min(lo, low), max(hi, high))
         q += np.float32(_HALF_RANGE)
-        codes[start: start + q.size] = q.astype(np.uint8)
+        block_codes = codes[start: start + q.size].reshape(q.shape)
+        np.copyto(block_codes, q, casting="unsafe")
+        out = np.take(table, block_codes)
+        if block_scale is not None:
+            out *= block_scale
+        if index is not None:
+            out.reshape(-1)[index] = block.reshape(-1)[index]
+        sums.add(block, out)
+        if hasher is not None:
+            hasher.update(out)
+        if decoded is not None:
+            decoded[start: start + out.size] = out.reshape(-1)
     lo, hi = (lo, hi) if lo is not None else (0, 0)
     codes -= np.uint8(lo + _HALF_RANGE)
     outlier_index = np.concatenate(outliers) if outliers else np.zeros(0, np.int64)
-    # The table: each cell's mean (in steps), from the sample's inliers.
-    sample = _sample_positions(x, max(1, flat.size // _TABLE_SAMPLE), inverse, axis)
+    table = table[lo + _HALF_RANGE: hi + _HALF_RANGE + 1]
+    return UniformCode(codes, table, scales, axis, outlier_index,
+                       None if decoded is None else decoded.reshape(x.shape), step,
+                       entropy_bits=_bits(level_counts), measured=sums.result(),
+                       sha256=None if hasher is None else hasher.hexdigest())
+
+
+def _cell_means(x, inverse, axis, step):
+    """`(table, counts)`: for each level -127..127, the mean (times `step`)
+    of the sampled scaled values that round to it, or the level itself when
+    none does; and how many sampled values the codes put at each level
+    (outliers at level 0, where their codes point)."""
+    sample = _table_sample(x, inverse, axis).reshape(-1)
     cells = np.rint(sample)
-    inlier = np.abs(cells) <= _HALF_RANGE
-    cells = (cells[inlier] - lo).astype(np.intp)
-    size = hi - lo + 1
-    counts = np.bincount(cells, minlength=size)
-    sums = np.bincount(cells, weights=sample[inlier], minlength=size)
-    centres = np.arange(size, dtype=np.float64) + lo
+    size, sampled = 2 * _HALF_RANGE + 1, cells.size
+    if cells.size and (cells.max() > _HALF_RANGE or cells.min() < -_HALF_RANGE):
+        inlier = np.abs(cells) <= _HALF_RANGE
+        cells, sample = cells[inlier], sample[inlier]
+    outliers = sampled - cells.size
+    cells += np.float32(_HALF_RANGE)
+    index = cells.astype(np.intp)
+    counts = np.bincount(index, minlength=size)
+    sums = np.bincount(index, weights=sample, minlength=size)
+    centres = np.arange(-_HALF_RANGE, _HALF_RANGE + 1, dtype=np.float64)
     table = (np.where(counts > 0, sums / np.maximum(counts, 1), centres) * step).astype(np.float32)
-    if axis is None:
-        table = (table.astype(np.float64) * np.float64(scale)).astype(np.float32)
-        decoded = np.take(table, codes)
-    else:
-        decoded = np.take(table, codes).reshape(x.shape)
-        decoded *= scale_b
-        decoded = decoded.reshape(-1)
-    decoded[outlier_index] = flat[outlier_index]
-    return UniformCode(codes, table, scales, axis, outlier_index, decoded.reshape(x.shape), step)
+    counts[_HALF_RANGE] += outliers
+    return table, counts
+
+
+def _bits(counts):
+    """Order-0 entropy of codes with these counts, in bits per code."""
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    p = counts[counts > 0] / total
+    return float(-(p * np.log2(p)).sum())
 
 
 def from_levels(values, levels, exact, steps, axis=None):

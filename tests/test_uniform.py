@@ -1,0 +1,100 @@
+"""The uniform coder decodes, measures and hashes block by block as it codes:
+what it reports must be what a separate pass over its output finds."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from weightroll._entropy import bits_per_code
+from weightroll.codecs import select, uniform
+from weightroll.codecs.error import CHANNEL_FACTOR
+
+SHAPES_AND_AXES = [
+    ((), None),
+    ((1000,), None),
+    ((1000,), 0),
+    ((200, 30), None),
+    ((200, 30), 0),
+    ((200, 30), 1),
+    ((3, 3, 16, 40), None),
+    ((3, 3, 16, 40), 3),
+    ((6, 5, 40), 0),  # per-row scales of a rank-3 tensor
+    ((4, 7, 5, 9), 1),  # a middle axis: coded in one block
+    ((300, 700), 1),  # several blocks of whole rows
+    ((7000, 20), 0),  # several blocks of per-row scales
+]
+
+
+def _heavy(rng, shape):
+    x = rng.standard_t(3, size=shape) * 0.05
+    if len(shape) >= 2:  # channels of different sizes
+        x = x * rng.uniform(0.1, 3.0, size=shape[-1])
+    return np.asarray(x, np.float32)
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES_AND_AXES)
+def test_reported_error_digest_and_entropy_match_the_output(rng, shape, axis):
+    x = _heavy(rng, shape)
+    step = 0.05
+    kept = uniform.encode(x, step, axis, keep_decoded=True, digest=True)
+    bare = uniform.encode(x, step, axis, keep_decoded=False, digest=True)
+
+    # The same codes either way; the decoded values only when asked for.
+    assert bare.decoded is None
+    np.testing.assert_array_equal(kept.codes, bare.codes)
+    np.testing.assert_array_equal(kept.table, bare.table)
+    # Decoding is table look-up times the channel's scale, outliers exact.
+    expected = kept.table[kept.codes.astype(np.intp)].reshape(x.shape)
+    if kept.scales is not None:
+        expected = expected * uniform.broadcast_scales(kept.scales, x.shape, axis)
+    expected.reshape(-1)[kept.outlier_index] = x.reshape(-1)[kept.outlier_index]
+    np.testing.assert_array_equal(kept.decoded, expected)
+
+    digest = hashlib.sha256(np.ascontiguousarray(kept.decoded, "<f4").tobytes()).hexdigest()
+    assert kept.sha256 == bare.sha256 == digest
+
+    e = (x.astype(np.float64) - kept.decoded).reshape(-1)
+    sq_err, sq_ref = float(e @ e), float(np.square(x, dtype=np.float64).sum())
+    assert bare.measured.sq_err == pytest.approx(sq_err, rel=1e-4, abs=1e-12)
+    assert bare.measured.sq_ref == pytest.approx(sq_ref, rel=1e-4)
+    assert bare.measured.max_abs == pytest.approx(float(np.abs(e).max()) if e.size else 0.0, rel=1e-6)
+    overall = np.sqrt(sq_err / sq_ref)
+    if len(shape) >= 2:
+        per_channel = np.sqrt(np.square(e.reshape(-1, shape[-1])).sum(0) /
+                              np.square(x.reshape(-1, shape[-1]).astype(np.float64)).sum(0))
+        overall = max(overall, per_channel.max() / CHANNEL_FACTOR)
+    assert bare.measured.error == pytest.approx(overall, rel=1e-4)
+
+    # Below 2 * 64k values the table sample is the whole tensor: the entropy
+    # is exact; above, it is estimated on a sample of whole rows.
+    exact = x.size < 2 * (1 << 16)
+    assert bare.entropy_bits == pytest.approx(bits_per_code(bare.codes), abs=1e-9 if exact else 0.02)
+
+
+def test_outliers_are_exact_and_counted_at_their_code(rng):
+    x = rng.normal(size=(64, 32)).astype(np.float32)
+    x[5, 7], x[40, 3] = 500.0, -800.0  # far beyond 127 steps
+    code = uniform.encode(x, 0.05, 1, keep_decoded=True, digest=True)
+    assert list(code.outlier_index) == [5 * 32 + 7, 40 * 32 + 3]
+    assert code.decoded[5, 7] == 500.0 and code.decoded[40, 3] == -800.0
+    assert code.entropy_bits == pytest.approx(bits_per_code(code.codes), abs=1e-9)
+
+
+@pytest.mark.parametrize("shape,axis", [((1024, 600), 1), ((1024, 600), None), ((600, 1024), 0),
+                                        ((1, 700000), None), ((700000,), None)])
+def test_a_large_tensor_entropy_is_estimated_from_its_sample(rng, shape, axis):
+    x = _heavy(rng, shape)  # 614k or more values: a sample of about a tenth
+    code = uniform.encode(x, 0.1, axis, keep_decoded=False)
+    assert code.entropy_bits == pytest.approx(bits_per_code(code.codes), abs=0.02)
+
+
+def test_choose_without_decoded_values_gives_the_same_code(rng):
+    x = _heavy(rng, (3, 3, 32, 64))
+    kept = select.choose(x, 0.01, 4, keep_decoded=True)
+    bare = select.choose(x, 0.01, 4, keep_decoded=False, digest=True)
+    assert kept.kind == bare.kind == "uniform"
+    np.testing.assert_array_equal(kept.code.codes, bare.code.codes)
+    assert bare.code.decoded is None
+    assert bare.measured.error <= 0.01
+    assert bare.code.sha256 == hashlib.sha256(kept.code.decoded.astype("<f4").tobytes()).hexdigest()

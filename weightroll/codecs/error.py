@@ -1,0 +1,84 @@
+"""How far a coded tensor is from the original, summed block by block.
+
+A coder that decodes a tensor a block at a time (see `uniform.encode`) adds
+each block here while it is still in cache, instead of a second pass over
+the whole tensor and its decoded copy.
+"""
+
+import dataclasses
+
+import numpy as np
+
+# A channel may be this many times worse than the tolerance (see `Measured.error`).
+CHANNEL_FACTOR = 3.0
+
+
+@dataclasses.dataclass
+class Measured:
+    """How far a decoded tensor is from the original.
+
+    Attributes:
+        error: what a tolerance bounds: the tensor's relative RMSE or, if
+            larger, its worst output channel's divided by `CHANNEL_FACTOR`,
+            so that no channel (one a batch normalisation will rescale, say)
+            is wiped out under a tolerance that only looks at the whole tensor.
+        sq_err: sum of squared errors.
+        sq_ref: sum of squared original values.
+        max_abs: largest absolute error.
+    """
+
+    error: float
+    sq_err: float
+    sq_ref: float
+    max_abs: float
+
+
+def sum_of_squares(v):
+    """Sum of squares by BLAS; float32 data stays float32 (accurate to ~1e-6
+    here, and no float64 copy of a large tensor), other dtypes go to float64."""
+    v = np.asarray(v).reshape(-1)
+    if v.dtype not in (np.float32, np.float64):
+        v = v.astype(np.float64)
+    return float(np.dot(v, v))
+
+
+class ErrorSums:
+    """Running sums of squared error and of squared values, overall and per
+    output channel (the last axis of a tensor of rank 2 or more).
+
+    Args:
+        channels: the number of output channels, or None for a vector.
+    """
+
+    def __init__(self, channels):
+        self.channels = channels
+        self.sq = self.ref = self.high = self.low = 0.0
+        self.sq_c = self.ref_c = np.zeros(channels or 1)
+
+    def add(self, original, decoded):
+        """Add a block: `original` and `decoded` of one shape, a whole number
+        of output-channel rows when `channels` is set."""
+        e = original - decoded
+        self.sq += sum_of_squares(e)
+        self.ref += sum_of_squares(original)
+        if e.size:
+            self.high, self.low = max(self.high, float(e.max())), min(self.low, float(e.min()))
+        if self.channels:
+            o2, e2 = original.reshape(-1, self.channels), e.reshape(-1, self.channels)
+            self.ref_c = self.ref_c + np.einsum("ij,ij->j", o2, o2)
+            self.sq_c = self.sq_c + np.einsum("ij,ij->j", e2, e2)
+
+    def result(self):
+        """The `Measured` error of everything added."""
+        sq, ref = self.sq, self.ref
+        if ref > 0:
+            err = float(np.sqrt(sq / ref))
+        else:
+            err = 0.0 if sq == 0 else float("inf")
+        if self.channels and err < np.inf:
+            ref_c, sq_c = self.ref_c, self.sq_c
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per_channel = np.where(ref_c > 0, np.sqrt(sq_c / np.where(ref_c > 0, ref_c, 1)),
+                                       np.where(sq_c > 0, np.inf, 0))
+            err = max(err, float(per_channel.max()) / CHANNEL_FACTOR)
+        return Measured(err, sq, ref, max(self.high, -self.low))
