@@ -1,4 +1,6 @@
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -18,6 +20,26 @@ def test_png_round_trips_through_pillow(rng, n):
     pixels = np.asarray(opened).reshape(-1)
     np.testing.assert_array_equal(pixels[:n], codes)
     np.testing.assert_array_equal(image.decode_png(png, width, height, n), codes)
+
+
+def test_a_tall_image_deflated_in_pieces_is_one_valid_stream_whatever_the_cores(rng, monkeypatch):
+    n = 3 * 256 * 4096 + 12345  # 769 rows: three full pieces and a short one
+    codes = rng.integers(0, 40, size=n).astype(np.uint8)
+    png, width, height = image.encode_png(codes)
+    assert height > 3 * image._PIECE_ROWS
+    pixels = np.asarray(Image.open(io.BytesIO(png))).reshape(-1)
+    np.testing.assert_array_equal(pixels[:n], codes)
+    stream, pos = b"", 8  # the IDAT chunks joined: one zlib stream, Adler-32 checked
+    while pos < len(png):
+        length, kind = struct.unpack(">I4s", png[pos: pos + 8])
+        stream += png[pos + 8: pos + 8 + length] if kind == b"IDAT" else b""
+        pos += 12 + length
+    rows = np.frombuffer(zlib.decompress(stream), np.uint8).reshape(height, width + 1)
+    assert not rows[:, 0].any()  # filter type 0 on every row
+    np.testing.assert_array_equal(rows[:, 1:].reshape(-1)[:n], codes)
+    np.testing.assert_array_equal(image.decode_png(png, width, height, n), codes)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert image.encode_png(codes)[0] == png
 
 
 def test_width_is_at_most_4096_and_the_image_at_least_1x1():

@@ -43,8 +43,11 @@ def _chunk(kind, payload):
 
 
 # Images of more rows than this are deflated in independent pieces of this
-# many rows, on the cores there are (see `_deflate_rows`).
-_PIECE_ROWS = 1024
+# many rows (about 1 MiB), on the cores there are (see `_deflate_rows`):
+# small enough to share ResNet50's 6,259 rows evenly between two cores
+# (1024-row pieces took 96 ms where these take 66), large enough that the
+# cuts cost nothing measurable (600 bytes of 16 MB).
+_PIECE_ROWS = 256
 _ZLIB_HEADER_LEVEL_9 = b"\x78\xda"
 _ADLER_BASE = 65521
 
