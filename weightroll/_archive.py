@@ -8,7 +8,6 @@ checksum-verified members; `decode()` turns it back into numpy tensors.
 import hashlib
 import io
 import os
-import struct
 
 import numpy as np
 import zstandard
@@ -17,6 +16,7 @@ from weightroll import _encode, _progress
 from weightroll._format import container, image, limits, rules
 from weightroll._format import manifest as mf
 from weightroll._format.atomic import atomic_write
+from weightroll._format.digest import coding_sha256
 from weightroll.codecs import mlp
 from weightroll.errors import ArchiveError, LimitError
 
@@ -61,11 +61,6 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
         `(members, manifest)`.
     """
     kind = encoded.decoder["kind"]
-    if kind == "codebook":
-        table, scales = encoded.decoder_arrays[0][:, 0], encoded.decoder_arrays[1][:, 0]
-        for entry in encoded.tensors:
-            if entry["storage"] == "coded":
-                entry["coding_sha256"] = coding_digest(entry, encoded.codes, table, scales, encoded.exact_bytes)
     n_codes = int(encoded.codes.size)
     held, encoded.codes = [encoded.codes], None
     png, width, height = image.encode_png(held.pop(), compress_level=compress_level)  # its only holder
@@ -318,26 +313,17 @@ def _read_outliers(exact_bytes, entry, dtype, size):
 
 
 def coding_digest(entry, codes, table, scales, exact_bytes):
-    """A coded tensor's `coding_sha256` (spec §7.5): SHA-256 of what its values
-    are computed from. Its dtype and shape and the axis of its scales, then
-    its codes, its table entries and scales (binary32, little-endian) and its
-    outlier block, each as the archive holds them."""
-    shape, scaled = entry["shape"], entry.get("scales")
-    header = (entry["dtype"].encode("ascii") + b"\0" + struct.pack(f"<I{len(shape)}Q", len(shape), *shape)
-              + struct.pack("<i", scaled["axis"] if scaled else -1))
-    digest = hashlib.sha256(header)
-    start = entry["codes"]["offset"]
-    digest.update(memoryview(np.ascontiguousarray(codes[start: start + entry["codes"]["count"]])))
-    t = entry["table"]
-    digest.update(np.ascontiguousarray(table[t["offset"]: t["offset"] + t["size"]], "<f4").tobytes())
-    if scaled:
-        digest.update(np.ascontiguousarray(scales[scaled["offset"]: scaled["offset"] + scaled["count"]],
-                                           "<f4").tobytes())
+    """A coded tensor's `coding_sha256` (spec §7.5), from its manifest entry
+    and the archive's codes, decoder arrays and exact bytes."""
+    scaled, start, t = entry.get("scales"), entry["codes"]["offset"], entry["table"]
+    outliers = b""
     if "outliers" in entry:
         o = entry["outliers"]
-        size = o["count"] * (8 + np.dtype(entry["dtype"]).itemsize)
-        digest.update(memoryview(exact_bytes)[o["offset"]: o["offset"] + size])
-    return digest.hexdigest()
+        outliers = memoryview(exact_bytes)[o["offset"]: o["offset"] + o["count"] * (8 + np.dtype(entry["dtype"]).itemsize)]
+    return coding_sha256(
+        entry["dtype"], entry["shape"], scaled["axis"] if scaled else None,
+        codes[start: start + entry["codes"]["count"]], table[t["offset"]: t["offset"] + t["size"]],
+        scales[scaled["offset"]: scaled["offset"] + scaled["count"]] if scaled else None, outliers)
 
 
 def decode_tensor(entry, codes, table, scales, exact_bytes, kind):

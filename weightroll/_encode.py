@@ -11,6 +11,7 @@ import numpy as np
 from weightroll import _progress, report
 from weightroll._entropy import bits_per_code
 from weightroll._format import manifest as mf
+from weightroll._format.digest import coding_sha256
 from weightroll._parallel import parallel_map
 from weightroll.codecs import codebook, mlp, select, uniform
 from weightroll.errors import WrollError
@@ -296,6 +297,11 @@ def _result(path, array, storage, coding, keep, digest=None):
             result["stats"] = report.tensor_error(array, out)
         if coding.get("entropy_bits") is None:  # for the layout
             coding["entropy_bits"] = bits_per_code(coding["codes"])
+        if "table" in coding:  # a codebook's tensor: its coding digest (spec §7.5), here on its worker
+            axis = coding["entry"]["scales"]["axis"] if "scales" in coding["entry"] else None
+            coding["entry"]["coding_sha256"] = coding_sha256(
+                array.dtype.name, array.shape, axis, coding["codes"], coding["table"], coding.get("scales"),
+                result["outliers"][1] if "outliers" in result else b"")
         result["coding"] = coding
     else:
         if storage == "exact":
