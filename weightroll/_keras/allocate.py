@@ -74,9 +74,8 @@ def allocate_by_probes(snap, x, output_tolerance, batch_size=None, progress=None
         output relative RMSE measured with them.
     """
     x = model_io.input_rows(x, 0, CALIBRATION_SAMPLES)
-    model = model_io.rebuild(snap.architecture, compile=False, safe_mode=False)
     originals = list(snap.tensors)
-    model_io.assign(model, originals)
+    model = model_io.rebuild_with_weights(snap.architecture, originals, compile=False, safe_mode=False)
     reference = model_io.predict_outputs(model, x, batch_size)
     variables = model.variables
     sizes, sensitivity = {}, {}
@@ -226,9 +225,8 @@ def allocate(snap, x, output_tolerance, batch_size=None, progress=None, base_key
         (a float), and the output relative RMSE measured with it.
     """
     xs = model_io.input_rows(x, 0, CALIBRATION_SAMPLES)
-    model = model_io.rebuild(snap.architecture, compile=False, safe_mode=False)
     originals = list(snap.tensors)
-    model_io.assign(model, originals)
+    model = model_io.rebuild_with_weights(snap.architecture, originals, compile=False, safe_mode=False)
     indices = _candidates(originals, base_keys)
     if not indices:
         return {}, 0.0

@@ -51,9 +51,7 @@ def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, bas
         archive.verify_members(keep_image=False)
         architecture = archive.architecture_json()
         archive.decoder_config()  # checked like the architecture, though decoding uses decoder.bin
-        model = model_io.rebuild(architecture, custom_objects=custom_objects, compile=compile,
-                                 safe_mode=safe_mode)
         # One tensor at a time, straight into its variable: no second copy of the model.
         paths = [t["path"] for t in archive.manifest["tensors"]]
-        model_io.assign(model, _archive.iter_decoded(archive, index), paths=paths)
-    return model
+        return model_io.rebuild_with_weights(architecture, _archive.iter_decoded(archive, index), paths=paths,
+                                             custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)

@@ -218,7 +218,24 @@ def _kind(dtype_name):
     return dtype_name
 
 
-def assign(model, named_arrays, paths=None):
+def rebuild_with_weights(architecture, named_arrays, paths=None, custom_objects=None, compile=True,
+                         safe_mode=True):
+    """`rebuild`, then `assign`: a model with the given weights. Where Keras
+    allows it the variables are created without values and get these as
+    their first ones (see `deferred`): no random initialisation to overwrite.
+    """
+    from weightroll._keras import deferred
+
+    def build():
+        return rebuild(architecture, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+
+    with deferred.deferral() as handle:
+        model = build() if handle is None else handle.build(build)
+        assign(model, named_arrays, paths=paths, deferral=handle)
+    return model
+
+
+def assign(model, named_arrays, paths=None, deferral=None):
     """Load `(path, array)` pairs into `model.variables`, by position (spec R38).
 
     Paths may differ (auto-generated names such as seed generators are
@@ -229,6 +246,8 @@ def assign(model, named_arrays, paths=None):
         named_arrays: a list of `(path, array)`, or an iterable of them (then
             `paths` lists their paths, so the count is checked first and the
             arrays can be decoded one at a time).
+        deferral: a `deferred.Deferral` the model was built under: variables
+            still awaiting a value are initialised from the arrays.
     """
     variables = model.variables
     if paths is None:
@@ -262,7 +281,8 @@ def assign(model, named_arrays, paths=None):
         try:
             if array.dtype.name != want:
                 array = array.astype(want)  # numpy knows every dtype an archive holds
-            variable.assign(array)
+            if deferral is None or not deferral.give(variable, array):
+                variable.assign(array)
         except Exception as e:  # noqa: BLE001 - e.g. a dtype numpy does not know (bfloat16)
             raise WrollError(
                 f"Variable '{variable.path}' ({want}) cannot take the archive's tensor "

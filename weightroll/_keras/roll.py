@@ -113,8 +113,8 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
     per_tensor, overall = weights_roll_value(encoded.stats, storage, sizes)
     outputs = None
     if validation_data is not None:
-        rolled = model_io.rebuild(architecture_json(snap), compile=False, safe_mode=False)
-        model_io.assign(rolled, list(encoded.decoded.items()))
+        rolled = model_io.rebuild_with_weights(architecture_json(snap), list(encoded.decoded.items()),
+                                               compile=False, safe_mode=False)
         outputs = outputs_roll_value(
             reference_outputs, model_io.predict_outputs(rolled, validation_data, batch_size)
         )

@@ -1,0 +1,99 @@
+"""`load_rolled` gives variables the archive's values as their first values
+(no random initialisation to overwrite), and falls back to assigning them
+where Keras cannot build a model that way."""
+
+import keras
+import numpy as np
+import pytest
+
+import weightroll
+from tests import _models
+from weightroll.errors import WrollError
+
+CALLS = {"n": 0}
+
+
+@keras.saving.register_keras_serializable(package="weightroll_tests")
+class CountingInitializer(keras.initializers.Initializer):
+    """Glorot-uniform values, counting how often it is asked for them."""
+
+    def __call__(self, shape, dtype=None):
+        CALLS["n"] += 1
+        return keras.initializers.GlorotUniform(seed=3)(shape, dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="weightroll_tests")
+class ConstantFromValue(keras.layers.Layer):
+    """A layer whose variable is created from a concrete value, which Keras
+    refuses inside a stateless scope."""
+
+    def build(self, input_shape):
+        self.offset = keras.Variable(np.linspace(-1.0, 1.0, input_shape[-1]).astype("float32"), name="offset")
+
+    def call(self, x):
+        return x + self.offset
+
+
+def _registry():
+    from keras.src.backend.common import global_state
+
+    return list(global_state.get_global_attribute("uninitialized_variables") or [])
+
+
+def _same_weights(a, b):
+    assert len(a.variables) == len(b.variables)
+    for x, y in zip(a.variables, b.variables):
+        np.testing.assert_array_equal(np.asarray(x.numpy()), np.asarray(y.numpy()))
+
+
+def test_initialisers_do_not_run_when_loading(tmp_path):
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(16, kernel_initializer=CountingInitializer())(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, kernel_initializer=CountingInitializer())(hidden))
+    path = tmp_path / "m.wroll"
+    weightroll.roll(model, path, tolerance=0.0)
+    CALLS["n"] = 0
+    loaded = weightroll.load_rolled(path)
+    assert CALLS["n"] == 0
+    _same_weights(model, loaded)
+    assert _registry() == []
+
+
+def test_a_variable_made_from_a_value_falls_back_to_assignment(tmp_path):
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(ConstantFromValue()(inputs)))
+    model.variables[0].assign(np.full(5, 7.0, "float32"))  # not the value the layer starts from
+    path = tmp_path / "m.wroll"
+    weightroll.roll(model, path, tolerance=0.0)
+    loaded = weightroll.load_rolled(path)
+    _same_weights(model, loaded)
+    assert _registry() == []
+
+
+def test_a_compiled_model_loads_ready_to_train(tmp_path):
+    model, x = _models.sequential_cnn()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    path = tmp_path / "m.wroll"
+    weightroll.roll(model, path)
+    loaded = weightroll.load_rolled(path, compile=True)
+    assert _registry() == []
+    y = np.arange(len(x)) % 10
+    history = loaded.fit(x, y, epochs=1, verbose=0)  # the optimizer's own variables start from their initialisers
+    assert np.isfinite(history.history["loss"][0])
+    assert int(np.asarray(loaded.optimizer.iterations.numpy())) == 1
+
+
+def test_a_failed_load_leaves_no_variables_waiting(tmp_path):
+    model, _ = _models.sequential_cnn()
+    path = tmp_path / "m.wroll"
+    weightroll.roll(model, path)
+    other = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(4)])
+    with weightroll._archive.RolledArchive(path) as archive:
+        tensors = list(weightroll._archive.iter_decoded(archive))
+    from weightroll._keras import model_io
+
+    with pytest.raises(WrollError, match="tensors but the rebuilt model"):
+        model_io.rebuild_with_weights(model_io.architecture_json(other), iter(tensors),
+                                      paths=[p for p, _ in tensors])
+    assert _registry() == []
+

@@ -1,0 +1,103 @@
+"""Build a model whose variables take their first values from an archive.
+
+Keras gives every variable its initialiser's value as it is created: random
+kernels that loading overwrites at once. For ResNet50 that is two thirds of
+`keras.models.load_model`'s time, and memory for values nobody reads.
+Created inside `keras.StatelessScope(initialize_variables=False)`, variables
+are instead recorded, each with its initialiser, on a per-thread list that
+Keras initialises later. Here each recorded variable gets the archive's value
+as its initialiser, and is initialised from it.
+
+The list and the initialiser hooks are private Keras API. Where they are
+missing, or the model cannot be built under the scope (a layer that creates
+a variable from a concrete value, say), the model is built the ordinary way
+and its variables are assigned.
+"""
+
+import contextlib
+
+from weightroll.errors import UnsafeArchiveError, WrollError
+
+_REGISTRY = "uninitialized_variables"  # Keras's per-thread list of variables awaiting a value
+
+
+def _keras_state():
+    """Keras's global-state module if deferring can work here, else None."""
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.backend.common.stateless_scope import in_stateless_scope
+    except ImportError:  # pragma: no cover - a Keras without them
+        return None
+    if in_stateless_scope():  # inside someone else's scope: leave their bookkeeping alone
+        return None
+    return global_state
+
+
+def _pending(variable):
+    """Whether `variable` was created under the scope and awaits its value."""
+    return (getattr(variable, "_value", False) is None and callable(getattr(variable, "_initializer", None))
+            and callable(getattr(variable, "_deferred_initialize", None)))
+
+
+class Deferral:
+    """Variables created through `build` await their first values from `give`."""
+
+    def __init__(self, state):
+        self._state = state
+        self._before = list(state.get_global_attribute(_REGISTRY) or [])
+
+    def _ours(self):
+        registry = self._state.get_global_attribute(_REGISTRY) or []
+        return registry[len(self._before):]
+
+    def _restore(self):
+        self._state.set_global_attribute(_REGISTRY, list(self._before))
+
+    def build(self, build_model):
+        """`build_model()` with its variables left uninitialised, or, if it
+        fails that way, `build_model()` the ordinary way."""
+        import keras
+
+        try:
+            with keras.StatelessScope(initialize_variables=False):
+                return build_model()
+        except UnsafeArchiveError:
+            raise
+        except WrollError:
+            self._restore()  # forget the half-built model's variables
+            return build_model()
+
+    def give(self, variable, value):
+        """Initialise `variable` from `value` if it awaits one; returns
+        whether it did (else the caller assigns the value)."""
+        if not _pending(variable):
+            return False
+        variable._initializer = lambda shape, dtype=None: value
+        variable._deferred_initialize()
+        return True
+
+    def finish(self):
+        """Initialise, from their own initialisers, variables created under
+        the scope that received no value (an optimizer's, say)."""
+        for variable in self._ours():
+            if _pending(variable):
+                variable._deferred_initialize()
+
+
+@contextlib.contextmanager
+def deferral():
+    """A `Deferral` for building one model, or None where Keras cannot defer.
+
+    On a normal exit every variable created under it has a value; on any exit
+    Keras's list of variables awaiting values is as it was before.
+    """
+    state = _keras_state()
+    if state is None:
+        yield None
+        return
+    handle = Deferral(state)
+    try:
+        yield handle
+        handle.finish()
+    finally:
+        handle._restore()
