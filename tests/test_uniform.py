@@ -98,3 +98,18 @@ def test_choose_without_decoded_values_gives_the_same_code(rng):
     assert bare.code.decoded is None
     assert bare.measured.error <= 0.01
     assert bare.code.sha256 == hashlib.sha256(kept.code.decoded.astype("<f4").tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("shape,axis", [((200, 30), None), ((200, 30), 0), ((200, 30), 1),
+                                        ((3, 3, 16, 40), 3), ((1000,), None), ((64, 32), 1)])
+@pytest.mark.parametrize("step", [0.02, 0.3])
+def test_a_trial_measures_what_encode_gives(rng, shape, axis, step):
+    x = _heavy(rng, shape)
+    if shape == (64, 32):
+        x[5, 7], x[40, 3] = 500.0, -800.0  # outliers
+    code = uniform.encode(x, step, axis, keep_decoded=False)
+    result = uniform.Trial(x, axis).at(step)
+    assert result.measured == code.measured
+    assert result.entropy_bits == code.entropy_bits
+    assert result.outliers == code.outlier_index.size
+    assert result.table_size == code.table.size

@@ -58,15 +58,30 @@ class ErrorSums:
     def add(self, original, decoded):
         """Add a block: `original` and `decoded` of one shape, a whole number
         of output-channel rows when `channels` is set."""
-        e = original - decoded
-        self.sq += sum_of_squares(e)
+        self.add_reference(original)
+        self.add_error(original - decoded)
+
+    def add_reference(self, original):
+        """Add a block's original values (to the norms errors are relative to)."""
         self.ref += sum_of_squares(original)
+        if self.channels:
+            o2 = original.reshape(-1, self.channels)
+            self.ref_c = self.ref_c + np.einsum("ij,ij->j", o2, o2)
+
+    def add_error(self, e):
+        """Add a block's errors, original minus decoded."""
+        self.sq += sum_of_squares(e)
         if e.size:
             self.high, self.low = max(self.high, float(e.max())), min(self.low, float(e.min()))
         if self.channels:
-            o2, e2 = original.reshape(-1, self.channels), e.reshape(-1, self.channels)
-            self.ref_c = self.ref_c + np.einsum("ij,ij->j", o2, o2)
+            e2 = e.reshape(-1, self.channels)
             self.sq_c = self.sq_c + np.einsum("ij,ij->j", e2, e2)
+
+    def copy(self):
+        """A new `ErrorSums` holding these sums (to add more to)."""
+        other = ErrorSums(self.channels)
+        other.__dict__.update(self.__dict__)
+        return other
 
     def result(self):
         """The `Measured` error of everything added."""

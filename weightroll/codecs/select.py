@@ -90,26 +90,27 @@ def _largest_step(sample, axis, tolerance):
     """The largest grid step whose error on `sample` stays within tolerance.
 
     Returns:
-        `(step, code)`: the step and the sample's code at that step.
+        `(step, result)`: the step and the sample's `uniform.TrialResult` at it.
     """
+    trial = uniform.Trial(sample, axis)
     step = tolerance * np.sqrt(12.0)
     best = None
     for _ in range(_STEP_ITERATIONS):
-        code = uniform.encode(sample, step, axis, keep_decoded=False)
-        err = code.measured.error
+        result = trial.at(step)
+        err = result.measured.error
         if err <= tolerance and (best is None or step > best[0]):
-            best = (step, code)
+            best = (step, result)
         if err == 0 or _CLOSE_ENOUGH * tolerance <= err <= tolerance:
             break
         step *= float(np.clip(tolerance / err, 0.5, 2.0)) * (0.995 if err > tolerance else 1.0)
-    return best if best is not None else (step, uniform.encode(sample, step, axis, keep_decoded=False))
+    return best if best is not None else (step, trial.at(step))
 
 
-def _estimate_bytes(sample_code, n, scale_count):
-    """A whole tensor's coded size, extrapolated from its sample's code."""
-    m = sample_code.codes.size
-    per_value = (sample_code.entropy_bits * m / 8 + _OUTLIER_BYTES * sample_code.outlier_index.size) / m
-    return per_value * n + 4 * sample_code.table.size + 4 * scale_count
+def _estimate_bytes(result, m, n, scale_count):
+    """A tensor of `n` values' coded size, extrapolated from the
+    `uniform.TrialResult` of its sample of `m` values."""
+    per_value = (result.entropy_bits * m / 8 + _OUTLIER_BYTES * result.outliers) / m
+    return per_value * n + 4 * result.table_size + 4 * scale_count
 
 
 def choose(values, tolerance, itemsize, keep_decoded=True, digest=False):
@@ -142,9 +143,9 @@ def choose(values, tolerance, itemsize, keep_decoded=True, digest=False):
     candidates = []
     for axis in _axes(x.shape):
         view_axis = None if axis is None else (0 if axis == 0 else 1)
-        step, code = _largest_step(sample, view_axis, tolerance)
+        step, result = _largest_step(sample, view_axis, tolerance)
         scale_count = 0 if axis is None else x.shape[axis]
-        candidates.append((_estimate_bytes(code, x.size, scale_count), axis, step))
+        candidates.append((_estimate_bytes(result, sample.size, x.size, scale_count), axis, step))
     estimate, axis, step = min(candidates, key=lambda c: c[0])
     if estimate >= best.estimated_bytes:
         return best

@@ -218,24 +218,28 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
 
 
 def _cell_means(x, inverse, axis, step):
-    """`(table, counts)`: for each level -127..127, the mean (times `step`)
-    of the sampled scaled values that round to it, or the level itself when
-    none does; and how many sampled values the codes put at each level
-    (outliers at level 0, where their codes point)."""
+    """`(table, counts)` from a sample of `x` (see `_means`)."""
     sample = _table_sample(x, inverse, axis).reshape(-1)
     cells = np.rint(sample)
-    size, sampled = 2 * _HALF_RANGE + 1, cells.size
     if cells.size and (cells.max() > _HALF_RANGE or cells.min() < -_HALF_RANGE):
         inlier = np.abs(cells) <= _HALF_RANGE
-        cells, sample = cells[inlier], sample[inlier]
-    outliers = sampled - cells.size
-    cells += np.float32(_HALF_RANGE)
-    index = cells.astype(np.intp)
+        return _means(cells[inlier], sample[inlier], step, cells.size)
+    return _means(cells, sample, step, cells.size)
+
+
+def _means(cells, values, step, sampled):
+    """`(table, counts)`: for each level -127..127, the mean (times `step`)
+    of the scaled `values` whose rounded `cells` are that level, or the
+    level itself when none is; and how many of the `sampled` values the codes
+    put at each level (values beyond 127 steps, left out of `cells`, at
+    level 0, where their codes point)."""
+    index = (cells + np.float32(_HALF_RANGE)).astype(np.intp).reshape(-1)
+    size = 2 * _HALF_RANGE + 1
     counts = np.bincount(index, minlength=size)
-    sums = np.bincount(index, weights=sample, minlength=size)
+    sums = np.bincount(index, weights=values.reshape(-1), minlength=size)
     centres = np.arange(-_HALF_RANGE, _HALF_RANGE + 1, dtype=np.float64)
     table = (np.where(counts > 0, sums / np.maximum(counts, 1), centres) * step).astype(np.float32)
-    counts[_HALF_RANGE] += outliers
+    counts[_HALF_RANGE] += sampled - cells.size
     return table, counts
 
 
@@ -246,6 +250,80 @@ def _bits(counts):
         return 0.0
     p = counts[counts > 0] / total
     return float(-(p * np.log2(p)).sum())
+
+
+class Trial:
+    """One tensor coded at candidate steps, measured without making its
+    codes: the step search's inner loop (see `select`).
+
+    The scales and the original values' norms are computed once; each step
+    then costs one scaling, rounding, table and error pass. For a tensor of
+    at most `_BLOCK` values (all of it the table sample, one block) the
+    figures are exactly those of `encode(values, step, axis)`.
+
+    Args:
+        values: a finite float array.
+        axis: channel axis for scales, or None for per-tensor scaling.
+    """
+
+    def __init__(self, values, axis=None):
+        self.x = x = np.asarray(values, np.float32)
+        self.axis = axis
+        if axis is None:
+            flat = x.reshape(-1)
+            rms = float(np.sqrt(np.dot(flat, flat) / flat.size)) if flat.size else 1.0
+            self.scale, self.scales = (rms if rms > 0 else 1.0), None
+        else:
+            self.scales = channel_scales(x, axis)
+        self.reference = ErrorSums(x.shape[-1] if x.ndim >= 2 else None)
+        self.reference.add_reference(x)
+
+    def at(self, step):
+        """`TrialResult` of coding at `step`."""
+        x, axis = self.x, self.axis
+        if axis is None:
+            y = x * np.float32(1.0 / (self.scale * step))
+        else:
+            inverse = (1.0 / (self.scales.astype(np.float64) * step)).astype(np.float32)
+            y = x * broadcast_scales(inverse, x.shape, axis)
+        cells = np.rint(y)
+        outside = None
+        if cells.size and (cells.max() > _HALF_RANGE or cells.min() < -_HALF_RANGE):
+            outside = np.abs(cells) > _HALF_RANGE
+            inside = ~outside
+            cells[outside] = 0
+            table, counts = _means(cells[inside], y[inside], step, cells.size)
+        else:
+            table, counts = _means(cells, y, step, cells.size)
+        if axis is None:
+            table = (table.astype(np.float64) * np.float64(self.scale)).astype(np.float32)
+        out = np.take(table, (cells + np.float32(_HALF_RANGE)).astype(np.intp))
+        if axis is not None:
+            out *= broadcast_scales(self.scales, x.shape, axis)
+        if outside is not None:
+            out[outside] = x[outside]
+        sums = self.reference.copy()
+        sums.add_error(x - out)
+        levels = np.flatnonzero(counts)
+        return TrialResult(sums.result(), _bits(counts), 0 if outside is None else int(outside.sum()),
+                           int(levels[-1] - levels[0] + 1) if levels.size else 1)
+
+
+@dataclasses.dataclass
+class TrialResult:
+    """What coding a tensor at one step gives (see `Trial`).
+
+    Attributes:
+        measured: the `error.Measured` error.
+        entropy_bits: the codes' order-0 entropy, bits per code.
+        outliers: how many values would be stored exactly.
+        table_size: how many table entries the codes would span.
+    """
+
+    measured: object
+    entropy_bits: float
+    outliers: int
+    table_size: int
 
 
 def from_levels(values, levels, exact, steps, axis=None):
