@@ -102,6 +102,26 @@ def test_non_finite_weights_are_stored_exactly(tmp_path):
     np.testing.assert_array_equal(decoded.view(np.uint32), kernel.view(np.uint32))
 
 
+def test_weights_whose_squares_overflow_float32_are_stored_exactly(tmp_path):
+    model = _model()
+    kernel = model.layers[0].kernel.numpy() * np.float32(1e30)
+    model.layers[0].kernel.assign(kernel)
+    weightroll.roll(model, tmp_path / "m.wroll")
+    with weightroll._archive.RolledArchive(tmp_path / "m.wroll") as archive:
+        entry = next(t for t in archive.manifest["tensors"] if t["path"] == model.layers[0].kernel.path)
+    assert entry["storage"] == "exact"
+    decoded = weightroll.unroll(tmp_path / "m.wroll")[model.layers[0].kernel.path]
+    np.testing.assert_array_equal(decoded, kernel)
+
+
+def test_the_coder_refuses_what_float32_cannot_measure_without_crashing(rng):
+    from weightroll.codecs import select
+
+    x = (rng.normal(size=(64, 32)) * 1e30).astype(np.float32)
+    with np.errstate(all="ignore"):
+        assert select.choose(x, 0.01, 4).kind == "exact"
+
+
 def test_float16_variables_come_back_as_float16(tmp_path):
     model = _model(dtype="float16")
     weightroll.roll(model, tmp_path / "m.wroll")

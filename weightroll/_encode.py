@@ -252,15 +252,28 @@ def _batches(sizes):
 
 def _storage(path, array, base_keys):
     """`(storage, digest)`: "reference" (with the tensor's SHA-256) for a base
-    tensor, "coded" for one that codes may hold (finite floats), else "exact"."""
+    tensor, "coded" for one that codes may hold (finite floats, see
+    `_codable`), else "exact"."""
     dtype = _dtype_name(array, path)
     if base_keys and array.size:
         key = reference_key(array)
         if key in base_keys:
             return "reference", key[2]
-    if dtype in mf.CODED_DTYPES and array.size > 0 and bool(np.all(np.isfinite(array))):
+    if dtype in mf.CODED_DTYPES and array.size > 0 and _codable(array):
         return "coded", None
     return "exact", None
+
+
+def _codable(array):
+    """Whether codes can hold a float tensor: no NaN or infinity, and a sum
+    of squares that float32 arithmetic can hold (the coder measures its
+    error in float32; weights beyond ~1e19 are stored exactly). One BLAS
+    pass, no temporary."""
+    flat = array.reshape(-1)
+    if flat.dtype not in (np.float32, np.float64):
+        flat = flat.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.float32(np.dot(flat, flat))))
 
 
 def _encode_one(path, source, bits, tolerance, base_keys, keep):

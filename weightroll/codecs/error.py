@@ -35,11 +35,16 @@ class Measured:
 
 def sum_of_squares(v):
     """Sum of squares by BLAS; float32 data stays float32 (accurate to ~1e-6
-    here, and no float64 copy of a large tensor), other dtypes go to float64."""
+    here, and no float64 copy of a large tensor) unless its sum overflows
+    float32, other dtypes go to float64."""
     v = np.asarray(v).reshape(-1)
     if v.dtype not in (np.float32, np.float64):
         v = v.astype(np.float64)
-    return float(np.dot(v, v))
+    with np.errstate(over="ignore"):
+        total = float(np.dot(v, v))
+    if total == float("inf") and v.dtype == np.float32:  # values beyond ~1e19
+        total = sum_of_squares(v.astype(np.float64))
+    return total
 
 
 class ErrorSums:

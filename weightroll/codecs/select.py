@@ -162,7 +162,9 @@ def choose(values, tolerance, itemsize, keep_decoded=True, digest=False):
 def _lossless(x):
     """A lossless float32 codebook when `x` has at most 256 distinct values."""
     flat = x.reshape(-1)
-    if flat.size == 0 or np.unique(flat[:4096]).size > 256:  # cheap early exit
+    # Cheap early exits: more than 256 distinct among the first 512 values
+    # (a sort of 512, the usual case for weights), or among the first 4096.
+    if flat.size == 0 or np.unique(flat[:512]).size > 256 or np.unique(flat[:4096]).size > 256:
         return None, None
     if flat.dtype.itemsize > 4 and not np.array_equal(flat, flat.astype(np.float32)):
         return None, None

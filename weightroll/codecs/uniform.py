@@ -188,8 +188,8 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
     for start, block, q, block_scale in _blocks(x, inverse, scales, axis):
         np.rint(q, out=q)
         index = None
-        if q.max() > _HALF_RANGE or q.min() < -_HALF_RANGE:
-            index = np.flatnonzero(np.abs(q) > _HALF_RANGE)
+        if not (q.max() <= _HALF_RANGE and q.min() >= -_HALF_RANGE):  # NaN too
+            index = np.flatnonzero(~(np.abs(q) <= _HALF_RANGE))
             q.reshape(-1)[index] = 0
             outliers.append(index.astype(np.int64) + start)
         low, high = int(q.min()), int(q.max())
@@ -221,7 +221,7 @@ def _cell_means(x, inverse, axis, step):
     """`(table, counts)` from a sample of `x` (see `_means`)."""
     sample = _table_sample(x, inverse, axis).reshape(-1)
     cells = np.rint(sample)
-    if cells.size and (cells.max() > _HALF_RANGE or cells.min() < -_HALF_RANGE):
+    if cells.size and not (cells.max() <= _HALF_RANGE and cells.min() >= -_HALF_RANGE):  # NaN too
         inlier = np.abs(cells) <= _HALF_RANGE
         return _means(cells[inlier], sample[inlier], step, cells.size)
     return _means(cells, sample, step, cells.size)
@@ -288,8 +288,8 @@ class Trial:
             y = x * broadcast_scales(inverse, x.shape, axis)
         cells = np.rint(y)
         outside = None
-        if cells.size and (cells.max() > _HALF_RANGE or cells.min() < -_HALF_RANGE):
-            outside = np.abs(cells) > _HALF_RANGE
+        if cells.size and not (cells.max() <= _HALF_RANGE and cells.min() >= -_HALF_RANGE):  # NaN too
+            outside = ~(np.abs(cells) <= _HALF_RANGE)
             inside = ~outside
             cells[outside] = 0
             table, counts = _means(cells[inside], y[inside], step, cells.size)
