@@ -332,6 +332,9 @@ def decode_tensor(entry, codes, table, scales, exact_bytes, kind):
         return _decode_tensor(entry, codes, table, scales, exact_bytes, kind)
 
 
+_DECODE_BLOCK = 1 << 16
+
+
 def _decode_tensor(entry, codes, table, scales, exact_bytes, kind):
     dtype = np.dtype(entry["dtype"])
     shape = entry["shape"]
@@ -357,7 +360,13 @@ def _decode_tensor(entry, codes, table, scales, exact_bytes, kind):
             f"Tensor '{mf._short(entry['path'])}' has code {top}, outside its {size}-entry table.",
             rule=rules.CODE_OUTSIDE_TABLE,
         )
-    values = np.take(table[offset: offset + size], span, mode="clip").reshape(shape)  # codes < size, checked
+    # Looked up a block at a time: np.take widens each code to an 8-byte
+    # index, which for a whole tensor would be twice its float32 values.
+    lookup, values = table[offset: offset + size], np.empty(span.size, table.dtype)
+    for start in range(0, span.size, _DECODE_BLOCK):
+        stop = start + _DECODE_BLOCK
+        np.take(lookup, span[start:stop], out=values[start:stop], mode="clip")  # codes < size, checked
+    values = values.reshape(shape)
     if "scales" in entry and kind == "codebook":
         s = entry["scales"]
         view = [1] * len(shape)
