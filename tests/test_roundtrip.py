@@ -153,3 +153,15 @@ def test_rolling_reads_variables_without_writing_through_them():
     variable.assign(variable.numpy() + 1.0)
     np.testing.assert_array_equal(value, before)
     np.testing.assert_array_equal(source.read(), before + 1.0)
+
+
+def test_a_copied_snapshot_does_not_follow_the_model():
+    from weightroll._keras import model_io
+
+    model, _ = _models.sequential_cnn()
+    copies = model_io.named_variables(model)
+    before = [a.copy() for _, a in copies]
+    for variable in model.variables:
+        variable.assign(np.zeros(variable.shape, variable.dtype) + 3)
+    for (_, copied), original in zip(copies, before):
+        np.testing.assert_array_equal(copied, original)

@@ -42,8 +42,13 @@ def named_variables(model):
     Includes non-trainable state (batch-norm statistics, seed-generator state).
     The arrays are copies: the model may change afterwards.
     """
+    import keras
+
     variables = model.variables
-    return [(path, np.array(v.numpy(), copy=True)) for path, v in zip(_unique_paths(variables), variables)]
+    backend = keras.backend.backend()
+    # One copy each, from the backend's buffer (`numpy()` would copy, then this).
+    return [(path, np.array(_reader(v, backend)(), copy=True))
+            for path, v in zip(_unique_paths(variables), variables)]
 
 
 def variable_sources(model):
