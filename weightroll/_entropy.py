@@ -18,7 +18,12 @@ def code_counts(codes):
 
 def bits_per_code(codes):
     """Empirical order-0 entropy of `codes`, in bits per code (0 for none)."""
-    counts = code_counts(codes)
+    return bits_from_counts(code_counts(codes))
+
+
+def bits_from_counts(counts):
+    """Order-0 entropy of codes occurring `counts` times each, in bits per code (0 for none)."""
+    counts = np.asarray(counts)
     total = counts.sum()
     if total == 0:
         return 0.0

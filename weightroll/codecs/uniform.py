@@ -16,6 +16,7 @@ import hashlib
 
 import numpy as np
 
+from weightroll._entropy import bits_from_counts
 from weightroll.codecs.error import ErrorSums
 
 _HALF_RANGE = 127  # codes 0..254 around a centre of 127; 255 stays unused
@@ -82,7 +83,8 @@ def broadcast_scales(scales, shape, axis):
 
 
 # Reconstruction values are the means of the values in each grid cell, taken
-# on a strided sample of at most this many values (all of a smaller tensor).
+# on a strided sample of this many to twice as many values (all of a tensor
+# below twice this size); the code entropy is estimated on it too.
 _TABLE_SAMPLE = 1 << 16
 # Values are scaled and rounded this many at a time (no full-size temporaries).
 _BLOCK = 1 << 16
@@ -213,7 +215,7 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
     table = table[lo + _HALF_RANGE: hi + _HALF_RANGE + 1]
     return UniformCode(codes, table, scales, axis, outlier_index,
                        None if decoded is None else decoded.reshape(x.shape), step,
-                       entropy_bits=_bits(level_counts), measured=sums.result(),
+                       entropy_bits=bits_from_counts(level_counts), measured=sums.result(),
                        sha256=None if hasher is None else hasher.hexdigest())
 
 
@@ -241,15 +243,6 @@ def _means(cells, values, step, sampled):
     table = (np.where(counts > 0, sums / np.maximum(counts, 1), centres) * step).astype(np.float32)
     counts[_HALF_RANGE] += sampled - cells.size
     return table, counts
-
-
-def _bits(counts):
-    """Order-0 entropy of codes with these counts, in bits per code."""
-    total = counts.sum()
-    if total == 0:
-        return 0.0
-    p = counts[counts > 0] / total
-    return float(-(p * np.log2(p)).sum())
 
 
 class Trial:
@@ -305,7 +298,7 @@ class Trial:
         sums = self.reference.copy()
         sums.add_error(x - out)
         levels = np.flatnonzero(counts)
-        return TrialResult(sums.result(), _bits(counts), 0 if outside is None else int(outside.sum()),
+        return TrialResult(sums.result(), bits_from_counts(counts), 0 if outside is None else int(outside.sum()),
                            int(levels[-1] - levels[0] + 1) if levels.size else 1)
 
 
