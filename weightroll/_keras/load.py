@@ -10,8 +10,9 @@ def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, bas
     Every member's checksum is verified before any member is used, and every
     tensor's digest after it is decoded; the weights are decoded with the
     archive's pix-to-weight network (numpy fast path, bit-identical to running
-    the network in Keras). Nothing is written to disk, nothing is unpickled, and
-    no graph is loaded. A rejected archive raises a `WrollError` that names
+    the network in Keras), one tensor at a time, each becoming its variable's
+    first value: Keras's random initialisers do not run. Nothing is written to
+    disk, nothing is unpickled, and no graph is loaded. A rejected archive raises a `WrollError` that names
     the rule of the format spec it breaks.
 
     Args:
