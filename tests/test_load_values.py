@@ -46,10 +46,13 @@ def _same_weights(a, b):
         np.testing.assert_array_equal(np.asarray(x.numpy()), np.asarray(y.numpy()))
 
 
-def test_initialisers_do_not_run_when_loading(tmp_path):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_initialisers_do_not_run_when_loading(tmp_path, compiled):
     inputs = keras.Input((6,))
     hidden = keras.layers.Dense(16, kernel_initializer=CountingInitializer())(inputs)
     model = keras.Model(inputs, keras.layers.Dense(2, kernel_initializer=CountingInitializer())(hidden))
+    if compiled:  # compiling creates the optimizer's variables from values: done after the weights
+        model.compile(optimizer="adam", loss="mse")
     path = tmp_path / "m.wroll"
     weightroll.roll(model, path, tolerance=0.0)
     CALLS["n"] = 0
@@ -57,6 +60,9 @@ def test_initialisers_do_not_run_when_loading(tmp_path):
     assert CALLS["n"] == 0
     _same_weights(model, loaded)
     assert _registry() == []
+    assert loaded.compiled == compiled
+    if compiled:
+        assert type(loaded.optimizer).__name__ == "Adam"
 
 
 def test_a_variable_made_from_a_value_falls_back_to_assignment(tmp_path):

@@ -170,6 +170,13 @@ def rebuild(architecture, custom_objects=None, compile=True, safe_mode=True):
             is on (R37).
         WrollError: Keras cannot build a `keras.Model` from it (R37).
     """
+    return _build(architecture, custom_objects, compile, safe_mode, compile_later=False)[0]
+
+
+def _build(architecture, custom_objects, compile, safe_mode, compile_later):
+    """`(model, compile_config)`: the model, compiled unless `compile_later`,
+    when the compile config (None if none, or if not `compile`) is returned
+    for `compile_from` instead."""
     import keras
 
     config = mf.loads(architecture, "architecture.json", rule=rules.JSON_MEMBER)
@@ -188,11 +195,35 @@ def rebuild(architecture, custom_objects=None, compile=True, safe_mode=True):
                 "for archives from a source you trust.",
                 rule=rules.ARCHITECTURE_MODEL,
             )
+    compile_config = None
+    if compile_later:
+        compile_config, config["compile_config"] = config.get("compile_config"), None
+    with _keras_errors("The model's architecture cannot be rebuilt"), _sharing_scope():
+        model = keras.saving.deserialize_keras_object(config, custom_objects=custom_objects, safe_mode=safe_mode)
+    if not isinstance(model, keras.Model):
+        raise WrollError(f"The architecture describes a {type(model).__name__}, not a keras.Model.",
+                         rule=rules.ARCHITECTURE_MODEL)
+    return model, compile_config
+
+
+def compile_from(model, compile_config, custom_objects=None, safe_mode=True):
+    """Compile `model` from its saved compile config, as Keras's loader does
+    once it has built a model (the optimizer's variables are created)."""
+    import keras
+
+    with _keras_errors("The model cannot be compiled from its saved compile config"), \
+            keras.saving.CustomObjectScope(custom_objects or {}), _safe_mode_scope(safe_mode):
+        model.compile_from_config(compile_config)
+        model.compiled = True
+
+
+@contextlib.contextmanager
+def _keras_errors(what):
+    """Keras's many exception types, for a config it cannot build, as `WrollError`s (R37)."""
     try:
-        with _sharing_scope():
-            model = keras.saving.deserialize_keras_object(
-                config, custom_objects=custom_objects, safe_mode=safe_mode
-            )
+        yield
+    except WrollError:
+        raise
     except Exception as e:  # Keras raises many types for a config it cannot build
         message = mf._short(f"{type(e).__name__}: {e}", 2000)
         if "safe_mode" in str(e):  # a refusal of Keras's own, for something not listed above
@@ -202,15 +233,19 @@ def rebuild(architecture, custom_objects=None, compile=True, safe_mode=True):
                 rule=rules.ARCHITECTURE_MODEL,
             ) from e
         raise WrollError(
-            f"The model's architecture cannot be rebuilt: {message}. "
+            f"{what}: {message}. "
             "If it uses custom layers or a subclassed model, pass them in `custom_objects=` "
             "or register them with `@keras.saving.register_keras_serializable()`.",
             rule=rules.ARCHITECTURE_MODEL,
         ) from e
-    if not isinstance(model, keras.Model):
-        raise WrollError(f"The architecture describes a {type(model).__name__}, not a keras.Model.",
-                         rule=rules.ARCHITECTURE_MODEL)
-    return model
+
+
+def _safe_mode_scope(safe_mode):
+    try:  # Keras's own loader deserialises the compile config under it; not public API.
+        from keras.src.saving.serialization_lib import SafeModeScope
+    except ImportError:  # pragma: no cover - a future Keras without it
+        return contextlib.nullcontext()
+    return SafeModeScope(safe_mode)
 
 
 def _kind(dtype_name):
@@ -233,12 +268,14 @@ def rebuild_with_weights(architecture, named_arrays, paths=None, custom_objects=
     """
     from weightroll._keras import deferred
 
-    def build():
-        return rebuild(architecture, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+    def build():  # compiled afterwards: compiling creates variables from values, which the scope refuses
+        return _build(architecture, custom_objects, compile, safe_mode, compile_later=True)
 
     with deferred.deferral() as handle:
-        model = build() if handle is None else handle.build(build)
+        model, compile_config = build() if handle is None else handle.build(build)
         assign(model, named_arrays, paths=paths, deferral=handle)
+    if compile_config:
+        compile_from(model, compile_config, custom_objects=custom_objects, safe_mode=safe_mode)
     return model
 
 
