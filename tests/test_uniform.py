@@ -113,3 +113,28 @@ def test_a_trial_measures_what_encode_gives(rng, shape, axis, step):
     assert result.entropy_bits == code.entropy_bits
     assert result.outliers == code.outlier_index.size
     assert result.table_size == code.table.size
+
+
+@pytest.mark.parametrize("shape,axis", [((0,), None), ((5, 0), None), ((0, 5), None), ((0, 5), 1),
+                                        ((2, 0, 3), None)])
+def test_a_tensor_without_values_codes_to_nothing(shape, axis):
+    code = uniform.encode(np.ones(shape, np.float32), 0.1, axis, digest=True)
+    assert code.codes.size == 0 and code.outlier_index.size == 0
+    assert code.decoded.shape == shape
+    assert code.sha256 == hashlib.sha256(b"").hexdigest()
+    assert code.measured.error == 0.0
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_the_tolerance_holds_for_the_values_as_stored(rng, dtype):
+    from weightroll import _encode
+
+    for tolerance in np.linspace(0.0015, 0.006, 20):
+        x = rng.normal(size=(300, 200)).astype(dtype)
+        encoded = _encode.encode([("w", x)], tolerance=float(tolerance))
+        if encoded.tensors[0]["storage"] != "coded":
+            continue
+        stored = encoded.decoded["w"]
+        assert stored.dtype == x.dtype
+        e = x.astype(np.float64) - stored.astype(np.float64)
+        assert np.sqrt((e ** 2).sum() / (x.astype(np.float64) ** 2).sum()) <= tolerance

@@ -102,3 +102,22 @@ class ErrorSums:
                                        np.where(sq_c > 0, np.inf, 0))
             err = max(err, float(per_channel.max()) / CHANNEL_FACTOR)
         return Measured(err, sq, ref, max(self.high, -self.low))
+
+
+# `measure` goes through a tensor this many values at a time, so that the
+# error is never a second copy of a large tensor.
+_MEASURE_BLOCK = 1 << 16
+
+
+def measure(original, decoded):
+    """The `Measured` error of `decoded` (cast to `original`'s dtype, as it
+    will be stored), in one pass over the error."""
+    a = np.asarray(original)
+    d = np.asarray(decoded, dtype=a.dtype)
+    channels = a.shape[-1] if a.ndim >= 2 and a.size else None
+    a2, d2 = a.reshape(-1, channels or 1), d.reshape(-1, channels or 1)
+    rows = max(1, _MEASURE_BLOCK // (channels or 1))
+    sums = ErrorSums(channels)
+    for start in range(0, a2.shape[0], rows):
+        sums.add(a2[start: start + rows], d2[start: start + rows])
+    return sums.result()

@@ -14,7 +14,7 @@ import numpy as np
 
 from weightroll._entropy import bits_per_code
 from weightroll.codecs import codebook, uniform
-from weightroll.codecs.error import sum_of_squares
+from weightroll.codecs.error import measure, sum_of_squares
 
 # Search on a strided sample of this many values at most, then code the
 # whole tensor once at the chosen step.
@@ -149,12 +149,18 @@ def choose(values, tolerance, itemsize, keep_decoded=True, digest=False):
     estimate, axis, step = min(candidates, key=lambda c: c[0])
     if estimate >= best.estimated_bytes:
         return best
+    # The coder measures float32 values; other dtypes are measured as they
+    # will be stored (a float16 tensor's rounding can tip it over).
+    native = x.dtype == np.float32
     for _ in range(6):
-        code = uniform.encode(x, step, axis, keep_decoded=keep_decoded, digest=digest)
-        err = code.measured.error
+        code = uniform.encode(x, step, axis, keep_decoded=keep_decoded or not native, digest=digest)
+        measured = code.measured if native else measure(x, code.decoded)
+        if not (native or keep_decoded):
+            code.decoded = None
+        err = measured.error
         if err <= tolerance:
             cost = uniform_bytes(code)
-            return Choice("uniform", cost, code, code.measured) if cost < best.estimated_bytes else best
+            return Choice("uniform", cost, code, measured) if cost < best.estimated_bytes else best
         step *= 0.97 * tolerance / err
     return best
 

@@ -168,8 +168,10 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
     # deterministic function of the values, and decoding is float32 anyway.
     x = np.asarray(values, np.float32)
     flat = x.reshape(-1)
+    if flat.size == 0:
+        return _empty(x, step, axis, keep_decoded, digest)
     if axis is None:
-        rms = float(np.sqrt(np.dot(flat, flat) / flat.size)) if flat.size else 1.0
+        rms = float(np.sqrt(np.dot(flat, flat) / flat.size))
         scales = None
         scale = rms if rms > 0 else 1.0
         inverse = np.float32(1.0 / (scale * step))  # values times this are in grid steps
@@ -217,6 +219,15 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
                        None if decoded is None else decoded.reshape(x.shape), step,
                        entropy_bits=bits_from_counts(level_counts), measured=sums.result(),
                        sha256=None if hasher is None else hasher.hexdigest())
+
+
+def _empty(x, step, axis, keep_decoded, digest):
+    """The code of a tensor with no values: one table entry, unit scales."""
+    scales = None if axis is None else np.ones(x.shape[axis], np.float32)
+    sha256 = hashlib.sha256().hexdigest() if digest else None
+    return UniformCode(np.zeros(0, np.uint8), np.zeros(1, np.float32), scales, axis, np.zeros(0, np.int64),
+                       x.copy() if keep_decoded else None, step, entropy_bits=0.0,
+                       measured=ErrorSums(None).result(), sha256=sha256)
 
 
 def _cell_means(x, inverse, axis, step):
