@@ -103,3 +103,16 @@ def test_a_failed_load_leaves_no_variables_waiting(tmp_path):
                                       paths=[p for p, _ in tensors])
     assert _registry() == []
 
+
+
+def test_an_adapted_normalization_layer_normalises_as_before(tmp_path):
+    x = (np.random.default_rng(0).normal(size=(64, 4)) * 10 + 5).astype("float32")
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(norm(inputs)))
+    path = tmp_path / "m.wroll"
+    weightroll.roll(model, path, tolerance=0.0)
+    for compile in (False, True):
+        loaded = weightroll.load_rolled(path, compile=compile)
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)

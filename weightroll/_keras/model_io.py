@@ -333,6 +333,20 @@ def assign(model, named_arrays, paths=None, deferral=None):
                 f"'{mf._short(path)}' ({array.dtype.name}): {type(e).__name__}: {mf._short(str(e), 300)}",
                 rule=rules.VARIABLES,
             ) from e
+    _finalize_state(model)
+
+
+def _finalize_state(model):
+    """Let layers that derive state from their variables recompute it, as
+    Keras's loaders do once a layer's variables are loaded (an adapted
+    `Normalization` keeps its mean and variance as tensors beside its
+    variables: without this it would normalise with its initial ones)."""
+    layers = (model._flatten_layers(include_self=False) if hasattr(model, "_flatten_layers")
+              else model.layers)  # the private walk also finds layers nested inside layers
+    for layer in layers:
+        finalize = getattr(layer, "finalize_state", None)
+        if callable(finalize) and layer.weights:  # as Keras's h5 loader: layers with variables only
+            finalize()
 
 
 def input_rows(x, start, stop):
