@@ -268,7 +268,8 @@ def _codable(array):
     """Whether codes can hold a float tensor: no NaN or infinity, and a sum
     of squares that float32 arithmetic can hold (the coder measures its
     error in float32; weights beyond ~1e19 are stored exactly). One BLAS
-    pass, no temporary."""
+    pass, with no temporary for float32 and float64 (float16 is copied to
+    float32 first)."""
     flat = array.reshape(-1)
     if flat.dtype not in (np.float32, np.float64):
         flat = flat.astype(np.float32)
