@@ -58,34 +58,44 @@ class ErrorSums:
     def __init__(self, channels):
         self.channels = channels
         self.sq = self.ref = self.high = self.low = 0.0
-        self.sq_c = self.ref_c = np.zeros(channels or 1)
+        self.sq_c, self.ref_c = np.zeros(channels or 1), np.zeros(channels or 1)
 
-    def add(self, original, decoded):
-        """Add a block: `original` and `decoded` of one shape, a whole number
-        of output-channel rows when `channels` is set."""
-        self.add_reference(original)
-        self.add_error(original - decoded)
+    def add(self, original, decoded, first=0):
+        """Add a block: `original` and `decoded` of one shape, either a
+        whole number of output-channel rows, or (a block narrower than the
+        channels) one row's channels `first` on, when `channels` is set."""
+        self.add_reference(original, first)
+        self.add_error(original - decoded, first)
 
-    def add_reference(self, original):
+    def add_reference(self, original, first=0):
         """Add a block's original values (to the norms errors are relative to)."""
         self.ref += sum_of_squares(original)
         if self.channels:
-            o2 = original.reshape(-1, self.channels)
-            self.ref_c = self.ref_c + np.einsum("ij,ij->j", o2, o2)
+            self.ref_c = self._per_channel(self.ref_c, original, first)
 
-    def add_error(self, e):
+    def add_error(self, e, first=0):
         """Add a block's errors, original minus decoded."""
         self.sq += sum_of_squares(e)
         if e.size:
             self.high, self.low = max(self.high, float(e.max())), min(self.low, float(e.min()))
         if self.channels:
-            e2 = e.reshape(-1, self.channels)
-            self.sq_c = self.sq_c + np.einsum("ij,ij->j", e2, e2)
+            self.sq_c = self._per_channel(self.sq_c, e, first)
+
+    def _per_channel(self, sums, block, first):
+        """`sums` (owned by this object) plus the block's per-channel sums of squares."""
+        if block.shape[-1] % self.channels == 0:
+            b2 = block.reshape(-1, self.channels)
+            sums += np.einsum("ij,ij->j", b2, b2)
+        else:  # a piece of one row: channels first..first + size
+            part = block.reshape(-1)
+            sums[first: first + part.size] += np.square(part, dtype=np.float64)
+        return sums
 
     def copy(self):
         """A new `ErrorSums` holding these sums (to add more to)."""
         other = ErrorSums(self.channels)
         other.__dict__.update(self.__dict__)
+        other.sq_c, other.ref_c = self.sq_c.copy(), self.ref_c.copy()
         return other
 
     def result(self):
@@ -96,11 +106,10 @@ class ErrorSums:
         else:
             err = 0.0 if sq == 0 else float("inf")
         if self.channels and err < np.inf:
-            ref_c, sq_c = self.ref_c, self.sq_c
             with np.errstate(divide="ignore", invalid="ignore"):
-                per_channel = np.where(ref_c > 0, np.sqrt(sq_c / np.where(ref_c > 0, ref_c, 1)),
-                                       np.where(sq_c > 0, np.inf, 0))
-            err = max(err, float(per_channel.max()) / CHANNEL_FACTOR)
+                ratio = self.sq_c / self.ref_c  # x / 0 = inf (an error on a zero channel), 0 / 0 = nan
+            ratio[np.isnan(ratio)] = 0.0
+            err = max(err, float(np.sqrt(ratio.max())) / CHANNEL_FACTOR)
         return Measured(err, sq, ref, max(self.high, -self.low))
 
 

@@ -81,8 +81,12 @@ def _view(x):
 
 
 def _sample(view):
-    """Every k-th row of the channel matrix: each channel keeps its samples."""
+    """Every k-th row of the channel matrix: each channel keeps its samples.
+    A matrix of fewer rows than that (a few very long rows) gives every k-th
+    column of each row instead."""
     stride = max(1, view.size // _SAMPLE)
+    if view.ndim == 2 and view.shape[0] < stride:
+        return view[:, ::stride]
     return view[::stride]
 
 

@@ -86,37 +86,55 @@ def broadcast_scales(scales, shape, axis):
 # on a strided sample of this many to twice as many values (all of a tensor
 # below twice this size); the code entropy is estimated on it too.
 _TABLE_SAMPLE = 1 << 16
+# Rows are sampled when the sample gets at least this many of them.
+_SAMPLE_ROWS = 8
 # Values are scaled and rounded this many at a time (no full-size temporaries).
 _BLOCK = 1 << 16
 
 
 def _blocks(x, inverse, scales, axis):
-    """`(start, original, scaled, scale)` for blocks of about `_BLOCK` values
-    of `x` in C order: `original` a view of the values from flat position
-    `start` on, `scaled` a new float32 array of them times their channel's
-    `inverse`, `scale` what decoded values of the block are multiplied by
-    (None for one scale). Each block holds whole rows of the last axis."""
+    """`(start, original, scaled, scale, first)` for blocks of about `_BLOCK`
+    values of `x` in C order: `original` a 2-D view of the values from flat
+    position `start` on, `scaled` a new float32 array of them times their
+    channel's `inverse`, `scale` what decoded values of the block are
+    multiplied by (None for one scale). A block holds whole rows of the last
+    axis, or, when a row is longer than `_BLOCK`, a piece of one row that
+    starts at its channel `first`."""
     if axis is not None and x.ndim >= 2 and axis not in (0, x.ndim - 1):  # any other axis: one block
-        view = x.reshape(-1, x.shape[-1])
         shaped = (-1, x.shape[-1])
-        yield (0, view, (x * broadcast_scales(inverse, x.shape, axis)).reshape(shaped),
-               np.broadcast_to(broadcast_scales(scales, x.shape, axis), x.shape).reshape(shaped))
+        yield (0, x.reshape(shaped), (x * broadcast_scales(inverse, x.shape, axis)).reshape(shaped),
+               np.broadcast_to(broadcast_scales(scales, x.shape, axis), x.shape).reshape(shaped), 0)
         return
     if x.ndim >= 2 and axis != 0:  # rows of the channel matrix
         view = x.reshape(-1, x.shape[-1])
     else:  # rows of the first axis, or a vector
         view = x.reshape(x.shape[0] if x.ndim else 1, -1) if axis == 0 else x.reshape(-1, 1)
-    rows = max(1, _BLOCK // max(view.shape[1], 1))
+    width = view.shape[1]
+    if width > _BLOCK:  # long rows, in pieces (a whole number of channels for per-row scales)
+        channels = x.shape[-1] if axis == 0 else 1
+        piece = max(channels, _BLOCK // channels * channels)
+        for row in range(view.shape[0]):
+            for first in range(0, width, piece):
+                block = view[row: row + 1, first: first + piece]
+                start = row * width + first
+                if axis is None:
+                    yield start, block, block * inverse, None, first
+                elif axis == 0:
+                    yield start, block, block * inverse[row], scales[row], 0
+                else:
+                    part = slice(first, first + piece)
+                    yield start, block, block * inverse[part].reshape(1, -1), scales[part].reshape(1, -1), first
+        return
+    rows = max(1, _BLOCK // max(width, 1))
     for first in range(0, view.shape[0], rows):
         block = view[first: first + rows]
         if axis is None:
-            yield first * view.shape[1], block, block * inverse, None
+            yield first * width, block, block * inverse, None, 0
         elif axis == 0:
             part = slice(first, first + rows)
-            yield (first * view.shape[1], block, block * inverse[part].reshape(-1, 1),
-                   scales[part].reshape(-1, 1))
+            yield first * width, block, block * inverse[part].reshape(-1, 1), scales[part].reshape(-1, 1), 0
         else:
-            yield first * view.shape[1], block, block * inverse.reshape(1, -1), scales.reshape(1, -1)
+            yield first * width, block, block * inverse.reshape(1, -1), scales.reshape(1, -1), 0
 
 
 def _table_sample(x, inverse, axis):
@@ -131,12 +149,12 @@ def _table_sample(x, inverse, axis):
     if x.ndim < 2:  # a vector (scales per value, if any) or a scalar
         return x.reshape(-1)[::stride] * (inverse if axis is None else inverse[::stride])
     view = x.reshape(x.shape[0], -1) if axis == 0 else x.reshape(-1, x.shape[-1])
-    if view.shape[0] >= stride:
+    if view.shape[0] >= _SAMPLE_ROWS * stride:
         if axis is None:
             return view[::stride] * inverse
         factors = inverse[::stride].reshape(-1, 1) if axis == 0 else inverse.reshape(1, -1)
         return view[::stride] * factors
-    # Too few rows to skip: every `stride`-th value.
+    # Too few rows to sample rows from: every `stride`-th value.
     flat = x.reshape(-1)
     positions = np.arange(0, flat.size, stride)
     if axis is None:
@@ -189,7 +207,7 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
     sums = ErrorSums(x.shape[-1] if x.ndim >= 2 else None)
     hasher = hashlib.sha256() if digest else None
     outliers, lo, hi = [], None, None
-    for start, block, q, block_scale in _blocks(x, inverse, scales, axis):
+    for start, block, q, block_scale, first in _blocks(x, inverse, scales, axis):
         np.rint(q, out=q)
         index = None
         if not (q.max() <= _HALF_RANGE and q.min() >= -_HALF_RANGE):  # NaN too
@@ -206,7 +224,7 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
             out *= block_scale
         if index is not None:
             out.reshape(-1)[index] = block.reshape(-1)[index]
-        sums.add(block, out)
+        sums.add(block, out, first)
         if hasher is not None:
             hasher.update(out)
         if decoded is not None:
