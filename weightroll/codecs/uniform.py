@@ -137,6 +137,24 @@ def _blocks(x, inverse, scales, axis):
             yield first * width, block, block * inverse.reshape(1, -1), scales.reshape(1, -1), 0
 
 
+def _scaling(x, axis):
+    """`(scale, scales)`: the tensor's RMS (1 for none) and None for
+    per-tensor scaling, or None and `channel_scales(x, axis)`."""
+    if axis is not None:
+        return None, channel_scales(x, axis)
+    flat = x.reshape(-1)
+    rms = float(np.sqrt(np.dot(flat, flat) / flat.size)) if flat.size else 1.0
+    return (rms if rms > 0 else 1.0), None
+
+
+def _inverse(scale, scales, step):
+    """What values are multiplied by to be in grid steps: a float32 scalar
+    for one `scale`, else one float32 per channel of `scales`."""
+    if scales is None:
+        return np.float32(1.0 / (scale * step))
+    return (1.0 / (scales.astype(np.float64) * step)).astype(np.float32)
+
+
 def _table_sample(x, inverse, axis):
     """Scaled values (times their channel's `inverse`) of a sample of about
     `_TABLE_SAMPLE` to twice as many values, all of a smaller tensor: every
@@ -188,14 +206,8 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
     flat = x.reshape(-1)
     if flat.size == 0:
         return _empty(x, step, axis, keep_decoded, digest)
-    if axis is None:
-        rms = float(np.sqrt(np.dot(flat, flat) / flat.size))
-        scales = None
-        scale = rms if rms > 0 else 1.0
-        inverse = np.float32(1.0 / (scale * step))  # values times this are in grid steps
-    else:
-        scales = channel_scales(x, axis)
-        inverse = (1.0 / (scales.astype(np.float64) * step)).astype(np.float32)
+    scale, scales = _scaling(x, axis)
+    inverse = _inverse(scale, scales, step)  # values times this are in grid steps
     # The table first, from a sample: each grid cell's mean (in steps) for
     # the levels -127..127; then one pass codes, decodes and measures each
     # block while it is in cache.
@@ -291,23 +303,15 @@ class Trial:
     def __init__(self, values, axis=None):
         self.x = x = np.asarray(values, np.float32)
         self.axis = axis
-        if axis is None:
-            flat = x.reshape(-1)
-            rms = float(np.sqrt(np.dot(flat, flat) / flat.size)) if flat.size else 1.0
-            self.scale, self.scales = (rms if rms > 0 else 1.0), None
-        else:
-            self.scales = channel_scales(x, axis)
+        self.scale, self.scales = _scaling(x, axis)
         self.reference = ErrorSums(x.shape[-1] if x.ndim >= 2 else None)
         self.reference.add_reference(x)
 
     def at(self, step):
         """`TrialResult` of coding at `step`."""
         x, axis = self.x, self.axis
-        if axis is None:
-            y = x * np.float32(1.0 / (self.scale * step))
-        else:
-            inverse = (1.0 / (self.scales.astype(np.float64) * step)).astype(np.float32)
-            y = x * broadcast_scales(inverse, x.shape, axis)
+        inverse = _inverse(self.scale, self.scales, step)
+        y = x * (inverse if axis is None else broadcast_scales(inverse, x.shape, axis))
         cells = np.rint(y)
         outside = None
         if cells.size and not (cells.max() <= _HALF_RANGE and cells.min() >= -_HALF_RANGE):  # NaN too
