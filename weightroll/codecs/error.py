@@ -73,10 +73,11 @@ class ErrorSums:
         if self.channels:
             self.ref_c = self._per_channel(self.ref_c, original, first)
 
-    def add_error(self, e, first=0):
-        """Add a block's errors, original minus decoded."""
+    def add_error(self, e, first=0, extremes=True):
+        """Add a block's errors, original minus decoded; without `extremes`
+        the largest absolute error is not tracked (`max_abs` stays 0)."""
         self.sq += sum_of_squares(e)
-        if e.size:
+        if extremes and e.size:
             self.high, self.low = max(self.high, float(e.max())), min(self.low, float(e.min()))
         if self.channels:
             self.sq_c = self._per_channel(self.sq_c, e, first)

@@ -263,27 +263,37 @@ def _empty(x, step, axis, keep_decoded, digest):
 def _cell_means(x, inverse, axis, step):
     """`(table, counts)` from a sample of `x` (see `_means`)."""
     sample = _table_sample(x, inverse, axis).reshape(-1)
-    cells = np.rint(sample)
+    table, counts, _, _ = _means(sample, step)
+    return table, counts
+
+
+def _means(values, step):
+    """`(table, counts, index, outside)` of scaled `values` (1-D): for each
+    level -127..127, the mean (times `step`) of the values that round to it,
+    or the level itself when none does; how many values the codes put at
+    each level; each value's level plus 127 (an intp index into the table);
+    and a bool mask of the values more than 127 steps out (None when there
+    are none), which count, and index, at level 0, where their codes point,
+    but take no part in the means."""
+    cells = np.rint(values)
+    outside = None
     if cells.size and not (cells.max() <= _HALF_RANGE and cells.min() >= -_HALF_RANGE):  # NaN too
-        inlier = np.abs(cells) <= _HALF_RANGE
-        return _means(cells[inlier], sample[inlier], step, cells.size)
-    return _means(cells, sample, step, cells.size)
-
-
-def _means(cells, values, step, sampled):
-    """`(table, counts)`: for each level -127..127, the mean (times `step`)
-    of the scaled `values` whose rounded `cells` are that level, or the
-    level itself when none is; and how many of the `sampled` values the codes
-    put at each level (values beyond 127 steps, left out of `cells`, at
-    level 0, where their codes point)."""
-    index = (cells + np.float32(_HALF_RANGE)).astype(np.intp).reshape(-1)
+        outside = ~(np.abs(cells) <= _HALF_RANGE)
+        cells[outside] = 0
+    cells += np.float32(_HALF_RANGE)
+    index = cells.astype(np.intp)
     size = 2 * _HALF_RANGE + 1
     counts = np.bincount(index, minlength=size)
-    sums = np.bincount(index, weights=values.reshape(-1), minlength=size)
+    if outside is None:
+        sums, inside_counts = np.bincount(index, weights=values, minlength=size), counts
+    else:
+        inside = ~outside
+        sums = np.bincount(index[inside], weights=values[inside], minlength=size)
+        inside_counts = counts.copy()
+        inside_counts[_HALF_RANGE] -= int(np.count_nonzero(outside))
     centres = np.arange(-_HALF_RANGE, _HALF_RANGE + 1, dtype=np.float64)
-    table = (np.where(counts > 0, sums / np.maximum(counts, 1), centres) * step).astype(np.float32)
-    counts[_HALF_RANGE] += sampled - cells.size
-    return table, counts
+    table = (np.where(inside_counts > 0, sums / np.maximum(inside_counts, 1), centres) * step).astype(np.float32)
+    return table, counts, index, outside
 
 
 class Trial:
@@ -312,24 +322,17 @@ class Trial:
         x, axis = self.x, self.axis
         inverse = _inverse(self.scale, self.scales, step)
         y = x * (inverse if axis is None else broadcast_scales(inverse, x.shape, axis))
-        cells = np.rint(y)
-        outside = None
-        if cells.size and not (cells.max() <= _HALF_RANGE and cells.min() >= -_HALF_RANGE):  # NaN too
-            outside = ~(np.abs(cells) <= _HALF_RANGE)
-            inside = ~outside
-            cells[outside] = 0
-            table, counts = _means(cells[inside], y[inside], step, cells.size)
-        else:
-            table, counts = _means(cells, y, step, cells.size)
+        table, counts, index, outside = _means(y.reshape(-1), step)
         if axis is None:
             table = (table.astype(np.float64) * np.float64(self.scale)).astype(np.float32)
-        out = np.take(table, (cells + np.float32(_HALF_RANGE)).astype(np.intp))
+        out = np.take(table, index).reshape(x.shape)
         if axis is not None:
             out *= broadcast_scales(self.scales, x.shape, axis)
         if outside is not None:
+            outside = outside.reshape(x.shape)
             out[outside] = x[outside]
         sums = self.reference.copy()
-        sums.add_error(x - out)
+        sums.add_error(np.subtract(x, out, out=out), extremes=False)
         levels = np.flatnonzero(counts)
         return TrialResult(sums.result(), bits_from_counts(counts), 0 if outside is None else int(outside.sum()),
                            int(levels[-1] - levels[0] + 1) if levels.size else 1)
