@@ -1,7 +1,9 @@
 """The uniform coder decodes, measures and hashes block by block as it codes:
-what it reports must be what a separate pass over its output finds."""
+what it reports must be what a separate pass over its output finds, whether
+its compiled kernel or numpy does the work."""
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -27,6 +29,18 @@ SHAPES_AND_AXES = [
     ((2, 70000), 1),
     ((3, 2, 40000), 0),  # long rows of per-row scales, in whole channels
 ]
+
+
+KERNEL = uniform._kernel
+
+
+@pytest.fixture(autouse=True, params=["kernel", "numpy"])
+def coder(request, monkeypatch):
+    """Every test here runs on both coders: the C kernel and numpy."""
+    if request.param == "kernel" and KERNEL is None:
+        pytest.skip("the C kernel is not built (setup.py); numpy codes alone")
+    monkeypatch.setattr(uniform, "_kernel", KERNEL if request.param == "kernel" else None)
+    return request.param
 
 
 def _heavy(rng, shape):
@@ -161,3 +175,68 @@ def test_long_rows_are_coded_in_pieces_not_whole(rng):
     # ratio) and blocks: 6.6 times the floats; whole-row temporaries took 10.6.
     assert peak < 7 * x.nbytes
     assert select._sample(x.reshape(1, -1)).size <= 2 * select._SAMPLE
+
+
+def test_the_kernel_is_built_where_ci_requires_it(coder):
+    if coder == "numpy":
+        pytest.skip("one check is enough")
+    if os.environ.get("WEIGHTROLL_REQUIRE_KERNEL") != "1":
+        pytest.skip("WEIGHTROLL_REQUIRE_KERNEL=1 is set by .ci/run")
+    assert KERNEL is not None, "setup.py did not build weightroll/codecs/_kernel.c"
+
+
+def _with(kernel, function, *args, **kwargs):
+    saved = uniform._kernel
+    uniform._kernel = kernel
+    try:
+        return function(*args, **kwargs)
+    finally:
+        uniform._kernel = saved
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES_AND_AXES)
+@pytest.mark.parametrize("step", [0.02, 0.3])
+def test_kernel_and_numpy_give_the_same_codes(rng, coder, shape, axis, step):
+    if coder == "numpy" or KERNEL is None:
+        pytest.skip("compares the kernel with numpy")
+    x = _heavy(rng, shape)
+    if x.size > 10:
+        x.reshape(-1)[[3, 7]] = [400.0, -900.0]  # outliers
+    fast = _with(KERNEL, uniform.encode, x, step, axis, digest=True)
+    slow = _with(None, uniform.encode, x, step, axis, digest=True)
+    for name in ("codes", "table", "outlier_index", "decoded"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
+    assert fast.sha256 == slow.sha256
+    assert fast.entropy_bits == slow.entropy_bits
+    # Error sums: float64 in the kernel, float32 in numpy.
+    np.testing.assert_allclose(
+        [fast.measured.error, fast.measured.sq_err, fast.measured.sq_ref, fast.measured.max_abs],
+        [slow.measured.error, slow.measured.sq_err, slow.measured.sq_ref, slow.measured.max_abs], rtol=1e-5)
+    trials = [_with(kernel, lambda: uniform.Trial(x, axis).at(step)) for kernel in (KERNEL, None)]
+    assert trials[0].entropy_bits == trials[1].entropy_bits
+    assert (trials[0].outliers, trials[0].table_size) == (trials[1].outliers, trials[1].table_size)
+    np.testing.assert_allclose(trials[0].measured.error, trials[1].measured.error, rtol=1e-5)
+
+
+def test_the_kernel_rejects_inconsistent_buffers(coder):
+    if coder == "numpy":
+        pytest.skip("a test of the kernel")
+    x = np.ones((4, 5), np.float32)
+    table = np.zeros(255, np.float32)
+    with pytest.raises(ValueError, match="mode 2 needs 5 factors"):
+        KERNEL.code(x, 5, np.ones(4, np.float32), 2, table, None, None, None, 0, 0, None, None, False, False)
+    with pytest.raises(ValueError, match="bad sizes"):
+        KERNEL.code(x, 5, np.ones(1, np.float32), 0, table[:10], None, None, None, 0, 0, None, None, False, False)
+    with pytest.raises(ValueError, match="outputs of the wrong size"):
+        KERNEL.code(x, 5, np.ones(1, np.float32), 0, table, None, np.empty(3, np.uint8), None, 0, 0, None, None,
+                    False, False)
+    with pytest.raises(ValueError, match="items of 4 bytes"):
+        KERNEL.code(x.astype(np.float64), 5, np.ones(1, np.float32), 0, table, None, None, None, 0, 0, None, None,
+                    False, False)
+    with pytest.raises(ValueError, match="channel sums"):
+        KERNEL.code(x, 5, np.ones(1, np.float32), 0, table, None, None, None, 5, 0, np.zeros(4), None, False, False)
+    with pytest.raises(ValueError, match="level_sums: bad sizes"):
+        KERNEL.level_sums(x, 3, np.ones(1, np.float32), 0, np.zeros(255, np.int64), np.zeros(255))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        KERNEL.code(np.ones((4, 10), np.float32)[:, ::2], 5, np.ones(1, np.float32), 0, table, None, None, None,
+                    0, 0, None, None, False, False)

@@ -848,6 +848,7 @@ def environment():
     from zlib_ng import zlib_ng
 
     import weightroll
+    from weightroll.codecs import uniform
 
     try:
         from numpy._core import _multiarray_umath as umath
@@ -878,6 +879,10 @@ def environment():
         "python_zlib": zlib.ZLIB_RUNTIME_VERSION,
         "zlib_ng": zlib_ng.ZLIBNG_VERSION,  # weightroll's deflate (same bytes as zlib)
         "zstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
+        # The uniform coder's C kernel sums errors in float64, numpy in
+        # float32: the step search, and so steps and tables, differ in the
+        # last bits between the two.
+        "weightroll_coder": "kernel" if uniform._kernel is not None else "numpy",
     }
 
 

@@ -49,7 +49,8 @@ def sum_of_squares(v):
 
 class ErrorSums:
     """Running sums of squared error and of squared values, overall and per
-    output channel (the last axis of a tensor of rank 2 or more).
+    output channel (the last axis of a tensor of rank 2 or more). With
+    channels, the totals are the sums of the channels' sums.
 
     Args:
         channels: the number of output channels, or None for a vector.
@@ -69,24 +70,42 @@ class ErrorSums:
 
     def add_reference(self, original, first=0):
         """Add a block's original values (to the norms errors are relative to)."""
-        self.ref += sum_of_squares(original)
         if self.channels:
             self.ref_c = self._per_channel(self.ref_c, original, first)
+        else:
+            self.ref += sum_of_squares(original)
 
     def add_error(self, e, first=0, extremes=True):
         """Add a block's errors, original minus decoded; without `extremes`
         the largest absolute error is not tracked (`max_abs` stays 0)."""
-        self.sq += sum_of_squares(e)
-        if extremes and e.size:
-            self.high, self.low = max(self.high, float(e.max())), min(self.low, float(e.min()))
         if self.channels:
             self.sq_c = self._per_channel(self.sq_c, e, first)
+        else:
+            self.sq += sum_of_squares(e)
+        if extremes and e.size:
+            self.high, self.low = max(self.high, float(e.max())), min(self.low, float(e.min()))
+
+    def add_totals(self, sq, ref, max_abs):
+        """Add sums computed elsewhere (the C kernel, which adds to `sq_c`
+        and `ref_c` itself when there are channels, and then passes 0 here)."""
+        self.sq += sq
+        self.ref += ref
+        self.high, self.low = max(self.high, max_abs), min(self.low, -max_abs)
 
     def _per_channel(self, sums, block, first):
-        """`sums` (owned by this object) plus the block's per-channel sums of squares."""
+        """`sums` (owned by this object) plus the block's per-channel sums of
+        squares: float32 sums for float32 data (float64 where they overflow,
+        values beyond ~1e19), float64 for other dtypes."""
+        if block.dtype not in (np.float32, np.float64):
+            block = block.astype(np.float64)
         if block.shape[-1] % self.channels == 0:
             b2 = block.reshape(-1, self.channels)
-            sums += np.einsum("ij,ij->j", b2, b2)
+            with np.errstate(over="ignore"):
+                part = np.einsum("ij,ij->j", b2, b2)
+            if b2.dtype == np.float32 and np.isinf(part).any():
+                b2 = b2.astype(np.float64)
+                part = np.einsum("ij,ij->j", b2, b2)
+            sums += part
         else:  # a piece of one row: channels first..first + size
             part = block.reshape(-1)
             sums[first: first + part.size] += np.square(part, dtype=np.float64)
@@ -102,6 +121,8 @@ class ErrorSums:
     def result(self):
         """The `Measured` error of everything added."""
         sq, ref = self.sq, self.ref
+        if self.channels:
+            sq, ref = sq + float(self.sq_c.sum()), ref + float(self.ref_c.sum())
         if ref > 0:
             err = float(np.sqrt(sq / ref))
         else:

@@ -19,6 +19,11 @@ import numpy as np
 from weightroll._entropy import bits_from_counts
 from weightroll.codecs.error import ErrorSums
 
+try:  # the fused C loops (setup.py builds them where a compiler is found)
+    from weightroll.codecs import _kernel
+except ImportError:  # numpy does the same work in more passes
+    _kernel = None
+
 _HALF_RANGE = 127  # codes 0..254 around a centre of 127; 255 stays unused
 
 
@@ -93,48 +98,67 @@ _BLOCK = 1 << 16
 
 
 def _blocks(x, inverse, scales, axis):
-    """`(start, original, scaled, scale, first)` for blocks of about `_BLOCK`
-    values of `x` in C order: `original` a 2-D view of the values from flat
-    position `start` on, `scaled` a new float32 array of them times their
-    channel's `inverse`, `scale` what decoded values of the block are
-    multiplied by (None for one scale). A block holds whole rows of the last
-    axis, or, when a row is longer than `_BLOCK`, a piece of one row that
-    starts at its channel `first`."""
+    """`(start, block, factors, scale, mode, first)` for blocks of about
+    `_BLOCK` values of `x` in C order: `block` a 2-D view of the values from
+    flat position `start` on; `factors` what each value is multiplied by to
+    be in grid steps, and `scale` what its decoded value is multiplied by
+    (None for one scale, the table's), both float32 and laid out by `mode`
+    (see `_shaped`). A block holds whole rows of the last axis, or, when a
+    row is longer than `_BLOCK`, a piece of one row that starts at its
+    channel `first`."""
     if axis is not None and x.ndim >= 2 and axis not in (0, x.ndim - 1):  # any other axis: one block
         shaped = (-1, x.shape[-1])
-        yield (0, x.reshape(shaped), (x * broadcast_scales(inverse, x.shape, axis)).reshape(shaped),
-               np.broadcast_to(broadcast_scales(scales, x.shape, axis), x.shape).reshape(shaped), 0)
+        yield (0, x.reshape(shaped), np.broadcast_to(broadcast_scales(inverse, x.shape, axis), x.shape).reshape(shaped),
+               np.broadcast_to(broadcast_scales(scales, x.shape, axis), x.shape).reshape(shaped), _EVERY, 0)
         return
-    if x.ndim >= 2 and axis != 0:  # rows of the channel matrix
-        view = x.reshape(-1, x.shape[-1])
-    else:  # rows of the first axis, or a vector
-        view = x.reshape(x.shape[0] if x.ndim else 1, -1) if axis == 0 else x.reshape(-1, 1)
+    per_row = axis == 0 and x.ndim >= 2
+    if per_row:  # rows of the first axis
+        view = x.reshape(x.shape[0], -1)
+    else:  # rows of the channel matrix; a vector (or scalar) is one row
+        view = x.reshape(-1, x.shape[-1]) if x.ndim >= 2 else x.reshape(1, -1)
+    per_column = axis is not None and not per_row
     width = view.shape[1]
     if width > _BLOCK:  # long rows, in pieces (a whole number of channels for per-row scales)
-        channels = x.shape[-1] if axis == 0 else 1
+        channels = x.shape[-1] if per_row else 1
         piece = max(channels, _BLOCK // channels * channels)
         for row in range(view.shape[0]):
             for first in range(0, width, piece):
                 block = view[row: row + 1, first: first + piece]
                 start = row * width + first
-                if axis is None:
-                    yield start, block, block * inverse, None, first
-                elif axis == 0:
-                    yield start, block, block * inverse[row], scales[row], 0
-                else:
+                if per_row:
+                    yield start, block, inverse[row: row + 1], scales[row: row + 1], _ONE, 0
+                elif per_column:
                     part = slice(first, first + piece)
-                    yield start, block, block * inverse[part].reshape(1, -1), scales[part].reshape(1, -1), first
+                    yield start, block, inverse[part], scales[part], _COLUMNS, first
+                else:
+                    yield start, block, inverse, None, _ONE, first
         return
     rows = max(1, _BLOCK // max(width, 1))
     for first in range(0, view.shape[0], rows):
         block = view[first: first + rows]
-        if axis is None:
-            yield first * width, block, block * inverse, None, 0
-        elif axis == 0:
+        if per_row:
             part = slice(first, first + rows)
-            yield first * width, block, block * inverse[part].reshape(-1, 1), scales[part].reshape(-1, 1), 0
+            yield first * width, block, inverse[part], scales[part], _ROWS, 0
+        elif per_column:
+            yield first * width, block, inverse, scales, _COLUMNS, 0
         else:
-            yield first * width, block, block * inverse.reshape(1, -1), scales.reshape(1, -1), 0
+            yield first * width, block, inverse, None, _ONE, 0
+
+
+# How per-value factors are laid out for a 2-D block (the kernel's modes):
+# one for all, one per row, one per column; or, numpy only, one per value.
+_ONE, _ROWS, _COLUMNS, _EVERY = 0, 1, 2, 3
+
+
+def _shaped(factors, mode):
+    """`factors` (see `_blocks`) shaped to broadcast against their block."""
+    if mode == _ONE:
+        return factors[0]
+    if mode == _ROWS:
+        return factors.reshape(-1, 1)
+    if mode == _COLUMNS:
+        return factors.reshape(1, -1)
+    return factors
 
 
 def _scaling(x, axis):
@@ -148,10 +172,10 @@ def _scaling(x, axis):
 
 
 def _inverse(scale, scales, step):
-    """What values are multiplied by to be in grid steps: a float32 scalar
-    for one `scale`, else one float32 per channel of `scales`."""
+    """What values are multiplied by to be in grid steps: a float32 array
+    of one for one `scale`, else one per channel of `scales`."""
     if scales is None:
-        return np.float32(1.0 / (scale * step))
+        return np.array([1.0 / (scale * step)], np.float32)
     return (1.0 / (scales.astype(np.float64) * step)).astype(np.float32)
 
 
@@ -202,7 +226,7 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
     """
     # float32 throughout, block by block: codes only need to be a
     # deterministic function of the values, and decoding is float32 anyway.
-    x = np.asarray(values, np.float32)
+    x = np.ascontiguousarray(values, np.float32)  # blocks are views of it
     flat = x.reshape(-1)
     if flat.size == 0:
         return _empty(x, step, axis, keep_decoded, digest)
@@ -219,24 +243,12 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
     sums = ErrorSums(x.shape[-1] if x.ndim >= 2 else None)
     hasher = hashlib.sha256() if digest else None
     outliers, lo, hi = [], None, None
-    for start, block, q, block_scale, first in _blocks(x, inverse, scales, axis):
-        np.rint(q, out=q)
-        index = None
-        if not (q.max() <= _HALF_RANGE and q.min() >= -_HALF_RANGE):  # NaN too
-            index = np.flatnonzero(~(np.abs(q) <= _HALF_RANGE))
-            q.reshape(-1)[index] = 0
-            outliers.append(index.astype(np.int64) + start)
-        low, high = int(q.min()), int(q.max())
-        lo, hi = (low, high) if lo is None else (min(lo, low), max(hi, high))
-        q += np.float32(_HALF_RANGE)
-        block_codes = codes[start: start + q.size].reshape(q.shape)
-        np.copyto(block_codes, q, casting="unsafe")
-        out = np.take(table, block_codes)
-        if block_scale is not None:
-            out *= block_scale
+    for start, block, factors, block_scale, mode, first in _blocks(x, inverse, scales, axis):
+        block_codes = codes[start: start + block.size]
+        out, index, low, high = _code_block(block, factors, block_scale, mode, table, block_codes, sums, first)
         if index is not None:
-            out.reshape(-1)[index] = block.reshape(-1)[index]
-        sums.add(block, out, first)
+            outliers.append(index.astype(np.int64) + start)
+        lo, hi = (low, high) if lo is None else (min(lo, low), max(hi, high))
         if hasher is not None:
             hasher.update(out)
         if decoded is not None:
@@ -251,6 +263,43 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
                        sha256=None if hasher is None else hasher.hexdigest())
 
 
+def _code_block(block, factors, scale, mode, table, codes, sums, first):
+    """Code, decode and measure one block of `_blocks`: write its codes
+    (level + 127; outside values at level 0) into `codes`, add its error to
+    `sums`, and return `(decoded, outside, lowest, highest)`: the decoded
+    values (float32, the block's shape or flat), the flat indices of values
+    more than 127 steps out (stored exactly) or None, and the extreme levels.
+    The C kernel does it in one pass where it is built; numpy in several."""
+    if _kernel is not None and mode != _EVERY:
+        out = np.empty(block.size, np.float32)
+        sq, ref, max_abs, low, high, outside = _kernel.code(
+            block, block.shape[1], factors, mode, table, scale, codes, out, sums.channels or 0, first,
+            sums.sq_c if sums.channels else None, sums.ref_c if sums.channels else None, True, True)
+        sums.add_totals(sq, ref, max_abs)
+        index = None
+        if outside:  # rare: find them again, by the same rule
+            index = np.flatnonzero(~(np.abs(np.rint(block * _shaped(factors, mode))) <= _HALF_RANGE))
+        return out, index, low, high
+    q = block * _shaped(factors, mode)
+    np.rint(q, out=q)
+    index = None
+    low, high = q.min(), q.max()
+    if not (high <= _HALF_RANGE and low >= -_HALF_RANGE):  # NaN too
+        index = np.flatnonzero(~(np.abs(q) <= _HALF_RANGE))
+        q.reshape(-1)[index] = 0
+        low, high = q.min(), q.max()
+    q += np.float32(_HALF_RANGE)
+    block_codes = codes.reshape(q.shape)
+    np.copyto(block_codes, q, casting="unsafe")
+    out = np.take(table, block_codes)
+    if scale is not None:
+        out *= _shaped(scale, mode)
+    if index is not None:
+        out.reshape(-1)[index] = block.reshape(-1)[index]
+    sums.add(block, out, first)
+    return out, index, int(low), int(high)
+
+
 def _empty(x, step, axis, keep_decoded, digest):
     """The code of a tensor with no values: one table entry, unit scales."""
     scales = None if axis is None else np.ones(x.shape[axis], np.float32)
@@ -263,18 +312,26 @@ def _empty(x, step, axis, keep_decoded, digest):
 def _cell_means(x, inverse, axis, step):
     """`(table, counts)` from a sample of `x` (see `_means`)."""
     sample = _table_sample(x, inverse, axis).reshape(-1)
+    if _kernel is not None and sample.size:
+        counts, sums = np.zeros(_LEVELS, np.int64), np.zeros(_LEVELS)
+        outside = _kernel.level_sums(sample, sample.size, _UNIT, _ONE, counts, sums)
+        return _table(counts, sums, outside, step), counts
     table, counts, _, _ = _means(sample, step)
     return table, counts
+
+
+_LEVELS = 2 * _HALF_RANGE + 1
+_UNIT = np.ones(1, np.float32)
 
 
 def _means(values, step):
     """`(table, counts, index, outside)` of scaled `values` (1-D): for each
     level -127..127, the mean (times `step`) of the values that round to it,
-    or the level itself when none does; how many values the codes put at
-    each level; each value's level plus 127 (an intp index into the table);
-    and a bool mask of the values more than 127 steps out (None when there
-    are none), which count, and index, at level 0, where their codes point,
-    but take no part in the means."""
+    or the level itself when none does (see `_table`); how many values the
+    codes put at each level; each value's level plus 127 (an intp index into
+    the table); and a bool mask of the values more than 127 steps out (None
+    when there are none), which count, and index, at level 0, where their
+    codes point, but take no part in the means."""
     cells = np.rint(values)
     outside = None
     if cells.size and not (cells.max() <= _HALF_RANGE and cells.min() >= -_HALF_RANGE):  # NaN too
@@ -282,18 +339,23 @@ def _means(values, step):
         cells[outside] = 0
     cells += np.float32(_HALF_RANGE)
     index = cells.astype(np.intp)
-    size = 2 * _HALF_RANGE + 1
-    counts = np.bincount(index, minlength=size)
+    counts = np.bincount(index, minlength=_LEVELS)
     if outside is None:
-        sums, inside_counts = np.bincount(index, weights=values, minlength=size), counts
-    else:
-        inside = ~outside
-        sums = np.bincount(index[inside], weights=values[inside], minlength=size)
-        inside_counts = counts.copy()
-        inside_counts[_HALF_RANGE] -= int(np.count_nonzero(outside))
+        sums = np.bincount(index, weights=values, minlength=_LEVELS)
+        return _table(counts, sums, 0, step), counts, index, outside
+    inside = ~outside
+    sums = np.bincount(index[inside], weights=values[inside], minlength=_LEVELS)
+    return _table(counts, sums, int(np.count_nonzero(outside)), step), counts, index, outside
+
+
+def _table(counts, sums, outside, step):
+    """The table (float32, in units of the scale) from each level's count
+    and sum of scaled values, `outside` of the count at level 0 being values
+    beyond the codes, which take no part in the means."""
+    inside_counts = counts.copy()
+    inside_counts[_HALF_RANGE] -= outside
     centres = np.arange(-_HALF_RANGE, _HALF_RANGE + 1, dtype=np.float64)
-    table = (np.where(inside_counts > 0, sums / np.maximum(inside_counts, 1), centres) * step).astype(np.float32)
-    return table, counts, index, outside
+    return (np.where(inside_counts > 0, sums / np.maximum(inside_counts, 1), centres) * step).astype(np.float32)
 
 
 class Trial:
@@ -311,16 +373,26 @@ class Trial:
     """
 
     def __init__(self, values, axis=None):
-        self.x = x = np.asarray(values, np.float32)
+        self.x = x = np.ascontiguousarray(values, np.float32)
         self.axis = axis
         self.scale, self.scales = _scaling(x, axis)
-        self.reference = ErrorSums(x.shape[-1] if x.ndim >= 2 else None)
-        self.reference.add_reference(x)
+        self.reference = sums = ErrorSums(x.shape[-1] if x.ndim >= 2 else None)
+        blocks = _blocks(x, _inverse(self.scale, self.scales, 1.0), self.scales, axis)
+        for _, block, _, _, mode, first in blocks:
+            if _kernel is not None and mode != _EVERY:  # as the kernel's `code` adds them
+                ref = _kernel.reference(block, block.shape[1], sums.channels or 0, first,
+                                        sums.ref_c if sums.channels else None)
+                sums.add_totals(0.0, ref, 0.0)
+            else:
+                sums.add_reference(block, first)
 
     def at(self, step):
         """`TrialResult` of coding at `step`."""
         x, axis = self.x, self.axis
         inverse = _inverse(self.scale, self.scales, step)
+        blocks = list(_blocks(x, inverse, self.scales, axis))
+        if _kernel is not None and all(mode != _EVERY for *_, mode, _ in blocks):
+            return self._native(blocks, step)
         y = x * (inverse if axis is None else broadcast_scales(inverse, x.shape, axis))
         table, counts, index, outside = _means(y.reshape(-1), step)
         if axis is None:
@@ -333,9 +405,29 @@ class Trial:
             out[outside] = x[outside]
         sums = self.reference.copy()
         sums.add_error(np.subtract(x, out, out=out), extremes=False)
-        levels = np.flatnonzero(counts)
-        return TrialResult(sums.result(), bits_from_counts(counts), 0 if outside is None else int(outside.sum()),
-                           int(levels[-1] - levels[0] + 1) if levels.size else 1)
+        return _trial_result(sums, counts, 0 if outside is None else int(outside.sum()))
+
+    def _native(self, blocks, step):
+        """`at` by the C kernel: level sums, then the error, block by block."""
+        counts, level_sums, outside = np.zeros(_LEVELS, np.int64), np.zeros(_LEVELS), 0
+        for _, block, factors, _, mode, _ in blocks:
+            outside += _kernel.level_sums(block, block.shape[1], factors, mode, counts, level_sums)
+        table = _table(counts, level_sums, outside, step)
+        if self.axis is None:
+            table = (table.astype(np.float64) * np.float64(self.scale)).astype(np.float32)
+        sums = self.reference.copy()
+        channels = sums.channels or 0
+        for _, block, factors, scale, mode, first in blocks:
+            sq = _kernel.code(block, block.shape[1], factors, mode, table, scale, None, None, channels, first,
+                              sums.sq_c if channels else None, None, False, False)[0]
+            sums.add_totals(sq, 0.0, 0.0)
+        return _trial_result(sums, counts, outside)
+
+
+def _trial_result(sums, counts, outliers):
+    levels = np.flatnonzero(counts)
+    return TrialResult(sums.result(), bits_from_counts(counts), outliers,
+                       int(levels[-1] - levels[0] + 1) if levels.size else 1)
 
 
 @dataclasses.dataclass
