@@ -23,7 +23,7 @@ def test_png_round_trips_through_pillow(rng, n):
 
 
 def test_a_tall_image_deflated_in_pieces_is_one_valid_stream_whatever_the_cores(rng, monkeypatch):
-    n = 3 * 256 * 4096 + 12345  # 769 rows: three full pieces and a short one
+    n = 3 * image._PIECE_ROWS * 4096 + 12345  # three full pieces and a short one
     codes = rng.integers(0, 40, size=n).astype(np.uint8)
     png, width, height = image.encode_png(codes)
     assert height > 3 * image._PIECE_ROWS
