@@ -136,23 +136,38 @@ def test_unregistered_custom_layer_needs_custom_objects(tmp_path):
 
 
 def test_rolling_reads_variables_without_writing_through_them():
+    from weightroll import _encode
     from weightroll._keras import model_io
 
     model, _ = _models.sequential_cnn()
     sources = model_io.variable_sources(model)
-    for (_, source), variable in zip(sources, model.variables):
-        value = source.read()
+    again = model_io.variable_sources(model)
+    for (_, source), (_, other), variable in zip(sources, again, model.variables):
+        value = _encode.read_tensor(source)
         np.testing.assert_array_equal(value, variable.numpy())
         # A view of the backend's buffer (TensorFlow, JAX) must not be writable:
         # nothing in rolling may change the model's weights through it.
-        assert not value.flags.writeable or not np.shares_memory(value, source.read())
+        assert not value.flags.writeable or not np.shares_memory(value, _encode.read_tensor(other))
     # A value read before the model changes keeps what was read.
     variable, (_, source) = model.variables[0], sources[0]
-    value = source.read()
+    value = _encode.read_tensor(source)
     before = value.copy()
     variable.assign(variable.numpy() + 1.0)
     np.testing.assert_array_equal(value, before)
-    np.testing.assert_array_equal(source.read(), before + 1.0)
+    np.testing.assert_array_equal(_encode.read_tensor(model_io.variable_sources(model)[0][1]), before + 1.0)
+
+
+def test_variables_on_the_cpu_are_read_at_once_others_when_coded(monkeypatch):
+    from weightroll import _encode
+    from weightroll._keras import model_io
+
+    model, _ = _models.sequential_cnn()
+    assert all(isinstance(s, np.ndarray) for _, s in model_io.variable_sources(model))
+    monkeypatch.setattr(model_io, "_on_cpu", lambda variable, backend: False)  # as on a GPU
+    lazy = model_io.variable_sources(model)
+    assert all(isinstance(s, _encode.Lazy) for _, s in lazy)
+    for (_, source), variable in zip(lazy, model.variables):
+        np.testing.assert_array_equal(_encode.read_tensor(source), variable.numpy())
 
 
 def test_a_copied_snapshot_does_not_follow_the_model():
