@@ -305,7 +305,9 @@ def _result(path, array, storage, coding, keep, digest=None):
                                   little_endian_bytes(array.reshape(-1)[index]))
         result["sha256"] = values_digest or tensor_digest(out)
         measured = coding.pop("measured", None)
-        if measured is not None and array.dtype == np.float32:  # measured on these very values
+        if coding.pop("exact", False):  # a lossless code decodes to the values themselves
+            result["stats"] = report.exact_error(array)
+        elif measured is not None and array.dtype == np.float32:  # measured on these very values
             result["stats"] = report.error_from_sums(measured.sq_err, measured.sq_ref, measured.max_abs)
         else:
             result["stats"] = report.tensor_error(array, out)
@@ -396,8 +398,9 @@ def _code(path, array, bits, tolerance, keep=True):
         choice = select.choose(array, tol, array.dtype.itemsize, keep_decoded=keep or not in_place,
                                digest=in_place)
     if choice.kind == "lossless":
-        table, codes = choice.code
-        return {"table": table, "codes": codes, "values": table[codes], "entry": {"quantizer": "lossless"}}
+        table, codes, bits = choice.code
+        return {"table": table, "codes": codes, "values": table[codes], "entropy_bits": bits, "exact": True,
+                "entry": {"quantizer": "lossless"}}
     if choice.kind == "uniform":
         code = choice.code
         coding = {"table": code.table, "codes": code.codes,

@@ -33,8 +33,8 @@ class Choice:
     Attributes:
         kind: "exact", "lossless" or "uniform".
         estimated_bytes: the size estimate that won.
-        code: a `uniform.UniformCode` for "uniform"; `(table, codes)` for
-            "lossless"; None for "exact".
+        code: a `uniform.UniformCode` for "uniform"; `(table, codes,
+            entropy_bits)` for "lossless"; None for "exact".
         measured: for "uniform", the whole tensor's `Measured` error.
     """
 
@@ -106,7 +106,7 @@ def _largest_step(sample, axis, tolerance):
             best = (step, result)
         if err == 0 or _CLOSE_ENOUGH * tolerance <= err <= tolerance:
             break
-        step *= float(np.clip(tolerance / err, 0.5, 2.0)) * (0.995 if err > tolerance else 1.0)
+        step *= min(max(tolerance / err, 0.5), 2.0) * (0.995 if err > tolerance else 1.0)
     return best if best is not None else (step, trial.at(step))
 
 
@@ -137,10 +137,13 @@ def choose(values, tolerance, itemsize, keep_decoded=True, digest=False):
     best = Choice("exact", float(x.size * itemsize), None)
     table, codes = _lossless(x)
     if table is not None:
-        cost = entropy_bytes(codes) + 4 * table.size
+        bits = bits_per_code(codes)
+        cost = bits * codes.size / 8 + 4 * table.size
         if cost < best.estimated_bytes:
-            best = Choice("lossless", cost, (table, codes))
-    if tolerance <= 0 or x.size < 64:
+            best = Choice("lossless", cost, (table, codes, bits))
+    # A uniform code costs at least its one table entry (4 bytes): nothing
+    # beats a lossless code that cheap (a constant tensor, such as zeros).
+    if tolerance <= 0 or x.size < 64 or best.estimated_bytes <= 4:
         return best
     view = _view(x)
     sample = _sample(view)
@@ -174,7 +177,7 @@ def _lossless(x):
     flat = x.reshape(-1)
     # Cheap early exits: more than 256 distinct among the first 512 values
     # (a sort of 512, the usual case for weights), or among the first 4096.
-    if flat.size == 0 or np.unique(flat[:512]).size > 256 or np.unique(flat[:4096]).size > 256:
+    if flat.size == 0 or _more_distinct(flat[:512], 256) or _more_distinct(flat[:4096], 256):
         return None, None
     if flat.dtype.itemsize > 4 and not np.array_equal(flat, flat.astype(np.float32)):
         return None, None
@@ -182,3 +185,10 @@ def _lossless(x):
     if distinct.size > 256:
         return None, None
     return codebook.fit_codebook(flat, 8)
+
+
+def _more_distinct(values, limit):
+    """Whether the finite `values` hold more than `limit` distinct values (a
+    sort and a count: `np.unique` costs several times more on 512 values)."""
+    s = np.sort(values)
+    return s.size > limit and int(np.count_nonzero(s[1:] != s[:-1])) + 1 > limit

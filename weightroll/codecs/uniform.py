@@ -354,8 +354,10 @@ def _table(counts, sums, outside, step):
     beyond the codes, which take no part in the means."""
     inside_counts = counts.copy()
     inside_counts[_HALF_RANGE] -= outside
-    centres = np.arange(-_HALF_RANGE, _HALF_RANGE + 1, dtype=np.float64)
-    return (np.where(inside_counts > 0, sums / np.maximum(inside_counts, 1), centres) * step).astype(np.float32)
+    return (np.where(inside_counts > 0, sums / np.maximum(inside_counts, 1), _CENTRES) * step).astype(np.float32)
+
+
+_CENTRES = np.arange(-_HALF_RANGE, _HALF_RANGE + 1, dtype=np.float64)
 
 
 class Trial:
