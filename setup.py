@@ -1,8 +1,8 @@
 """Builds the optional C kernel of the uniform coder (weightroll/codecs/_kernel.c).
 
 Everything else is declared in pyproject.toml. The kernel is optional: where
-it cannot be compiled, the install goes on and the coder uses numpy (same
-codes, about 2x slower rolls on small models).
+it cannot be compiled, the install goes on and the coder uses numpy (the
+same codes; rolls measured 1.15-1.17x slower on ResNet50 and a 1M-value CNN).
 """
 
 from setuptools import Extension, setup
