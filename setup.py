@@ -2,7 +2,8 @@
 
 Everything else is declared in pyproject.toml. The kernel is optional: where
 it cannot be compiled, the install goes on and the coder uses numpy (the
-same codes; rolls measured 1.15-1.17x slower on ResNet50 and a 1M-value CNN).
+same codes at a given step; rolls measured 1.15-1.17x slower on ResNet50 and
+a 1M-value CNN).
 """
 
 from setuptools import Extension, setup

@@ -23,6 +23,7 @@ SHAPES_AND_AXES = [
     ((3, 3, 16, 40), 3),
     ((6, 5, 40), 0),  # per-row scales of a rank-3 tensor
     ((4, 7, 5, 9), 1),  # a middle axis: coded in one block
+    ((4, 33000, 2), 1),  # a middle axis of a tensor whose table sample is strided
     ((300, 700), 1),  # several blocks of whole rows
     ((7000, 20), 0),  # several blocks of per-row scales
     ((2, 70000), None),  # rows longer than a block, in pieces
@@ -230,11 +231,21 @@ def test_the_kernel_rejects_inconsistent_buffers(coder):
     with pytest.raises(ValueError, match="outputs of the wrong size"):
         KERNEL.code(x, 5, np.ones(1, np.float32), 0, table, None, np.empty(3, np.uint8), None, 0, 0, None, None,
                     False, False)
-    with pytest.raises(ValueError, match="items of 4 bytes"):
+    with pytest.raises(ValueError, match="expected float32 items"):
         KERNEL.code(x.astype(np.float64), 5, np.ones(1, np.float32), 0, table, None, None, None, 0, 0, None, None,
                     False, False)
     with pytest.raises(ValueError, match="channel sums"):
         KERNEL.code(x, 5, np.ones(1, np.float32), 0, table, None, None, None, 5, 0, np.zeros(4), None, False, False)
+    with pytest.raises(ValueError, match="negative first channel"):
+        KERNEL.code(x, 5, np.ones(1, np.float32), 0, table, None, None, None, 5, -1, np.zeros(5), None, False, False)
+    with pytest.raises(ValueError, match="channel sums"):  # 8 * channels would overflow
+        KERNEL.code(x, 5, np.ones(1, np.float32), 0, table, None, None, None, 2 ** 61, 0, np.zeros(0), None,
+                    False, False)
+    with pytest.raises(ValueError, match="expected float32 items"):  # same size, another type
+        KERNEL.code(x.view(np.int32), 5, np.ones(1, np.float32), 0, table, None, None, None, 0, 0, None, None,
+                    False, False)
+    with pytest.raises(ValueError, match="expected int64 items"):
+        KERNEL.level_sums(x, 5, np.ones(1, np.float32), 0, np.zeros(255, np.int32), np.zeros(255))
     with pytest.raises(ValueError, match="level_sums: bad sizes"):
         KERNEL.level_sums(x, 3, np.ones(1, np.float32), 0, np.zeros(255, np.int64), np.zeros(255))
     with pytest.raises(ValueError, match="C-contiguous"):

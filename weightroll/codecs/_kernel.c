@@ -42,13 +42,34 @@
 #define HALF_RANGE 127
 #define LEVELS (2 * HALF_RANGE + 1)
 
+/* The items a buffer must hold: 'f' float32, 'd' float64, 'B' uint8,
+ * 'q' int64, native byte order. */
 static int
-get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *name)
+same_format(const char *format, char kind)
 {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0)
+    if (format == NULL)
+        return kind == 'B';
+    if (*format == '@' || *format == '=')
+        format++;
+#if PY_LITTLE_ENDIAN
+    else if (*format == '<')
+        format++;
+#endif
+    if (kind == 'q' && sizeof(long) == 8 && format[0] == 'l' && format[1] == '\0')
+        return 1;
+    return format[0] == kind && format[1] == '\0';
+}
+
+static int
+get_buffer(PyObject *obj, Py_buffer *view, int writable, char kind, const char *name)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
         return -1;
-    if (view->itemsize != itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s: expected items of %zd bytes", name, itemsize);
+    const Py_ssize_t itemsize = kind == 'B' ? 1 : kind == 'f' ? 4 : 8;
+    if (view->itemsize != itemsize || !same_format(view->format, kind)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %s items, got format '%s'", name,
+                     kind == 'f' ? "float32" : kind == 'd' ? "float64" : kind == 'B' ? "uint8" : "int64",
+                     view->format ? view->format : "B");
         PyBuffer_Release(view);
         return -1;
     }
@@ -346,18 +367,18 @@ level_sums(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OnOiOO", &xo, &width, &invo, &mode, &countso, &sumso))
         return NULL;
     Py_buffer x, inv, counts, sums;
-    if (get_buffer(xo, &x, 0, 4, "values") < 0)
+    if (get_buffer(xo, &x, 0, 'f', "values") < 0)
         return NULL;
-    if (get_buffer(invo, &inv, 0, 4, "inv") < 0) {
+    if (get_buffer(invo, &inv, 0, 'f', "inv") < 0) {
         PyBuffer_Release(&x);
         return NULL;
     }
-    if (get_buffer(countso, &counts, 1, 8, "counts") < 0) {
+    if (get_buffer(countso, &counts, 1, 'q', "counts") < 0) {
         PyBuffer_Release(&x);
         PyBuffer_Release(&inv);
         return NULL;
     }
-    if (get_buffer(sumso, &sums, 1, 8, "sums") < 0) {
+    if (get_buffer(sumso, &sums, 1, 'd', "sums") < 0) {
         PyBuffer_Release(&x);
         PyBuffer_Release(&inv);
         PyBuffer_Release(&counts);
@@ -416,14 +437,14 @@ code(PyObject *self, PyObject *args)
     Py_buffer bufs[8];
     PyObject *objs[8] = {xo, invo, tableo, scaleso, codeso, decodedo, sqco, refco};
     const int writable[8] = {0, 0, 0, 0, 1, 1, 1, 1};
-    const Py_ssize_t sizes[8] = {4, 4, 4, 4, 1, 4, 8, 8};
+    const char kinds[8] = {'f', 'f', 'f', 'f', 'B', 'f', 'd', 'd'};
     const char *names[8] = {"values", "inv", "table", "scales", "codes", "decoded", "sq_c", "ref_c"};
     int have[8] = {0};
     int ok = 1;
     for (int i = 0; i < 8 && ok; i++) {
         if (objs[i] == Py_None)
             continue;
-        if (get_buffer(objs[i], &bufs[i], writable[i], sizes[i], names[i]) < 0)
+        if (get_buffer(objs[i], &bufs[i], writable[i], kinds[i], names[i]) < 0)
             ok = 0;
         else
             have[i] = 1;
@@ -441,9 +462,10 @@ code(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "code: outputs of the wrong size");
         ok = 0;
     }
-    if (ok && (channels < 0 || (channels > 0 && ((have[6] && bufs[6].len != 8 * channels) ||
-                                                 (have[7] && bufs[7].len != 8 * channels))))) {
-        PyErr_SetString(PyExc_ValueError, "code: channel sums of the wrong size");
+    if (ok && (channels < 0 || first < 0 ||
+               (channels > 0 && ((have[6] && bufs[6].len / 8 != channels) ||
+                                 (have[7] && bufs[7].len / 8 != channels))))) {
+        PyErr_SetString(PyExc_ValueError, "code: channel sums of the wrong size, or a negative first channel");
         ok = 0;
     }
     double sq = 0.0, ref = 0.0;
@@ -495,14 +517,15 @@ reference(PyObject *self, PyObject *args)
         return NULL;
     Py_buffer x, refc;
     int have_refc = refco != Py_None;
-    if (get_buffer(xo, &x, 0, 4, "values") < 0)
+    if (get_buffer(xo, &x, 0, 'f', "values") < 0)
         return NULL;
-    if (have_refc && get_buffer(refco, &refc, 1, 8, "ref_c") < 0) {
+    if (have_refc && get_buffer(refco, &refc, 1, 'd', "ref_c") < 0) {
         PyBuffer_Release(&x);
         return NULL;
     }
     Py_ssize_t n = x.len / 4, rows = width > 0 ? n / width : 0;
-    int ok = width > 0 && rows * width == n && channels >= 0 && (!have_refc || (channels > 0 && refc.len == 8 * channels));
+    int ok = width > 0 && rows * width == n && channels >= 0 && first >= 0 &&
+             (!have_refc || (channels > 0 && refc.len / 8 == channels));
     double total = 0.0;
     if (!ok) {
         PyErr_SetString(PyExc_ValueError, "reference: bad sizes");

@@ -186,8 +186,9 @@ def _table_sample(x, inverse, axis):
     whole rows so that the sample mixes what each row holds as the tensor
     does, without index arrays."""
     stride = max(1, x.size // _TABLE_SAMPLE)
-    if axis is not None and x.ndim >= 2 and axis not in (0, x.ndim - 1):
-        return (x * broadcast_scales(inverse, x.shape, axis)).reshape(-1)[::stride]
+    if axis is not None and x.ndim >= 2 and axis not in (0, x.ndim - 1):  # rows of the scaled channel matrix
+        scaled = (x * broadcast_scales(inverse, x.shape, axis)).reshape(-1, x.shape[-1])
+        return scaled[::stride] if scaled.shape[0] >= _SAMPLE_ROWS * stride else scaled.reshape(-1)[::stride]
     if x.ndim < 2:  # a vector (scales per value, if any) or a scalar
         return x.reshape(-1)[::stride] * (inverse if axis is None else inverse[::stride])
     view = x.reshape(x.shape[0], -1) if axis == 0 else x.reshape(-1, x.shape[-1])
@@ -311,7 +312,7 @@ def _empty(x, step, axis, keep_decoded, digest):
 
 def _cell_means(x, inverse, axis, step):
     """`(table, counts)` from a sample of `x` (see `_means`)."""
-    sample = _table_sample(x, inverse, axis).reshape(-1)
+    sample = np.ascontiguousarray(_table_sample(x, inverse, axis).reshape(-1))  # a middle axis's is strided
     if _kernel is not None and sample.size:
         counts, sums = np.zeros(_LEVELS, np.int64), np.zeros(_LEVELS)
         outside = _kernel.level_sums(sample, sample.size, _UNIT, _ONE, counts, sums)
