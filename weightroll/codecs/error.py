@@ -6,6 +6,7 @@ the whole tensor and its decoded copy.
 """
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -124,15 +125,24 @@ class ErrorSums:
         if self.channels:
             sq, ref = sq + float(self.sq_c.sum()), ref + float(self.ref_c.sum())
         if ref > 0:
-            err = float(np.sqrt(sq / ref))
+            err = math.sqrt(sq / ref)
         else:
             err = 0.0 if sq == 0 else float("inf")
-        if self.channels and err < np.inf:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = self.sq_c / self.ref_c  # x / 0 = inf (an error on a zero channel), 0 / 0 = nan
-            ratio[np.isnan(ratio)] = 0.0
-            err = max(err, float(np.sqrt(ratio.max())) / CHANNEL_FACTOR)
+        if self.channels and err < math.inf:
+            err = max(err, math.sqrt(self._worst_channel()) / CHANNEL_FACTOR)
         return Measured(err, sq, ref, max(self.high, -self.low))
+
+    def _worst_channel(self):
+        """The largest ratio of a channel's squared error to its squared
+        values: infinite for an error on a channel of zeros, none for a
+        channel of zeros without error."""
+        sq_c, ref_c = self.sq_c, self.ref_c
+        nonzero = ref_c > 0
+        if nonzero.all():
+            return float((sq_c / ref_c).max())
+        if (sq_c[~nonzero] > 0).any():
+            return math.inf
+        return float((sq_c[nonzero] / ref_c[nonzero]).max()) if nonzero.any() else 0.0
 
 
 # `measure` goes through a tensor this many values at a time, so that the
