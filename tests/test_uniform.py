@@ -178,12 +178,15 @@ def test_long_rows_are_coded_in_pieces_not_whole(rng):
     assert select._sample(x.reshape(1, -1)).size <= 2 * select._SAMPLE
 
 
-def test_the_kernel_is_built_where_ci_requires_it(coder):
+def test_the_c_extensions_are_built_where_ci_requires_them(coder):
     if coder == "numpy":
         pytest.skip("one check is enough")
     if os.environ.get("WEIGHTROLL_REQUIRE_KERNEL") != "1":
         pytest.skip("WEIGHTROLL_REQUIRE_KERNEL=1 is set by .ci/run")
+    from weightroll._format import image
+
     assert KERNEL is not None, "setup.py did not build weightroll/codecs/_kernel.c"
+    assert image._deflate is not None, "setup.py did not build weightroll/_format/_deflate.c"
 
 
 def _with(kernel, function, *args, **kwargs):
