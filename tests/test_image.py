@@ -139,3 +139,11 @@ def test_huffman_rows_refuses_bad_arguments():
         DEFLATE.huffman_rows(codes, 0, 0, 1, True, np.empty(1000, np.uint8))
     with pytest.raises(ValueError, match="bad rows"):
         DEFLATE.huffman_rows(codes, 10, -1, 1, True, np.empty(1000, np.uint8))
+
+
+def test_a_piece_that_outgrows_its_first_buffer_is_written_again(rng, monkeypatch, deflater):
+    bound = image._huffman_bound
+    monkeypatch.setattr(image, "_huffman_bound", lambda size, bits=15: 16 if bits < 15 else bound(size))
+    codes = rng.integers(0, 256, size=300 * 4096).astype(np.uint8)  # three pieces
+    png, width, height = image.encode_png(codes)
+    np.testing.assert_array_equal(image.decode_png(png, width, height, codes.size), codes)

@@ -105,8 +105,12 @@ def _deflate_rows(codes, width, height, level, strategy):
         stop = min(first + _PIECE_ROWS, height)
         if _deflate is not None and strategy == zlib.Z_HUFFMAN_ONLY:
             size = (stop - first) * (width + 1)
-            out = np.empty(_huffman_bound(size), np.uint8)
-            length, adler = _deflate.huffman_rows(codes, width, first, stop, stop == height, out)
+            out = np.empty(_huffman_bound(size, 9), np.uint8)  # Huffman codes average under 9 bits
+            try:
+                length, adler = _deflate.huffman_rows(codes, width, first, stop, stop == height, out)
+            except ValueError:  # too small after all: the certain bound (15 bits a byte)
+                out = np.empty(_huffman_bound(size), np.uint8)
+                length, adler = _deflate.huffman_rows(codes, width, first, stop, stop == height, out)
             return out[:length], adler, size
         raw = _raw_rows(codes, width, first, stop)
         packer = zlib_ng.compressobj(level, zlib.DEFLATED, -15, 9, strategy)
@@ -120,11 +124,11 @@ def _deflate_rows(codes, width, height, level, strategy):
     return [_ZLIB_HEADER_LEVEL_9] + [data for data, _, _ in pieces] + [struct.pack(">I", adler)]
 
 
-def _huffman_bound(size):
-    """Bytes `_deflate.huffman_rows` may write for `size` scanline bytes: at
-    most 15 bits a byte, a header of under 600 bytes per 32 KiB block, and
-    the closing stored block."""
-    return 2 * size + 600 * (size // (1 << 15) + 1) + 64
+def _huffman_bound(size, bits=15):
+    """Bytes `_deflate.huffman_rows` may write for `size` scanline bytes
+    coded in at most `bits` bits each (15 at worst), with a header of under
+    600 bytes per 32 KiB block and the closing stored block."""
+    return size * bits // 8 + 600 * (size // (1 << 15) + 1) + 64
 
 
 def _png_from_stream(parts, width, height):
