@@ -1,5 +1,6 @@
 import io
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -139,6 +140,14 @@ def test_huffman_rows_refuses_bad_arguments():
         DEFLATE.huffman_rows(codes, 0, 0, 1, True, np.empty(1000, np.uint8))
     with pytest.raises(ValueError, match="bad rows"):
         DEFLATE.huffman_rows(codes, 10, -1, 1, True, np.empty(1000, np.uint8))
+    with pytest.raises(ValueError, match="bad rows"):  # width + 1 would overflow
+        DEFLATE.huffman_rows(codes, sys.maxsize, 0, 1, True, np.empty(1000, np.uint8))
+    with pytest.raises(ValueError, match="too small"):  # refused at once, not after a long run
+        DEFLATE.huffman_rows(b"", sys.maxsize - 1, 0, 1, True, bytearray(16))
+    with pytest.raises(ValueError, match="codes must hold uint8"):
+        DEFLATE.huffman_rows(codes.astype(np.float32), 10, 0, 1, True, np.empty(1000, np.uint8))
+    with pytest.raises(ValueError, match="out must hold uint8"):
+        DEFLATE.huffman_rows(codes, 10, 0, 1, True, np.empty(1000, np.float64))
 
 
 def test_a_piece_that_outgrows_its_first_buffer_is_written_again(rng, monkeypatch, deflater):

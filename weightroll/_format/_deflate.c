@@ -391,6 +391,24 @@ emit_run(void *state, const uint8_t *p, Py_ssize_t length)
     adler_run(e, p, length);
 }
 
+/* A C-contiguous buffer of bytes (uint8 items), writable if asked. */
+static int
+get_bytes(PyObject *obj, Py_buffer *view, int writable, const char *name)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    const char *format = view->format ? view->format : "B";
+    if (*format == '@' || *format == '=' || *format == '<' || *format == '>' || *format == '!')
+        format++;
+    if (view->itemsize != 1 || strcmp(format, "B") != 0) {
+        PyErr_Format(PyExc_ValueError, "huffman_rows: %s must hold uint8 items, got format '%s'", name,
+                     view->format ? view->format : "B");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
 /* huffman_rows(codes, width, first, stop, final, out) -> (length, adler32)
  *
  * Writes the raw deflate blocks of scanlines [first, stop) into `out` (a
@@ -405,16 +423,20 @@ huffman_rows(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OnnnpO", &codeso, &width, &first, &stop, &final, &outo))
         return NULL;
     Py_buffer codes, out;
-    if (PyObject_GetBuffer(codeso, &codes, PyBUF_C_CONTIGUOUS) < 0)
+    if (get_bytes(codeso, &codes, 0, "codes") < 0)
         return NULL;
-    if (PyObject_GetBuffer(outo, &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+    if (get_bytes(outo, &out, 1, "out") < 0) {
         PyBuffer_Release(&codes);
         return NULL;
     }
-    int ok = width > 0 && first >= 0 && stop > first && first <= PY_SSIZE_T_MAX / (width + 1) &&
+    int ok = width > 0 && width < PY_SSIZE_T_MAX && first >= 0 && stop > first &&
              stop <= PY_SSIZE_T_MAX / (width + 1);
     if (!ok)
         PyErr_SetString(PyExc_ValueError, "huffman_rows: bad rows or width");
+    else if ((stop - first) * (width + 1) / 8 > out.len) { /* a byte costs at least one bit */
+        PyErr_SetString(PyExc_ValueError, "huffman_rows: output buffer too small");
+        ok = 0;
+    }
     Py_ssize_t written = 0;
     uint32_t adler = 1;
     if (ok) {
@@ -424,7 +446,7 @@ huffman_rows(PyObject *self, PyObject *args)
         uint16_t huff[LITERALS];
         struct emitter e = {{(uint8_t *)out.buf, (uint8_t *)out.buf + out.len, 0, 0, 0}, huff, lengths, 1, 0, 0};
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t begin = 0; begin < total; begin += BLOCK) {
+        for (Py_ssize_t begin = 0; begin < total && !e.b.overflow; begin += BLOCK) {
             Py_ssize_t end = begin + BLOCK < total ? begin + BLOCK : total;
             uint32_t histograms[4][256] = {{0}}, freq[LITERALS];
             for_runs(&im, first, begin, end, count_run, histograms);
