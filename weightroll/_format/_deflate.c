@@ -353,27 +353,17 @@ emit_run(void *state, const uint8_t *p, Py_ssize_t length)
         uint8_t *out = e->b.out;
         const uint16_t *huff = e->huff;
         const uint8_t *lengths = e->lengths;
-        Py_ssize_t k = 0;
         /* Two codes joined first (at most 30 bits): the chain of shifts by
          * `count`, which waits on the previous length, is half as long. */
-        for (; k + 2 <= length; k += 2) {
-            const int first_length = lengths[p[k]];
-            const uint64_t pair = huff[p[k]] | ((uint64_t)huff[p[k + 1]] << first_length);
-            buffer |= pair << count;
-            count += first_length + lengths[p[k + 1]];
-            if (count >= 32) {
-                out[0] = (uint8_t)buffer;
-                out[1] = (uint8_t)(buffer >> 8);
-                out[2] = (uint8_t)(buffer >> 16);
-                out[3] = (uint8_t)(buffer >> 24);
-                out += 4;
-                buffer >>= 32;
-                count -= 32;
+        for (Py_ssize_t k = 0; k < length; k += 2) {
+            uint64_t pair = huff[p[k]];
+            int pair_length = lengths[p[k]];
+            if (k + 1 < length) {
+                pair |= (uint64_t)huff[p[k + 1]] << pair_length;
+                pair_length += lengths[p[k + 1]];
             }
-        }
-        for (; k < length; k++) {
-            buffer |= (uint64_t)huff[p[k]] << count;
-            count += lengths[p[k]];
+            buffer |= pair << count;
+            count += pair_length;
             if (count >= 32) {
                 out[0] = (uint8_t)buffer;
                 out[1] = (uint8_t)(buffer >> 8);
