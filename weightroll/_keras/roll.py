@@ -36,9 +36,10 @@ def snapshot(model, copy=True):
 
     Args:
         copy: copy every variable now (the model may then change, as it does
-            while a callback rolls it in the background). With `False` each
-            variable is read when it is coded: less memory and time, but the
-            model must not change until the snapshot is written.
+            while a callback rolls it in the background). With `False` no
+            variable is copied (see `model_io.variable_sources`): less memory
+            and time, but the model must not change until the snapshot is
+            written.
     """
     import keras
 

@@ -238,7 +238,7 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
     # block while it is in cache.
     table, level_counts = _cell_means(x, inverse, axis, step)
     if axis is None:
-        table = (table.astype(np.float64) * np.float64(scale)).astype(np.float32)
+        table = _times_scale(table, scale)
     codes = np.empty(flat.size, np.uint8)
     decoded = np.empty(flat.size, np.float32) if keep_decoded else None
     sums = ErrorSums(x.shape[-1] if x.ndim >= 2 else None)
@@ -279,14 +279,14 @@ def _code_block(block, factors, scale, mode, table, codes, sums, first):
         sums.add_totals(sq, ref, max_abs)
         index = None
         if outside:  # rare: find them again, by the same rule
-            index = np.flatnonzero(~(np.abs(np.rint(block * _shaped(factors, mode))) <= _HALF_RANGE))
+            index = np.flatnonzero(_outside(np.rint(block * _shaped(factors, mode))))
         return out, index, low, high
     q = block * _shaped(factors, mode)
     np.rint(q, out=q)
     index = None
     low, high = q.min(), q.max()
     if not (high <= _HALF_RANGE and low >= -_HALF_RANGE):  # NaN too
-        index = np.flatnonzero(~(np.abs(q) <= _HALF_RANGE))
+        index = np.flatnonzero(_outside(q))
         q.reshape(-1)[index] = 0
         low, high = q.min(), q.max()
     q += np.float32(_HALF_RANGE)
@@ -336,7 +336,7 @@ def _means(values, step):
     cells = np.rint(values)
     outside = None
     if cells.size and not (cells.max() <= _HALF_RANGE and cells.min() >= -_HALF_RANGE):  # NaN too
-        outside = ~(np.abs(cells) <= _HALF_RANGE)
+        outside = _outside(cells)
         cells[outside] = 0
     cells += np.float32(_HALF_RANGE)
     index = cells.astype(np.intp)
@@ -359,6 +359,18 @@ def _table(counts, sums, outside, step):
 
 
 _CENTRES = np.arange(-_HALF_RANGE, _HALF_RANGE + 1, dtype=np.float64)
+
+
+def _outside(levels):
+    """Which rounded `levels` lie beyond the codes' +-127 (NaN too): values
+    stored exactly, the rule the C kernel applies as well."""
+    return ~(np.abs(levels) <= _HALF_RANGE)
+
+
+def _times_scale(table, scale):
+    """A per-tensor code's table: entries in units of the tensor's RMS
+    `scale`, multiplied by it (in float64, rounded once to float32)."""
+    return (table.astype(np.float64) * np.float64(scale)).astype(np.float32)
 
 
 class Trial:
@@ -399,7 +411,7 @@ class Trial:
         y = x * (inverse if axis is None else broadcast_scales(inverse, x.shape, axis))
         table, counts, index, outside = _means(y.reshape(-1), step)
         if axis is None:
-            table = (table.astype(np.float64) * np.float64(self.scale)).astype(np.float32)
+            table = _times_scale(table, self.scale)
         out = np.take(table, index).reshape(x.shape)
         if axis is not None:
             out *= broadcast_scales(self.scales, x.shape, axis)
@@ -417,7 +429,7 @@ class Trial:
             outside += _kernel.level_sums(block, block.shape[1], factors, mode, counts, level_sums)
         table = _table(counts, level_sums, outside, step)
         if self.axis is None:
-            table = (table.astype(np.float64) * np.float64(self.scale)).astype(np.float32)
+            table = _times_scale(table, self.scale)
         sums = self.reference.copy()
         channels = sums.channels or 0
         for _, block, factors, scale, mode, first in blocks:
