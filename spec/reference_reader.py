@@ -1,0 +1,232 @@
+"""An independent reader of `.wroll` archives, written from spec/wroll-v1.md alone.
+
+It shares no code with the `weightroll` package: it is an oracle that the package's
+reader is tested against (tests/test_reference_reader.py). It decodes valid archives
+and checks every checksum and digest that the spec defines (zip CRC-32, member
+SHA-256s, the JSON members' sizes, tensor `sha256` and `coding_sha256`), but it
+implements only some of the rejection rules of §15.
+
+    import reference_reader
+    tensors = reference_reader.read("model.wroll")        # {path: numpy array}
+    tensors = reference_reader.read("ft.wroll", base={"dense/kernel": kernel, ...})
+"""
+
+import hashlib
+import json
+import zipfile
+import zlib
+
+import numpy as np
+import zstandard
+
+PNG_SIGNATURE = bytes.fromhex("89504e470d0a1a0a")
+
+
+def _strict_json(data):  # §3: UTF-8 (no BOM), no repeated key, finite numbers only
+    def pairs(items):
+        if len({k for k, _ in items}) != len(items):
+            raise ValueError("JSON object repeats a key")
+        return dict(items)
+
+    def number(text):
+        value = float(text)
+        if not np.isfinite(value):
+            raise ValueError(f"JSON number {text} is not finite")
+        return value
+
+    def constant(name):
+        raise ValueError(f"JSON token {name} is not allowed")
+
+    return json.loads(data.decode("utf-8"), object_pairs_hook=pairs, parse_float=number,
+                      parse_constant=constant)
+
+
+def _zstd_json(data, size):  # §10.1: one frame decompressing to exactly `size` bytes
+    reader = zstandard.ZstdDecompressor().decompressobj()
+    text = reader.decompress(data)
+    if len(text) != size or not reader.eof or reader.unused_data:
+        raise ValueError("zstd member is not one frame of the declared size")
+    return _strict_json(text)
+
+
+def _unfilter(raw, width, height):
+    """Undo the PNG row filters 0-4 (8-bit grayscale: one byte per pixel); pixels row-major."""
+    out = np.zeros((height + 1, width + 1), np.uint8)  # row 0, column 0: the zeros before the image
+    for y in range(1, height + 1):
+        start = (y - 1) * (width + 1)  # each scanline: its filter type, then `width` filtered bytes
+        kind, line = raw[start], np.frombuffer(raw, np.uint8, width, start + 1)
+        if kind == 0:  # None
+            out[y, 1:] = line
+        elif kind == 1:  # Sub: add the pixel to the left, modulo 256
+            out[y, 1:] = np.cumsum(line, dtype=np.uint8)
+        elif kind == 2:  # Up: add the pixel above
+            out[y, 1:] = line + out[y - 1, 1:]
+        elif kind in (3, 4):  # Average, Paeth: one pixel at a time
+            prior, cur = out[y - 1].tolist(), [0]
+            for x in range(1, width + 1):
+                a, b, c = cur[x - 1], prior[x], prior[x - 1]
+                if kind == 3:
+                    predictor = (a + b) // 2
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    predictor = a if pa <= pb and pa <= pc else b if pb <= pc else c
+                cur.append((int(line[x - 1]) + predictor) & 255)
+            out[y] = cur
+        else:
+            raise ValueError(f"unknown PNG filter type {kind}")
+    return out[1:, 1:].reshape(-1)
+
+
+def decode_png(data, image):
+    """The pixels of `weights.png` (§5), row-major, as uint8; checks IHDR against `image`."""
+    if data[:8] != PNG_SIGNATURE:
+        raise ValueError("not a PNG")
+    pos, header, idat = 8, None, []
+    while True:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        if zlib.crc32(kind + body) != int.from_bytes(data[pos + 8 + length:pos + 12 + length], "big"):
+            raise ValueError(f"PNG chunk {kind!r} has a wrong CRC")
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = (int.from_bytes(body[0:4], "big"), int.from_bytes(body[4:8], "big"), *body[8:13])
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        elif not kind[0] & 0x20:  # ancillary chunks (lower-case first letter) are ignored
+            raise ValueError(f"unknown critical PNG chunk {kind!r}")
+    width, height = image["width"], image["height"]
+    if header != (width, height, 8, 0, 0, 0, 0):
+        raise ValueError(f"PNG header {header} is not {width}x{height} 8-bit grayscale")
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(b"".join(idat), height * (width + 1))  # bounded by the image size
+    if len(raw) != height * (width + 1) or not inflater.eof:
+        raise ValueError("PNG pixel data is not one zlib stream of the image's size")
+    pixels = _unfilter(raw, width, height)
+    if pixels[image["codes"]:].any():
+        raise ValueError("PNG padding pixels are not 0")
+    return pixels[:image["codes"]]
+
+
+def _array(blob, dtype, count, offset):  # little-endian numbers in a member (§7.4)
+    return np.frombuffer(blob, np.dtype(dtype).newbyteorder("<"), count, offset).astype(dtype)
+
+
+def _value_table(decoder, blob):
+    """§6: (T, S) for a codebook; for an MLP, (the 2**bits binary32 values, None)."""
+    arrays = [_array(blob, w["dtype"], int(np.prod(w["shape"])), w["offset"]).reshape(w["shape"])
+              for w in decoder["weights"]]
+    if decoder["kind"] == "codebook":
+        table, scales = arrays[0].reshape(-1), arrays[1].reshape(-1)  # T then S (R9's order)
+        if scales[0] != 1.0 or not (np.isfinite(table).all() and np.isfinite(scales).all()):
+            raise ValueError("codebook: S[0] is not 1.0 or an entry is not finite")
+        return table, scales
+    if decoder["activation"] != "relu":
+        raise ValueError(f"unknown MLP activation {decoder['activation']!r}")
+    h = np.arange(2 ** decoder["bits"], dtype=np.float64)[:, None]  # the codes, unscaled
+    for i in range(0, len(arrays), 2):
+        kernel, bias = arrays[i], arrays[i + 1]
+        z = np.repeat(bias[None, :], len(h), axis=0)
+        for k in range(kernel.shape[0]):  # ((B + h0 W0) + h1 W1) + ..., no FMA, no reordering
+            z = z + h[:, k:k + 1] * kernel[k][None, :]
+        h = np.maximum(z, 0.0) if i + 2 < len(arrays) else z  # relu on hidden layers only
+    values = h[:, 0].astype(np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError("MLP decoder yields a value that is not finite")
+    return values, None
+
+
+def _coded(t, codes, decoder, table, scales, exact):
+    """A coded tensor (§7.1, outliers §8.2), checking its `coding_sha256` (§7.5) when it has one."""
+    shape, count, axis = t["shape"], t["codes"]["count"], t.get("scales", {}).get("axis", -1)
+    c = codes[t["codes"]["offset"]:][:count]
+    digest = hashlib.sha256(t["dtype"].encode("ascii") + b"\0" + np.array(len(shape), "<u4").tobytes()
+                            + np.array(shape, "<u8").tobytes() + np.array(axis, "<i4").tobytes()
+                            + c.tobytes())
+    if decoder["kind"] == "mlp":  # the network's 2**bits values; no table or scales allowed
+        if "table" in t or "scales" in t:
+            raise ValueError(f"{t['path']}: an MLP archive's coded tensor has a table or scales")
+        own = table
+    else:  # its own slice of the codebook
+        own = table[t["table"]["offset"]:][:t["table"]["size"]]
+        digest.update(own.astype("<f4").tobytes())
+    if (c >= len(own)).any():
+        raise ValueError(f"{t['path']}: code outside the table")
+    values = own[c].reshape(shape)
+    if "scales" in t:  # one binary32 product per element, the scale of its index along `axis`
+        per_index = scales[t["scales"]["offset"]:][:t["scales"]["count"]]
+        digest.update(per_index.astype("<f4").tobytes())
+        values = values * per_index.reshape([-1 if d == axis else 1 for d in range(len(shape))])
+    values = values.astype(t["dtype"]).reshape(-1)  # binary32 to float16 rounds to nearest even
+    if "outliers" in t:  # k int64 indices, then k values of the dtype
+        k, o = t["outliers"]["count"], t["outliers"]["offset"]
+        index = _array(exact, "int64", k, o)
+        if (np.diff(index) <= 0).any() or (index < 0).any() or (index >= count).any():
+            raise ValueError(f"{t['path']}: outlier indices not increasing or out of range")
+        values[index] = _array(exact, t["dtype"], k, o + 8 * k)
+        digest.update(exact[o:o + k * (8 + values.itemsize)])
+    if "coding_sha256" in t and digest.hexdigest() != t["coding_sha256"]:
+        raise ValueError(f"{t['path']}: coding_sha256 differs")
+    return values.reshape(shape)
+
+
+def _key(array):  # §9: (dtype, shape, SHA-256 of the little-endian bytes)
+    array = np.ascontiguousarray(array)
+    data = array.astype(array.dtype.newbyteorder("<")).tobytes()
+    return array.dtype.name, list(array.shape), hashlib.sha256(data).hexdigest()
+
+
+def read(path, base=None):
+    """Decode the archive at `path` into {tensor path: numpy array}, in manifest order.
+
+    `base`: the base model's tensors (a dict of arrays, or any iterable of arrays), needed
+    only when the archive holds references (§9); without it such an archive is refused.
+    """
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
+                raise ValueError(f"member {info.filename} is compressed or encrypted")
+        manifest = _strict_json(archive.read("manifest.json"))
+        if manifest["format"] != "wroll" or manifest["format_version"].split(".")[0] != "1":
+            raise ValueError(f"unsupported format {manifest['format']} {manifest['format_version']}")
+        if set(archive.namelist()) != {"manifest.json", *manifest["members"]}:
+            raise ValueError("the zip's members are not those the manifest lists")
+        members = {}
+        for name, entry in manifest["members"].items():  # zipfile checks each CRC-32
+            members[name] = data = archive.read(name)
+            if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise ValueError(f"member {name}: size or SHA-256 differs from the manifest")
+    decoder = manifest["decoder"]
+    _zstd_json(members["decoder.json.zst"], decoder["config_size"])
+    _zstd_json(members["architecture.json.zst"], manifest["architecture"]["size"])
+    codes = decode_png(members["weights.png"], manifest["image"])
+    table, scales = _value_table(decoder, members["decoder.bin"])
+    exact = members.get("exact.bin", b"")
+    by_key = {}
+    for array in (base.values() if isinstance(base, dict) else base or ()):
+        by_key.setdefault(repr(_key(array)), array)
+    tensors = {}
+    for t in manifest["tensors"]:
+        if t["storage"] == "coded":
+            value = _coded(t, codes, decoder, table, scales, exact)
+        elif t["storage"] == "exact":
+            offset, size = t["bytes"]["offset"], t["bytes"]["size"]
+            if t["dtype"] == "bool" and set(exact[offset:offset + size]) - {0, 1}:
+                raise ValueError(f"{t['path']}: bool byte other than 0 and 1")
+            count = size // np.dtype(t["dtype"]).itemsize
+            value = _array(exact, t["dtype"], count, offset).reshape(t["shape"])
+        elif t["storage"] == "reference":
+            key = repr((t["dtype"], t["shape"], t["sha256"]))
+            if key not in by_key:
+                raise ValueError(f"{t['path']} is a reference to a base tensor: "
+                                 + ("none has its dtype, shape and sha256" if base is not None
+                                    else "pass base= (the base model's tensors)"))
+            value = np.array(by_key[key])
+        else:
+            raise ValueError(f"{t['path']}: unknown storage {t['storage']!r}")
+        if _key(value)[2] != t["sha256"]:  # checked for coded tensors too, as an oracle should
+            raise ValueError(f"{t['path']}: sha256 differs")
+        tensors[t["path"]] = value
+    return tensors
