@@ -1,5 +1,5 @@
 """Builds the two optional C extensions: the uniform coder's kernel
-(weightroll/codecs/_kernel.c) and Huffman-only deflate of the code image
+(weightroll/coders/_kernel.c) and Huffman-only deflate of the code image
 (weightroll/_format/_deflate.c).
 
 Everything else is declared in pyproject.toml. Both are optional: where they
@@ -22,7 +22,7 @@ class BuildExt(build_ext):
 
 setup(
     ext_modules=[
-        Extension("weightroll.codecs._kernel", ["weightroll/codecs/_kernel.c"], optional=True),
+        Extension("weightroll.coders._kernel", ["weightroll/coders/_kernel.c"], optional=True),
         # Huffman-only deflate of the code image (zlib-ng's is the fallback).
         Extension("weightroll._format._deflate", ["weightroll/_format/_deflate.c"], optional=True),
     ],

@@ -1,7 +1,7 @@
 """Train a small model on generated data, roll it, load it back, print what it cost.
 
 Run: python examples/demo.py   (about 10 seconds on 2 CPU cores, no downloads).
-The same as `weightroll demo`; the recipe lives in `weightroll/cli.py`.
+The same as `weightroll demo`; the recipe lives in `weightroll/_demo.py`.
 """
 
 import sys

@@ -107,7 +107,7 @@ def test_weights_whose_squares_overflow_float32_are_stored_exactly(tmp_path):
     kernel = model.layers[0].kernel.numpy() * np.float32(1e30)
     model.layers[0].kernel.assign(kernel)
     weightroll.roll(model, tmp_path / "m.wroll")
-    with weightroll._archive.RolledArchive(tmp_path / "m.wroll") as archive:
+    with weightroll._format.reader.RolledArchive(tmp_path / "m.wroll") as archive:
         entry = next(t for t in archive.manifest["tensors"] if t["path"] == model.layers[0].kernel.path)
     assert entry["storage"] == "exact"
     decoded = weightroll.unroll(tmp_path / "m.wroll")[model.layers[0].kernel.path]
@@ -115,7 +115,7 @@ def test_weights_whose_squares_overflow_float32_are_stored_exactly(tmp_path):
 
 
 def test_the_coder_refuses_what_float32_cannot_measure_without_crashing(rng):
-    from weightroll.codecs import select
+    from weightroll.coders import select
 
     x = (rng.normal(size=(64, 32)) * 1e30).astype(np.float32)
     with np.errstate(all="ignore"):
@@ -224,9 +224,10 @@ def test_unroll_checks_the_coding_digest_and_verify_also_checks_the_values(tmp_p
     assert all(np.array_equal(got[k], expected[k]) for k in expected)
     path = tmp_path / "m.wroll"
     path.write_bytes(edited.getvalue())
-    from weightroll import _archive, inspect
+    from weightroll import inspection as inspect
+    from weightroll._format import reader
 
-    with _archive.RolledArchive(str(path)) as archive, pytest.raises(ArchiveError) as info:
+    with reader.RolledArchive(str(path)) as archive, pytest.raises(ArchiveError) as info:
         inspect.verify(archive)
     assert info.value.rule == "R33"
 

@@ -15,7 +15,7 @@ import pytest
 
 import weightroll
 from weightroll import _progress, cli
-from weightroll._archive import RolledArchive
+from weightroll._format.reader import RolledArchive
 
 FEATURES = 6
 UNITS = 32

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from weightroll.codecs import codebook
+from weightroll.coders import codebook
 
 
 def test_few_distinct_values_are_coded_losslessly(rng):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from weightroll import _encode
-from weightroll.codecs import gptq, uniform
+from weightroll.coders import gptq, uniform
 from weightroll.errors import WrollError
 
 

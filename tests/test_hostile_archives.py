@@ -21,7 +21,7 @@ import pytest
 import zstandard
 
 import weightroll
-from weightroll import _archive
+from weightroll._format import reader
 from weightroll._format import container, limits, rules
 from weightroll._format import manifest as mf
 from weightroll.errors import ArchiveError, LimitError, VersionError, WrollError
@@ -209,7 +209,7 @@ def test_rejects_a_member_it_does_not_know_whose_checksum_does_not_match():
 
 
 def test_checks_every_member_before_decoding_any():
-    with _archive.RolledArchive(TINY) as archive:
+    with reader.RolledArchive(TINY) as archive:
         archive.verify_members()
         assert set(archive._verified) == set(archive.manifest["members"])
 
@@ -251,7 +251,7 @@ def test_a_zstd_bomb_is_refused_after_decompressing_no_more_than_declared():
     bomb = zstandard.ZstdCompressor(level=19, write_content_size=False).compress(bytes(256 << 20))
     assert len(bomb) < 64 << 10  # 256 MiB of zeros in a few KiB
     start = time.perf_counter()
-    with _archive.RolledArchive(_with_architecture(bomb, 1341)) as archive:
+    with reader.RolledArchive(_with_architecture(bomb, 1341)) as archive:
         with pytest.raises(LimitError, match="expands to more than the 1341 bytes") as info:
             archive.architecture_json()
     assert info.value.rule == "R35" and time.perf_counter() - start < 2
@@ -259,7 +259,7 @@ def test_a_zstd_bomb_is_refused_after_decompressing_no_more_than_declared():
 
 def test_a_zstd_frame_declaring_a_huge_size_is_refused_unread():
     frame = zstandard.ZstdCompressor(level=19).compress(bytes(1 << 20))
-    with _archive.RolledArchive(_with_architecture(frame, 1341)) as archive:
+    with reader.RolledArchive(_with_architecture(frame, 1341)) as archive:
         with pytest.raises(ArchiveError, match="declares 1048576 bytes but manifest.json says 1341") as info:
             archive.architecture_json()
     assert info.value.rule == "R35"
@@ -268,7 +268,7 @@ def test_a_zstd_frame_declaring_a_huge_size_is_refused_unread():
 def test_a_second_zstd_frame_after_the_first_is_refused():
     text = json.dumps({"class_name": "Functional"}).encode()
     packer = zstandard.ZstdCompressor()
-    with _archive.RolledArchive(_with_architecture(packer.compress(text) * 2, len(text))) as archive:
+    with reader.RolledArchive(_with_architecture(packer.compress(text) * 2, len(text))) as archive:
         with pytest.raises(ArchiveError, match="bytes after its zstd frame") as info:
             archive.architecture_json()
     assert info.value.rule == "R35"
@@ -278,16 +278,16 @@ def test_a_second_zstd_frame_after_the_first_is_refused():
 
 _WRITE_LOOP = r"""
 import io, sys, zipfile
-from weightroll import _archive
+from weightroll._format import reader, writer
 archives = []
 for source in sys.argv[2:]:
     with zipfile.ZipFile(source) as zf:
         archives.append([(info.filename, zf.read(info)) for info in zf.infolist()])
-_archive.write(sys.argv[1], archives[0])
+writer.write(sys.argv[1], archives[0])
 print("looping", flush=True)
 while True:
     for members in archives:
-        _archive.write(sys.argv[1], members)
+        writer.write(sys.argv[1], members)
 """
 
 

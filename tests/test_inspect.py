@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from weightroll import _archive, _encode
-from weightroll import inspect as inspect_lib
+from weightroll import _encode
+from weightroll._format import writer
+from weightroll import inspection as inspect_lib
 from weightroll._format import container
 from weightroll._format import manifest as mf
 
@@ -40,7 +41,7 @@ def _tensors(rng, prefix="tiny"):
 
 def _write_archive(path, tensors, name="tiny", decoder="codebook", compress_level=9, base_keys=None):
     encoded = _encode.encode(tensors, decoder=decoder, bits=8, base_keys=base_keys)
-    members, _ = _archive.build_members(
+    members, _ = writer.build_members(
         encoded,
         decoder_config_json=b'{"class_name": "Functional"}\n',
         architecture_json=b'{"class_name": "Sequential", "config": {}}',
@@ -49,7 +50,7 @@ def _write_archive(path, tensors, name="tiny", decoder="codebook", compress_leve
         roll_value={"weights": {"relative_rmse": 0.003, "max_abs_error": 0.01}, "outputs": None},
         compress_level=compress_level,
     )
-    _archive.write(path, members)
+    writer.write(path, members)
     return path
 
 
@@ -250,7 +251,7 @@ def test_image_refuses_damaged_codes(archive, tmp_path):
 def test_inspect_imports_neither_keras_nor_tensorflow(archive, tmp_path):
     code = (
         "import sys\n"
-        "from weightroll import cli, inspect\n"
+        "from weightroll import cli, inspection as inspect\n"
         f"assert inspect.main([{str(archive)!r}, '--verify', '--image', {str(tmp_path / 'p.png')!r}, '-q']) == 0\n"
         f"assert cli.main(['inspect', {str(archive)!r}, '--tensors', '-q']) == 0\n"
         "bad = [m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules]\n"

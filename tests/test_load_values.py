@@ -94,8 +94,8 @@ def test_a_failed_load_leaves_no_variables_waiting(tmp_path):
     path = tmp_path / "m.wroll"
     weightroll.roll(model, path)
     other = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(4)])
-    with weightroll._archive.RolledArchive(path) as archive:
-        tensors = list(weightroll._archive.iter_decoded(archive))
+    with weightroll._format.reader.RolledArchive(path) as archive:
+        tensors = list(weightroll._format.decode.iter_decoded(archive))
     from weightroll._keras import model_io
 
     with pytest.raises(WrollError, match="tensors but the rebuilt model"):

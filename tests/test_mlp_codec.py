@@ -1,6 +1,6 @@
 import numpy as np
 
-from weightroll.codecs import mlp
+from weightroll.coders import mlp
 
 
 def test_grid_codes_span_the_global_min_max(rng):

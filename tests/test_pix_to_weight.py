@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import weightroll
-from weightroll import _archive
+from weightroll._format import decode, reader
 from weightroll._format import manifest as mf
 from weightroll._keras import network
 
@@ -72,7 +72,7 @@ def test_channels_of_very_different_scales_get_per_channel_scales(tmp_path):
     kernel = rng.normal(size=(256, 128)) * np.logspace(-3, 0, 128)  # channel scales span 1000x
     model.layers[0].kernel.assign(kernel.astype("float32"))
     weightroll.roll(model, tmp_path / "c.wroll")
-    with _archive.RolledArchive(tmp_path / "c.wroll") as archive:
+    with reader.RolledArchive(tmp_path / "c.wroll") as archive:
         entry = archive.manifest["tensors"][0]
     assert entry["scales"]["axis"] == 1 and entry["scales"]["count"] == 128
 
@@ -87,7 +87,7 @@ def _float64_unavailable():
 
 
 def test_keras_network_and_numpy_fast_path_agree_bit_for_bit(archive_path):
-    with _archive.RolledArchive(archive_path) as archive:
+    with reader.RolledArchive(archive_path) as archive:
         decoder = archive.manifest["decoder"]
         if decoder["kind"] == "mlp" and _float64_unavailable():
             pytest.skip("the MLP network computes in float64, which JAX does only with JAX_ENABLE_X64=1")
@@ -107,15 +107,15 @@ def test_keras_network_and_numpy_fast_path_agree_bit_for_bit(archive_path):
             by_network = network.run(net, decoder, inputs, scale_inputs).reshape(entry["shape"])
             expected = fast[entry["path"]].copy()
             if "outliers" in entry:  # stored exactly beside the image, not by the network
-                with _archive.RolledArchive(archive_path) as again:
-                    index, _ = _archive._read_outliers(again.member(mf.EXACT_MEMBER), entry,
+                with reader.RolledArchive(archive_path) as again:
+                    index, _ = decode._read_outliers(again.member(mf.EXACT_MEMBER), entry,
                                                        np.dtype(entry["dtype"]), expected.size)
                 by_network.reshape(-1)[index] = expected.reshape(-1)[index]
             np.testing.assert_array_equal(by_network.view(np.uint32), expected.view(np.uint32))
 
 
 def test_decoder_config_holds_no_code(archive_path):
-    with _archive.RolledArchive(archive_path) as archive:
+    with reader.RolledArchive(archive_path) as archive:
         config = mf.loads(archive.decoder_config_json(), "decoder.json")
     classes = set()
 

@@ -68,7 +68,7 @@ def test_loaded_model_predicts_like_the_original(rolled):
 
 def test_roll_value_is_stored_in_the_manifest(rolled):
     _, _, path, report = rolled
-    from weightroll._archive import RolledArchive
+    from weightroll._format.reader import RolledArchive
 
     with RolledArchive(path) as archive:
         manifest = archive.manifest

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import weightroll
-from weightroll import _archive, _encode
+from weightroll import _encode
+from weightroll._format import reader
 
 WIDTH = 96
 
@@ -41,7 +42,7 @@ def test_presets_map_to_their_documented_tolerance(preset):
     report = weightroll.roll(_model(), buf, quality=preset)
     assert report.settings == {"tolerance": _encode.PRESETS[preset], "quality": preset}
     buf.seek(0)
-    with _archive.RolledArchive(buf) as archive:
+    with reader.RolledArchive(buf) as archive:
         assert archive.manifest["settings"] == report.settings
 
 

@@ -55,7 +55,7 @@ def test_frozen_base_tensors_are_stored_as_references(transfer, form):
         "dict": {v.path: v.numpy() for v in base.variables},
     }[form]
     buf, report = _roll(model, base_arg)
-    with weightroll._archive.RolledArchive(buf) as archive:
+    with weightroll._format.reader.RolledArchive(buf) as archive:
         storage = {t["path"]: t["storage"] for t in archive.manifest["tensors"]}
     base_paths = {v.path for v in base.variables if v.numpy().size}
     assert {p for p, s in storage.items() if s == "reference"} == base_paths
@@ -110,7 +110,7 @@ def test_calibration_with_a_base_codes_the_head_not_the_base(transfer):
     buf = io.BytesIO()
     report = weightroll.roll(model, buf, base=base, validation_data=x)
     buf.seek(0)
-    with weightroll._archive.RolledArchive(buf) as archive:
+    with weightroll._format.reader.RolledArchive(buf) as archive:
         storage = {t["path"]: t["storage"] for t in archive.manifest["tensors"]}
     head = next(p for p in storage if p.endswith("head/kernel"))
     assert storage[head] == "coded"  # the output budget goes to the head

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from weightroll._entropy import bits_per_code
-from weightroll.codecs import select, uniform
-from weightroll.codecs.error import CHANNEL_FACTOR
+from weightroll.coders import select, uniform
+from weightroll.coders.error import CHANNEL_FACTOR
 
 SHAPES_AND_AXES = [
     ((), None),
@@ -185,7 +185,7 @@ def test_the_c_extensions_are_built_where_ci_requires_them(coder):
         pytest.skip("WEIGHTROLL_REQUIRE_KERNEL=1 is set by .ci/run")
     from weightroll._format import image
 
-    assert KERNEL is not None, "setup.py did not build weightroll/codecs/_kernel.c"
+    assert KERNEL is not None, "setup.py did not build weightroll/coders/_kernel.c"
     assert image._deflate is not None, "setup.py did not build weightroll/_format/_deflate.c"
 
 

@@ -6,7 +6,7 @@ pillow and zstandard only, and `roll` / `load_rolled` import Keras when called.
 
 __version__ = "0.1.0"
 
-from weightroll._archive import unroll  # noqa: E402
+from weightroll._unroll import unroll  # noqa: E402
 from weightroll._keras.load import load_rolled  # noqa: E402
 from weightroll._keras.roll import roll  # noqa: E402
 from weightroll.errors import WrollError  # noqa: E402

@@ -4,16 +4,15 @@ Numpy only: this module knows nothing of Keras or of the zip container.
 """
 
 import dataclasses
-import hashlib
 
 import numpy as np
 
 from weightroll import _progress, report
 from weightroll._entropy import bits_per_code
 from weightroll._format import manifest as mf
-from weightroll._format.digest import coding_sha256
+from weightroll._format.digest import coding_sha256, little_endian_bytes, reference_key, tensor_digest  # noqa: F401
 from weightroll._parallel import parallel_map
-from weightroll.codecs import codebook, mlp, select, uniform
+from weightroll.coders import codebook, mlp, select, uniform
 from weightroll.errors import WrollError
 
 DECODERS = mf.DECODER_KINDS
@@ -47,24 +46,6 @@ class Encoded:
     exact_bytes: bytes
     decoded: dict  # path -> decoded numpy array (empty unless asked to keep them)
     stats: dict  # path -> report.tensor_error's (error, squared error, squared norm)
-
-
-def little_endian_bytes(array):
-    """C-order little-endian bytes of `array` (the form digests are taken of)."""
-    array = np.ascontiguousarray(array)
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    return array.tobytes()
-
-
-def tensor_digest(array):
-    """SHA-256 of the array's C-order little-endian bytes, hashed in place when
-    they are already laid out so (no copy of a large tensor)."""
-    array = np.asarray(array)
-    if array.size and array.flags.c_contiguous and (array.dtype.byteorder in ("<", "|") or
-                                     (array.dtype.byteorder == "=" and np.little_endian)):
-        return hashlib.sha256(memoryview(array.reshape(-1)).cast("B")).hexdigest()
-    return hashlib.sha256(little_endian_bytes(array)).hexdigest()
 
 
 def _dtype_name(array, path):
@@ -152,12 +133,6 @@ def describe_settings(decoder, bits, tolerance, quality, output_tolerance=None):
     if quality is not None or tolerance == PRESETS[DEFAULT_PRESET]:
         settings["quality"] = quality or DEFAULT_PRESET
     return settings
-
-
-def reference_key(array):
-    """How a base tensor is recognised: dtype, shape and SHA-256 of its bytes."""
-    array = np.asarray(array)
-    return array.dtype.name, tuple(int(d) for d in array.shape), tensor_digest(array)
 
 
 @dataclasses.dataclass

@@ -48,3 +48,12 @@ class LimitError(ArchiveError):
 
 class UnsafeArchiveError(WrollError):
     """Loading would run code from the archive, which `safe_mode=True` refuses."""
+
+
+def short(value, limit=80):
+    """`value` as text safe to quote in a message: printable characters only
+    (a name read from an archive could hold a terminal escape), at most
+    `limit` characters."""
+    text = str(value)
+    text = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from weightroll._format.manifest import finite_or_none
-from weightroll.codecs.error import sum_of_squares
+from weightroll.coders.error import sum_of_squares
 
 
 def tensor_error(original, decoded):

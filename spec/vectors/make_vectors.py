@@ -848,7 +848,7 @@ def environment():
     from zlib_ng import zlib_ng
 
     import weightroll
-    from weightroll.codecs import uniform
+    from weightroll.coders import uniform
 
     try:
         from numpy._core import _multiarray_umath as umath

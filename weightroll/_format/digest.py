@@ -1,4 +1,5 @@
-"""The coding digest of a coded tensor (spec §7.5), from its own parts."""
+"""The digests an archive records: of a tensor's values, and of a coded tensor's
+parts (spec §7.5); and how a base tensor is recognised (§9)."""
 
 import hashlib
 import struct
@@ -34,3 +35,27 @@ def coding_sha256(dtype, shape, axis, codes, table, scales, outliers):
         digest.update(np.ascontiguousarray(scales, "<f4").tobytes())
     digest.update(outliers)
     return digest.hexdigest()
+
+
+def little_endian_bytes(array):
+    """C-order little-endian bytes of `array` (the form digests are taken of)."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array.tobytes()
+
+
+def tensor_digest(array):
+    """SHA-256 of the array's C-order little-endian bytes, hashed in place when
+    they are already laid out so (no copy of a large tensor)."""
+    array = np.asarray(array)
+    if array.size and array.flags.c_contiguous and (array.dtype.byteorder in ("<", "|") or
+                                     (array.dtype.byteorder == "=" and np.little_endian)):
+        return hashlib.sha256(memoryview(array.reshape(-1)).cast("B")).hexdigest()
+    return hashlib.sha256(little_endian_bytes(array)).hexdigest()
+
+
+def reference_key(array):
+    """How a base tensor is recognised: dtype, shape and SHA-256 of its bytes."""
+    array = np.asarray(array)
+    return array.dtype.name, tuple(int(d) for d in array.shape), tensor_digest(array)

@@ -6,7 +6,7 @@ Fisher with random output directions) and codes every tensor on a uniform
 grid whose step, per channel, is proportional to `1 / sqrt(sensitivity)`:
 equal slopes, so every weight adds the same expected output error. Dense
 and EinsumDense kernels, and token embeddings, are rounded by GPTQ against
-their calibration Hessians (`codecs.gptq`), which compensates each
+their calibration Hessians (`coders.gptq`), which compensates each
 rounding error on the weights not yet rounded. Then
 
 1. each tensor alone is coded at the step the model predicts for the
@@ -37,7 +37,7 @@ import numpy as np
 
 from weightroll import _encode
 from weightroll._keras import model_io, sensitivity
-from weightroll.codecs import gptq, select
+from weightroll.coders import gptq, select
 from weightroll.report import flatten_outputs
 
 PROBE_TOLERANCE = 0.05

@@ -6,7 +6,7 @@ import zipfile
 
 import numpy as np
 
-from weightroll import _archive
+from weightroll._format import decode
 from weightroll.errors import WrollError
 
 
@@ -49,5 +49,5 @@ def base_arrays(base):
 
 
 def base_index(base):
-    """`base` indexed for reference look-ups (see `_archive.base_index`)."""
-    return _archive.base_index(base_arrays(base))
+    """`base` indexed for reference look-ups (see `decode.base_index`)."""
+    return decode.base_index(base_arrays(base))

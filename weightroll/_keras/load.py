@@ -1,6 +1,7 @@
 """`weightroll.load_rolled`: a `.wroll` archive back into a Keras model."""
 
-from weightroll import _archive
+from weightroll import _progress
+from weightroll._format import decode, reader
 from weightroll._keras import model_io
 
 
@@ -46,7 +47,7 @@ def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, bas
         from weightroll._keras.base import base_index
 
         index = base_index(base)
-    with _archive.RolledArchive(filepath) as archive:
+    with reader.RolledArchive(filepath) as archive:
         # Every member's SHA-256 first; the code image is read again when it is
         # decoded, so that its bytes are not held while Keras builds the model.
         archive.verify_members(keep_image=False)
@@ -54,5 +55,5 @@ def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, bas
         archive.decoder_config()  # checked like the architecture, though decoding uses decoder.bin
         # One tensor at a time, straight into its variable: no second copy of the model.
         paths = [t["path"] for t in archive.manifest["tensors"]]
-        return model_io.rebuild_with_weights(architecture, _archive.iter_decoded(archive, index), paths=paths,
+        return model_io.rebuild_with_weights(architecture, decode.iter_decoded(archive, index, progress=_progress.advance), paths=paths,
                                              custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)

@@ -8,7 +8,7 @@ import numpy as np
 
 from weightroll._format import manifest as mf
 from weightroll._format import rules
-from weightroll.errors import ArchiveError, UnsafeArchiveError, WrollError
+from weightroll.errors import ArchiveError, UnsafeArchiveError, WrollError, short
 
 
 def check_model(model):
@@ -170,10 +170,10 @@ def find_unsafe(config, custom_objects=None):
             name = node["config"].get("name")
         if isinstance(class_name, str) and class_name in _UNSAFE_CLASSES and class_name not in own:
             if class_name == "__lambda__":
-                return _UNSAFE_CLASSES[class_name] + (f" in layer '{mf._short(layer)}'" if layer else "")
-            return _UNSAFE_CLASSES[class_name] + (f" (layer '{mf._short(name)}')" if isinstance(name, str) else "")
+                return _UNSAFE_CLASSES[class_name] + (f" in layer '{short(layer)}'" if layer else "")
+            return _UNSAFE_CLASSES[class_name] + (f" (layer '{short(name)}')" if isinstance(name, str) else "")
         if node.get("function_type") == "lambda":  # Keras 2's Lambda serialisation
-            return f"Python bytecode (a Keras 2 Lambda function) in layer '{mf._short(layer)}'"
+            return f"Python bytecode (a Keras 2 Lambda function) in layer '{short(layer)}'"
         if isinstance(class_name, str) and isinstance(name, str):
             layer = name
         stack.extend((value, layer) for value in node.values())
@@ -244,7 +244,7 @@ def _keras_errors(what):
     except WrollError:
         raise
     except Exception as e:  # Keras raises many types for a config it cannot build
-        message = mf._short(f"{type(e).__name__}: {e}", 2000)
+        message = short(f"{type(e).__name__}: {e}", 2000)
         if "safe_mode" in str(e):  # a refusal of Keras's own, for something not listed above
             raise UnsafeArchiveError(
                 f"Loading this archive would run code stored in its architecture: {message} "
@@ -319,7 +319,7 @@ def assign(model, named_arrays, paths=None, deferral=None):
     if len(variables) != len(paths):
         first = min(len(variables), len(paths))
         extra = (f"its variable '{variables[first].path}' has no tensor" if len(variables) > first
-                 else f"the archive's tensor '{mf._short(paths[first])}' has no variable")
+                 else f"the archive's tensor '{short(paths[first])}' has no variable")
         raise WrollError(
             f"The archive holds {len(paths)} tensors but the rebuilt model "
             f"'{model.name}' has {len(variables)} variables ({extra}); the architecture and "
@@ -330,13 +330,13 @@ def assign(model, named_arrays, paths=None, deferral=None):
         if tuple(variable.shape) != tuple(array.shape):
             raise WrollError(
                 f"Variable '{variable.path}' has shape {tuple(variable.shape)}, but the archive's "
-                f"tensor '{mf._short(path)}' has shape {tuple(array.shape)}.",
+                f"tensor '{short(path)}' has shape {tuple(array.shape)}.",
                 rule=rules.VARIABLES,
             )
         want = str(getattr(variable.dtype, "name", variable.dtype))
         if _kind(want) != _kind(array.dtype.name):
             raise WrollError(
-                f"Variable '{variable.path}' is {want}, but the archive's tensor '{mf._short(path)}' "
+                f"Variable '{variable.path}' is {want}, but the archive's tensor '{short(path)}' "
                 f"is {array.dtype.name}: a {_kind(array.dtype.name)} tensor is not loaded into a "
                 f"{_kind(want)} variable.",
                 rule=rules.VARIABLES,
@@ -349,7 +349,7 @@ def assign(model, named_arrays, paths=None, deferral=None):
         except Exception as e:  # noqa: BLE001 - e.g. a dtype numpy does not know (bfloat16)
             raise WrollError(
                 f"Variable '{variable.path}' ({want}) cannot take the archive's tensor "
-                f"'{mf._short(path)}' ({array.dtype.name}): {type(e).__name__}: {mf._short(str(e), 300)}",
+                f"'{short(path)}' ({array.dtype.name}): {type(e).__name__}: {short(str(e), 300)}",
                 rule=rules.VARIABLES,
             ) from e
     _finalize_state(model)

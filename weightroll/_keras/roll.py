@@ -3,7 +3,8 @@
 import dataclasses
 import os
 
-from weightroll import _archive, _encode
+from weightroll import _encode
+from weightroll._format import writer
 from weightroll._keras import model_io, network
 from weightroll.errors import WrollError
 from weightroll.report import RollReport, outputs_roll_value, weights_roll_value
@@ -103,7 +104,7 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
         error = per_tensor[entry["path"]]
         if entry["storage"] == "coded" and error != {"relative_rmse": 0.0, "max_abs_error": 0.0}:
             entry["error"] = error
-    members, _ = _archive.build_members(
+    members, _ = writer.build_members(
         encoded,
         decoder_config_json=network.decoder_config_json(encoded.decoder, encoded.decoder_arrays),
         architecture_json=snap.architecture,
@@ -112,7 +113,7 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
         roll_value={"weights": overall, "outputs": outputs},
         settings=settings,
     )
-    _archive.write(filepath, members)
+    writer.write(filepath, members)
     sizes = {name: len(data) for name, data in members}
     return RollReport(
         filepath=None if hasattr(filepath, "write") else os.fspath(filepath),

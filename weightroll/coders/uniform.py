@@ -17,10 +17,10 @@ import hashlib
 import numpy as np
 
 from weightroll._entropy import bits_from_counts
-from weightroll.codecs.error import ErrorSums
+from weightroll.coders.error import ErrorSums
 
 try:  # the fused C loops (setup.py builds them where a compiler is found)
-    from weightroll.codecs import _kernel
+    from weightroll.coders import _kernel
 except ImportError:  # numpy does the same work in more passes
     _kernel = None
 

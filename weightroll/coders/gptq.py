@@ -17,7 +17,7 @@ Values that a code cannot hold (more than 127 steps from zero, or marked
 
 import numpy as np
 
-from weightroll.codecs import uniform
+from weightroll.coders import uniform
 from weightroll.errors import WrollError
 
 HALF_RANGE = 127  # grid points -127..127 steps; farther values are stored exactly

@@ -1,5 +1,5 @@
 /* The uniform coder's inner loops, fused: one pass per block instead of a
- * dozen numpy passes (see weightroll/codecs/uniform.py, which falls back to
+ * dozen numpy passes (see weightroll/coders/uniform.py, which falls back to
  * numpy when this module is not built and defines what each loop computes).
  *
  * Values are float32, C order, viewed as `rows` x `width`. Each value is

@@ -13,8 +13,8 @@ import dataclasses
 import numpy as np
 
 from weightroll._entropy import bits_per_code
-from weightroll.codecs import codebook, uniform
-from weightroll.codecs.error import measure, sum_of_squares
+from weightroll.coders import codebook, uniform
+from weightroll.coders.error import measure, sum_of_squares
 
 # Search on a strided sample of this many values at most, then code the
 # whole tensor once at the chosen step.

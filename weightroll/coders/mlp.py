@@ -12,8 +12,9 @@ same float32 weights.
 
 import numpy as np
 
+from weightroll._format.mlp_decoder import ACTIVATION, evaluate  # noqa: F401 - the decoder side, re-exported
+
 HIDDEN_UNITS = (16, 16)
-ACTIVATION = "relu"
 _STEPS = 3000
 _LEARNING_RATE = 0.01
 
@@ -97,29 +98,3 @@ def _gradients(params, x, y, w):
         if i:
             delta = (delta @ params[i].T) * (a > 0)
     return grads
-
-
-def _dense(h, kernel, bias):
-    """`h @ kernel + bias` with a fixed summation order and no fused multiply-add.
-
-    Each output is `((bias + h[0] * k[0]) + h[1] * k[1]) + ...`, every step one
-    IEEE binary64 multiply and one add, so every correct implementation gets
-    the same bits (a BLAS matmul may reorder the sum or fuse operations).
-    """
-    acc = np.broadcast_to(bias, (h.shape[0], bias.shape[0])).copy()
-    for k in range(kernel.shape[0]):
-        acc += h[:, k:k + 1] * kernel[k]
-    return acc
-
-
-def evaluate(params, bits, activation=ACTIVATION, codes=None):
-    """The MLP's float32 output for `codes` (all `2**bits` codes by default)."""
-    if activation != "relu":
-        raise ValueError(f"Unsupported activation {activation!r}; the format defines 'relu' only.")
-    if codes is None:
-        codes = np.arange(1 << bits)
-    h = np.asarray(codes, np.float64).reshape(-1, 1)
-    for i in range(0, len(params) - 2, 2):
-        h = np.maximum(_dense(h, params[i], params[i + 1]), 0.0)
-    out = _dense(h, params[-2], params[-1])
-    return out[:, 0].astype(np.float32)

@@ -1,0 +1,101 @@
+"""Write `.wroll` archives from numpy data: the members, then the zip.
+
+`build_members` serialises an `Encoded` (see `weightroll._encode`) with the
+architecture and decoder config into the archive's members, manifest first;
+`write` puts them in a zip, atomically when given a path.
+"""
+
+import hashlib
+import os
+
+import zstandard
+
+from weightroll._format import container, image
+from weightroll._format import manifest as mf
+from weightroll._format.atomic import atomic_write
+from weightroll._format.digest import little_endian_bytes
+
+
+# zstd level 9 for the small JSON members of most models: level 19 makes a
+# 7 KB architecture 2 bytes (0.3%) smaller in 20 times the time (1.6 ms,
+# 6% of rolling a 1M-value CNN). A large architecture (ResNet50's is
+# 150 KB) at 19 takes 60 ms for 5% fewer bytes than level 12.
+_ZSTD_LEVEL = 9
+_ZSTD_LEVEL_LARGE = 12
+_ZSTD_LARGE = 1 << 15
+
+
+def _zstd(data):
+    level = _ZSTD_LEVEL if len(data) <= _ZSTD_LARGE else _ZSTD_LEVEL_LARGE
+    return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
+
+
+def _pack_arrays(arrays, names):
+    entries, parts, offset = [], [], 0
+    for name, array in zip(names, arrays):
+        raw = little_endian_bytes(array)
+        entries.append({"name": name, "shape": list(array.shape), "dtype": array.dtype.name, "offset": offset})
+        parts.append(raw)
+        offset += len(raw)
+    return entries, b"".join(parts)
+
+
+def decoder_array_names(kind, count):
+    if kind == "codebook":
+        return ["table", "scales"]
+    return [f"dense_{i // 2}/{'kernel' if i % 2 == 0 else 'bias'}" for i in range(count)]
+
+
+def build_members(encoded, decoder_config_json, architecture_json, producer, model_info, roll_value,
+                  settings=None, compress_level=9):
+    """The archive's members, in order, as `(name, bytes)`, manifest first.
+
+    The codes are handed over: `encoded.codes` is None afterwards, so that
+    they are freed as soon as the PNG no longer needs them.
+
+    Returns:
+        `(members, manifest)`.
+    """
+    kind = encoded.decoder["kind"]
+    n_codes = int(encoded.codes.size)
+    held, encoded.codes = [encoded.codes], None
+    png, width, height = image.encode_png(held.pop(), compress_level=compress_level)  # its only holder
+    weight_entries, decoder_bin = _pack_arrays(
+        encoded.decoder_arrays, decoder_array_names(kind, len(encoded.decoder_arrays))
+    )
+    payload = [
+        (mf.IMAGE_MEMBER, png),
+        (mf.DECODER_CONFIG_MEMBER, _zstd(decoder_config_json)),
+        (mf.DECODER_WEIGHTS_MEMBER, decoder_bin),
+        (mf.ARCHITECTURE_MEMBER, _zstd(architecture_json)),
+    ]
+    if encoded.exact_bytes:
+        payload.append((mf.EXACT_MEMBER, encoded.exact_bytes))
+    with_coding_digests = any("coding_sha256" in t for t in encoded.tensors)
+    manifest = {
+        "format": mf.FORMAT_NAME,
+        # The lowest version whose features the archive uses (spec §12).
+        "format_version": mf.FORMAT_VERSION if with_coding_digests else mf.FORMAT_VERSION_1_0,
+        "producer": producer,
+        "model": model_info,
+        "image": {"member": mf.IMAGE_MEMBER, "width": width, "height": height, "codes": n_codes},
+        "decoder": dict(encoded.decoder, config_member=mf.DECODER_CONFIG_MEMBER,
+                        config_size=len(decoder_config_json),
+                        weights_member=mf.DECODER_WEIGHTS_MEMBER, weights=weight_entries),
+        "architecture": {"member": mf.ARCHITECTURE_MEMBER, "size": len(architecture_json)},
+        "tensors": encoded.tensors,
+        "members": {
+            name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in payload
+        },
+        "roll_value": roll_value,
+        "settings": settings or {},
+    }
+    return [(mf.MANIFEST_MEMBER, mf.dumps(manifest))] + payload, manifest
+
+
+def write(target, members):
+    """Write members to `target`: a path (atomically) or a binary file object."""
+    if isinstance(target, (str, os.PathLike)):
+        atomic_write(target, lambda f: container.write_members(f, members))
+    else:
+        container.write_members(target, members)
