@@ -5,7 +5,7 @@ lazily so that `import weightroll` stays free of Keras.
 """
 
 import concurrent.futures
-import inspect
+import errno
 import io
 import logging
 import math
@@ -20,23 +20,23 @@ from weightroll._keras import model_io
 from weightroll._keras import roll as roll_lib
 from weightroll.errors import WrollError
 
-# The keyword arguments of `weightroll.roll`, which the callback passes on.
-ROLL_OPTIONS = tuple(
-    p.name for p in inspect.signature(roll_lib.roll).parameters.values() if p.kind is p.KEYWORD_ONLY
-)
-
-
 class WeightRollCheckpoint(keras.callbacks.Callback):
     """Callback to roll the model into `.wroll` archives at some frequency.
 
-    It takes `keras.callbacks.ModelCheckpoint`'s arguments, with the same
-    meaning and defaults, and writes `weightroll.roll` archives instead of
-    `.keras` files. Rolling does not stall training: the callback copies the
-    weights on the training thread (cheap), then quantises, encodes and
-    writes the archive on a background thread. At most one roll is in
-    flight: a save waits for the previous roll to finish. `on_train_end`
-    waits for the last one, and an error raised while rolling is raised again
-    on the training thread, by the next save, epoch end or the end of `fit`.
+    A drop-in for `keras.callbacks.ModelCheckpoint`: the same parameters, in
+    the same order, with the same meaning, defaults and checks, then
+    weightroll's own options (keyword-only). It writes `weightroll.roll`
+    archives instead of `.keras` files, and with `save_weights_only=True`
+    weights-only archives (no architecture) that
+    `weightroll.load_weights(model, filepath)` loads into a model built in
+    code, as `model.load_weights` loads a `.weights.h5` file.
+
+    Rolling does not stall training: the callback copies the weights on the
+    training thread (cheap), then quantises, encodes and writes the archive
+    on a background thread. At most one roll is in flight: a save waits for
+    the previous roll to finish. `on_train_end` waits for the last one, and
+    an error raised while rolling is raised again on the training thread,
+    by the next save, epoch end or the end of `fit`.
 
     Each archive is written atomically: a temporary file in the same folder,
     renamed when complete. A crash or kill during a save leaves the previous
@@ -65,10 +65,12 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
 
     Args:
         filepath: string or `PathLike`, path of the archives; it must end in
-            `".wroll"`. It may hold named formatting options, filled with the
-            1-based `epoch`, `batch` (when `save_freq` is an integer) and
-            the keys of the `logs`: `"ckpt/{epoch:02d}-{val_loss:.3f}.wroll"`.
-            Missing folders are created.
+            `".wroll"`, or in `".weights.wroll"` with `save_weights_only=True`
+            (as `ModelCheckpoint` wants `".keras"` and `".weights.h5"`). It
+            may hold named formatting options, filled with the 1-based
+            `epoch`, `batch` (when `save_freq` is an integer) and the keys of
+            the `logs`: `"ckpt/{epoch:02d}-{val_loss:.3f}.wroll"`. Missing
+            folders are created.
         monitor: the metric name to monitor, as in `ModelCheckpoint`
             (`"val_"` prefix for validation metrics). Defaults to `"val_loss"`.
         verbose: 0 (silent) or 1: print each decision, and each archive
@@ -77,12 +79,21 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
             far according to `monitor`. If `filepath` has no formatting
             option, each better model overwrites the archive. Defaults to
             `False`.
+        save_weights_only: if `True`, the archives hold the weights only,
+            without the architecture (as `model.save_weights`); load them
+            with `weightroll.load_weights(model, filepath)`. Defaults to
+            `False`.
         mode: one of `"auto"`, `"min"`, `"max"`: whether a better `monitor`
             value is smaller or larger. `"auto"` infers it as Keras does:
             smaller for `"loss"`, otherwise from the direction of the
-            compiled metric of that name. Defaults to `"auto"`.
+            compiled metric of that name; as in `ModelCheckpoint`, a monitor
+            whose direction cannot be inferred raises a `ValueError` at the
+            end of the first epoch. An unknown mode warns and falls back to
+            `"auto"`. Defaults to `"auto"`.
         save_freq: `"epoch"`, or an integer: roll after this many batches.
-            Defaults to `"epoch"`.
+            Defaults to `"epoch"`. Other values raise a `ValueError`, as in
+            `ModelCheckpoint`; unlike it, integers below 1 (and booleans)
+            are refused too, since they would roll after every batch.
         initial_value_threshold: initial "best" value of `monitor` when
             `save_best_only=True`: only a better model is rolled. Defaults
             to `None`.
@@ -90,12 +101,19 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
             callback wrote, deleting older ones once a newer one is complete.
             Files it did not write are never deleted. Defaults to `None`
             (keep all).
-        **roll_options: keyword arguments of `weightroll.roll` (`decoder`,
-            `bits`, `tolerance`, `quality`, `validation_data`, `batch_size`),
-            with its defaults; they are checked here, before training. With
-            `validation_data`, the reference outputs are predicted on the
-            training thread from the live model at each save, the rolled
-            model's outputs in the background.
+        decoder, bits, tolerance, quality, validation_data, output_tolerance,
+            batch_size, base: `weightroll.roll`'s options, with its defaults;
+            they are checked here, before training. With `validation_data`,
+            the reference outputs are predicted on the training thread from
+            the live model at each save, the rolled model's outputs in the
+            background.
+        include_optimizer: also store the optimizer's state, as `.keras`
+            files and `.weights.h5` files do (to resume training). Defaults
+            to `False` (smaller archives).
+
+    Raises:
+        ValueError: (a `WrollError`) for an argument `ModelCheckpoint` would
+            refuse, or a roll option `weightroll.roll` would refuse.
 
     Example:
 
@@ -120,15 +138,25 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
         monitor="val_loss",
         verbose=0,
         save_best_only=False,
+        save_weights_only=False,
         mode="auto",
         save_freq="epoch",
         initial_value_threshold=None,
         *,
         max_to_keep=None,
-        **roll_options,
+        decoder="codebook",
+        bits=None,
+        tolerance=None,
+        quality=None,
+        validation_data=None,
+        output_tolerance=None,
+        batch_size=None,
+        base=None,
+        include_optimizer=False,
     ):
         super().__init__()
-        self.filepath = _check_filepath(filepath)
+        self.save_weights_only = bool(save_weights_only)
+        self.filepath = _check_filepath(filepath, self.save_weights_only)
         self.monitor = monitor
         self.verbose = verbose
         self.save_best_only = save_best_only
@@ -142,7 +170,12 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
         self.save_freq = _check_save_freq(save_freq)
         self.best = initial_value_threshold
         self.max_to_keep = _check_max_to_keep(max_to_keep)
-        self.roll_options = _check_roll_options(roll_options)
+        self.include_optimizer = bool(include_optimizer)
+        self.roll_options = {
+            "decoder": decoder, "bits": bits, "tolerance": tolerance, "quality": quality,
+            "validation_data": validation_data, "output_tolerance": output_tolerance,
+            "batch_size": batch_size, "base": base,
+        }
         # Checked (and a base model hashed) once, the way `weightroll.roll` does it.
         self._write_options = roll_lib.resolve_options(**self.roll_options)
         self.monitor_op = None
@@ -176,6 +209,10 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
             self._save(epoch=self._current_epoch, batch=batch, logs=logs)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.monitor_op is None:
+            # As ModelCheckpoint: once the metrics are built, and whether or not
+            # `save_best_only` (an unknown monitor in "auto" mode raises here).
+            self._set_monitor_op()
         if self.save_freq == "epoch":
             self._save(epoch=epoch, batch=None, logs=logs)
         if logs is not None:
@@ -277,8 +314,15 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
         filepath = self._get_file_path(epoch, batch, logs)
         if not self._should_save_model(epoch, logs, filepath):
             return
+        if os.path.isdir(filepath):
+            raise IsADirectoryError(
+                errno.EISDIR,
+                f"Please specify a non-directory filepath for {self.__class__.__name__}. Filepath used "
+                "is an existing directory",
+                filepath,
+            )
         self._wait()  # at most one roll in flight
-        snap = roll_lib.snapshot(self.model)
+        snap = roll_lib.snapshot(self.model, **self._snapshot_options())
         reference = None
         if self._validation_x is not None:
             # Every worker predicts: under a multi-worker strategy it is a collective.
@@ -292,6 +336,16 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
             )
         job.future = self._executor.submit(self._roll, snap, job.filepath, reference)
         self._pending = self._last = job
+
+    def _snapshot_options(self):
+        """Only the options that differ from `snapshot`'s defaults, so that a
+        snapshot function without them still serves the defaults."""
+        options = {}
+        if self.save_weights_only:
+            options["weights_only"] = True
+        if self.include_optimizer:
+            options["include_optimizer"] = True
+        return options
 
     def _roll(self, snap, filepath, reference):
         """Runs in the background: encode, write, then apply `max_to_keep`."""
@@ -387,14 +441,23 @@ class _Roll:
         self.report = None
 
 
-def _check_filepath(filepath):
+def _check_filepath(filepath, save_weights_only):
+    """ModelCheckpoint's suffix rule, for archives: `.wroll` for a model (as
+    `.keras`), `.weights.wroll` for weights only (as `.weights.h5`)."""
     if not isinstance(filepath, (str, os.PathLike)):
         raise WrollError(
             "Invalid `filepath` argument: expected a string or `PathLike` ending in `.wroll`. "
             f"Received: filepath={filepath!r} of type {type(filepath).__name__}"
         )
     filepath = os.fspath(filepath)
-    if not filepath.endswith(".wroll"):
+    if save_weights_only:
+        if not filepath.endswith(".weights.wroll"):
+            raise WrollError(
+                "When using `save_weights_only=True` in `WeightRollCheckpoint`, the filepath provided "
+                "must end in `.weights.wroll` (weightroll weights-only archive). "
+                f"Received: filepath={filepath}"
+            )
+    elif not filepath.endswith(".wroll"):
         raise WrollError(
             "The filepath provided must end in `.wroll` (weightroll archive format). "
             f"Received: filepath={filepath}"
@@ -422,17 +485,6 @@ def _check_max_to_keep(max_to_keep):
             f"Received: max_to_keep={max_to_keep!r}"
         )
     return max_to_keep
-
-
-def _check_roll_options(options):
-    unknown = sorted(set(options) - set(ROLL_OPTIONS))
-    if unknown:
-        raise WrollError(
-            f"Unknown argument(s) {', '.join(unknown)}: `WeightRollCheckpoint` takes "
-            "`ModelCheckpoint`'s arguments, `max_to_keep`, and the roll options "
-            f"{', '.join(ROLL_OPTIONS)}. Received: {', '.join(f'{k}=...' for k in sorted(options))}"
-        )
-    return dict(options)
 
 
 def _compiled_metrics(model):
