@@ -111,7 +111,7 @@ def decode_png(data, image):
 
 
 def _array(blob, dtype, count, offset):  # little-endian numbers in a member (§7.4)
-    return np.frombuffer(blob, np.dtype(dtype).newbyteorder("<"), count, offset).astype(dtype)
+    return np.frombuffer(blob, _dtype(dtype).newbyteorder("<"), count, offset).astype(_dtype(dtype))
 
 
 def _value_table(decoder, blob):
@@ -159,7 +159,7 @@ def _coded(t, codes, decoder, table, scales, exact):
         per_index = scales[t["scales"]["offset"]:][:t["scales"]["count"]]
         digest.update(per_index.astype("<f4").tobytes())
         values = values * per_index.reshape([-1 if d == axis else 1 for d in range(len(shape))])
-    values = values.astype(t["dtype"]).reshape(-1)  # binary32 to float16 rounds to nearest even
+    values = values.astype(_dtype(t["dtype"])).reshape(-1)  # to float16/bfloat16: nearest, ties to even; ints exact
     if "outliers" in t:  # k int64 indices, then k values of the dtype
         k, o = t["outliers"]["count"], t["outliers"]["offset"]
         index = _array(exact, "int64", k, o)
@@ -189,7 +189,7 @@ def read(path, base=None):
             if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
                 raise ValueError(f"member {info.filename} is compressed or encrypted")
         manifest = _strict_json(archive.read("manifest.json"))
-        if manifest["format"] != "wroll" or manifest["format_version"].split(".")[0] != "1":
+        if manifest["format"] != "wroll" or manifest["format_version"].split(".")[0] not in ("1", "2"):
             raise ValueError(f"unsupported format {manifest['format']} {manifest['format_version']}")
         if set(archive.namelist()) != {"manifest.json", *manifest["members"]}:
             raise ValueError("the zip's members are not those the manifest lists")
@@ -215,7 +215,7 @@ def read(path, base=None):
             offset, size = t["bytes"]["offset"], t["bytes"]["size"]
             if t["dtype"] == "bool" and set(exact[offset:offset + size]) - {0, 1}:
                 raise ValueError(f"{t['path']}: bool byte other than 0 and 1")
-            count = size // np.dtype(t["dtype"]).itemsize
+            count = size // _dtype(t["dtype"]).itemsize
             value = _array(exact, t["dtype"], count, offset).reshape(t["shape"])
         elif t["storage"] == "reference":
             key = repr((t["dtype"], t["shape"], t["sha256"]))
@@ -230,3 +230,12 @@ def read(path, base=None):
             raise ValueError(f"{t['path']}: sha256 differs")
         tensors[t["path"]] = value
     return tensors
+
+
+def _dtype(name):
+    """A dtype name of the spec as numpy's; bfloat16 (2.0) is ml_dtypes'."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)

@@ -31,10 +31,11 @@ def test_refuses_a_path_without_the_wroll_suffix(tmp_path):
         weightroll.roll(_model(), tmp_path / "model.keras")
 
 
-def test_refuses_a_model_that_is_not_built(tmp_path):
+def test_an_unbuilt_model_rolls_and_loads_unbuilt_as_keras_saves_it(tmp_path):
     model = keras.Sequential([keras.layers.Dense(2)])
-    with pytest.raises(weightroll.WrollError, match="build it"):
-        weightroll.roll(model, tmp_path / "m.wroll")
+    weightroll.roll(model, tmp_path / "m.wroll")
+    assert weightroll.unroll(tmp_path / "m.wroll") == {}
+    assert not weightroll.load_rolled(tmp_path / "m.wroll").built
 
 
 @pytest.mark.parametrize("bits", [0, 9, 2.5, True])
@@ -176,10 +177,10 @@ def test_a_newer_major_version_says_which_weightroll_reads_it():
         if name != "manifest.json":
             return data
         manifest = json.loads(data)
-        manifest["format_version"] = "2.0"
+        manifest["format_version"] = "3.0"
         return json.dumps(manifest).encode()
 
-    with pytest.raises(VersionError, match="format 2.0.*Upgrade weightroll"):
+    with pytest.raises(VersionError, match="format 3.0.*Upgrade weightroll"):
         weightroll.unroll(_rewrite(buf, bump))
 
 
@@ -200,11 +201,12 @@ def _with_manifest(buf, edit):
     return _rewrite(buf, apply)
 
 
-def test_coded_tensors_carry_a_coding_digest_and_archives_say_1_1():
+def test_coded_tensors_carry_a_coding_digest_and_archives_say_2_0():
     buf = io.BytesIO()
     weightroll.roll(_model(), buf)
     manifest = json.loads(zipfile.ZipFile(io.BytesIO(buf.getvalue())).read("manifest.json"))
-    assert manifest["format_version"] == "1.1"
+    assert manifest["format_version"] == "2.0"
+    assert all(t["key"].startswith("layers/") and len(t["binding_sha256"]) == 64 for t in manifest["tensors"])
     coded = [t for t in manifest["tensors"] if t["storage"] == "coded"]
     assert coded and all(len(t["coding_sha256"]) == 64 for t in coded)
     assert not any("coding_sha256" in t for t in manifest["tensors"] if t["storage"] != "coded")
@@ -215,9 +217,12 @@ def test_unroll_checks_the_coding_digest_and_verify_also_checks_the_values(tmp_p
     weightroll.roll(_model(), buf)
     expected = weightroll.unroll(io.BytesIO(buf.getvalue()))
 
-    def wrong_values_digest(manifest):  # the values' digest alone is wrong
+    def wrong_values_digest(manifest):  # the values' digest alone is wrong (and bound as such)
+        from weightroll._format.digest import binding_sha256
+
         t = next(t for t in manifest["tensors"] if t["storage"] == "coded")
         t["sha256"] = "0" * 64
+        t["binding_sha256"] = binding_sha256(t)
 
     edited = _with_manifest(buf, wrong_values_digest)
     got = weightroll.unroll(edited)  # the coding digest vouches for the values

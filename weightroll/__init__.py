@@ -7,12 +7,12 @@ pillow and zstandard only, and `roll` / `load_rolled` import Keras when called.
 __version__ = "0.1.0"
 
 from weightroll._unroll import unroll  # noqa: E402
-from weightroll._keras.load import load_rolled  # noqa: E402
+from weightroll._keras.load import load_rolled, load_weights  # noqa: E402
 from weightroll._keras.roll import roll  # noqa: E402
 from weightroll.errors import WrollError  # noqa: E402
 from weightroll.report import RollReport  # noqa: E402
 
-__all__ = ["RollReport", "WeightRollCheckpoint", "WrollError", "load_rolled", "roll", "unroll"]
+__all__ = ["RollReport", "WeightRollCheckpoint", "WrollError", "load_rolled", "load_weights", "roll", "unroll"]
 
 
 def __getattr__(name):

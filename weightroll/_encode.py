@@ -50,11 +50,10 @@ class Encoded:
 
 def _dtype_name(array, path):
     name = array.dtype.name
-    if name not in mf.EXACT_DTYPES:
+    if name not in mf.EXACT_DTYPES[mf.FORMAT_MAJOR]:
         raise WrollError(
             f"Variable '{path}' has dtype {name}, which .wroll cannot store. Supported dtypes: "
-            f"{', '.join(mf.EXACT_DTYPES)}. Cast the variable (e.g. keep bfloat16 "
-            "models' variables in float32 with a mixed-precision policy) before rolling."
+            f"{', '.join(mf.EXACT_DTYPES[mf.FORMAT_MAJOR])}. Cast the variable to one of them before rolling."
         )
     return name
 
@@ -158,7 +157,7 @@ def tensor_size(source):
     return source.size if isinstance(source, Lazy) else np.asarray(source).size
 
 
-def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality=None, seed=0,
+def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality=None, seed=0, lossless=(),
            base_keys=None, keep_decoded=True):
     """Quantise and code tensors.
 
@@ -177,6 +176,8 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
         seed: seed of the MLP fit (ignored by `"codebook"`).
         base_keys: optional set of `reference_key`s of a base model's tensors;
             a tensor bit-identical to one of them is stored as a reference.
+        lossless: paths of tensors stored without loss whatever the other
+            options say (an optimizer's state, for an exact resume).
         keep_decoded: keep every decoded tensor in `Encoded.decoded` (to run
             the rolled model); without it, each is dropped once its digest and
             error are recorded.
@@ -193,7 +194,9 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
 
         def run(batch):
             for i in batch:
-                results[i] = _encode_one(*named[i], bits, tolerance, base_keys, keep_decoded)
+                path = named[i][0]
+                results[i] = _encode_one(*named[i], None if path in lossless else bits,
+                                         0.0 if path in lossless else tolerance, base_keys, keep_decoded)
 
         parallel_map(run, _batches([tensor_size(t) for _, t in named]))
         section, arrays = _codebook_tables(results)
@@ -234,7 +237,7 @@ def _storage(path, array, base_keys):
         key = reference_key(array)
         if key in base_keys:
             return "reference", key[2]
-    if dtype in mf.CODED_DTYPES and array.size > 0 and _codable(array):
+    if dtype in mf.CODED_DTYPES[mf.FORMAT_MAJOR] and array.size > 0 and _codable(array):
         return "coded", None
     return "exact", None
 
@@ -356,6 +359,8 @@ def _code(path, array, bits, tolerance, keep=True):
     """A codable tensor's coding, or None to store it exactly. Without `keep`
     a float32 tensor's uniform code holds no decoded values ("values" is
     None), only their digest ("sha256")."""
+    if array.dtype.kind in "iu":  # integers (a quantized kernel) are only ever coded losslessly
+        bits, tolerance = None, 0.0
     if bits is not None:
         if not codebook_pays(array.size, array.dtype.itemsize, bits):
             return None

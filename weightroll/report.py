@@ -17,6 +17,8 @@ def tensor_error(original, decoded):
     """
     a = np.asarray(original).reshape(-1)
     b = np.asarray(decoded).reshape(-1)
+    if a.dtype.name == "bfloat16":  # numpy does not count ml_dtypes' bfloat16 as floating
+        a, b = a.astype(np.float32), b.astype(a.dtype).astype(np.float32)
     if a.size == 0 or not np.issubdtype(a.dtype, np.floating):
         exact = a.size == 0 or bool(np.array_equal(a, b))
         return {"relative_rmse": 0.0 if exact else None, "max_abs_error": 0.0 if exact else None}, 0.0, 0.0

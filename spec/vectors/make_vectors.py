@@ -113,6 +113,43 @@ def _model_dense_float16_1bit():
     return _dense_model("tiny_float16", kernel, bias, dtype="float16")
 
 
+def _model_dense_bfloat16():
+    import ml_dtypes
+
+    rng = np.random.default_rng(7)
+    kernel = rng.normal(scale=0.5, size=(4, 3)).astype(ml_dtypes.bfloat16)
+    bias = np.array([0.01, -0.02, 0.03], ml_dtypes.bfloat16)
+    return _dense_model("tiny_bfloat16", kernel, bias, dtype="bfloat16")
+
+
+def _model_dense_int8():
+    """`dense_codebook_8bit`'s Dense(24), quantized by Keras (`model.quantize("int8")`)."""
+    import warnings
+
+    model = _model_dense_codebook_8bit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "InputLayer does not have a `quantize` method"
+        model.quantize("int8")
+    # Few distinct integers, so that a lossless table pays (a real int8 kernel is larger).
+    kernel = model.get_layer("dense")._kernel
+    kernel.assign((np.arange(int(np.prod(kernel.shape))) % 7 - 3).reshape(kernel.shape).astype("int8"))
+    return model
+
+
+def _model_string_lookup():
+    """A StringLookup whose vocabulary travels as an asset file, then a Dense."""
+    import keras
+
+    _reset_names()
+    lookup = keras.layers.StringLookup(name="lookup")
+    lookup.adapt(np.array(["red", "red", "red", "green", "green", "blue"]))  # adapted: an asset, not config
+    inputs = keras.Input(shape=(1,), dtype="string", name="x")
+    outputs = keras.layers.Dense(2, name="dense")(keras.ops.cast(lookup(inputs), "float32"))
+    model = keras.Model(inputs, outputs, name="tiny_lookup")
+    model.get_layer("dense").set_weights([np.array([[0.5, -0.25]], np.float32), np.array([0.0, 0.125], np.float32)])
+    return model
+
+
 def _model_dense_codebook_8bit():
     import keras
 
@@ -157,12 +194,22 @@ VALID = [
      "the bias is stored exact. The spec's worked example."),
     ("dense_dropout_exact", _model_dense_dropout_exact, {"decoder": "codebook", "tolerance": 0.02},
      "Dense(3) + Dropout(seed=1234); tolerance 0.02: every tensor is too small for codes to pay "
-     "and is exact, including the int64 seed-generator state."),
+     "and is exact. The dropout's seed-generator state is not saved, as in a .keras file."),
     ("dense_mlp_8bit", _model_dense_mlp_8bit, {"decoder": "mlp", "bits": 8},
      "Dense(3) on 4 inputs; the paper's MLP decoder, 8 bits: every tensor is coded."),
     ("dense_float16_1bit", _model_dense_float16_1bit, {"decoder": "codebook", "bits": 1},
      "float16 Dense(3); 1-bit codebook: the kernel is coded (float32 table cast to float16), "
      "the bias is exact float16."),
+    ("dense_bfloat16", _model_dense_bfloat16, {"decoder": "codebook", "bits": 2},
+     "bfloat16 Dense(3); 2-bit codebook: the kernel is coded (float32 table, each value rounded "
+     "to bfloat16 to nearest, ties to even), the bias is exact bfloat16. Format 2.0."),
+    ("dense_int8", _model_dense_int8, {},
+     "dense_codebook_8bit's Dense(24) quantized by Keras to int8: the int8 kernel is coded losslessly "
+     "(a table of its distinct integers), its float32 scale and the bias are stored exactly "
+     "(a quantized model is rolled losslessly). Format 2.0."),
+    ("string_lookup", _model_string_lookup, {"decoder": "codebook", "bits": 2},
+     "StringLookup adapted to [red, green, blue] -> Dense(2): the vocabulary travels as the asset "
+     "'layers/string_lookup/vocabulary.txt'; the Dense's tensors are coded. Format 2.0."),
     ("dense_codebook_8bit", _model_dense_codebook_8bit, {"decoder": "codebook", "bits": 8},
      "Dense(24) on 16 inputs; 8-bit codebook, lossy k-means on 384 distinct values."),
     ("dense_reference", _model_dense_reference, {"decoder": "codebook", "bits": 2, "base": "base"},
@@ -200,7 +247,7 @@ def _entries(arrays):
         out[path] = {
             "shape": list(array.shape),
             "dtype": array.dtype.name,
-            "values": array.reshape(-1).tolist(),  # Python numbers: shortest round-trip repr
+            "values": (array.astype(np.float32) if array.dtype.name == "bfloat16" else array).reshape(-1).tolist(),
             "sha256": tensor_digest(array),
         }
     return out
@@ -234,7 +281,7 @@ def manifest_of(members):
     return json.loads(dict(members)["manifest.json"])
 
 
-def repack(members, manifest=None, replace=None, drop=(), add=(), fix=True):
+def repack(members, manifest=None, replace=None, drop=(), add=(), fix=True, rebind=True):
     """A new archive from `members` with the given edits.
 
     Args:
@@ -244,7 +291,10 @@ def repack(members, manifest=None, replace=None, drop=(), add=(), fix=True):
         add: `(name, bytes)` to append to the zip.
         fix: recompute `members[...]` size and sha256 for every listed member
             present in the zip, so that the edit gets past R6 and R21.
+        rebind: recompute each tensor's `binding_sha256` (2.0), so that an
+            edit of a tensor entry reaches the rule it is meant for, not R40.
     """
+    from weightroll._format.digest import binding_sha256
     from weightroll._format.manifest import dumps
 
     replace = replace or {}
@@ -255,6 +305,14 @@ def repack(members, manifest=None, replace=None, drop=(), add=(), fix=True):
         for name, data in payload:
             if name in manifest.get("members", {}):
                 manifest["members"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    tensors = manifest.get("tensors") if isinstance(manifest, dict) else None
+    if rebind and isinstance(tensors, list):
+        for t in tensors:
+            if isinstance(t, dict) and "binding_sha256" in t:
+                try:
+                    t["binding_sha256"] = binding_sha256(t)
+                except (KeyError, TypeError, ValueError):  # an entry the edit left unhashable
+                    pass
     return zip_bytes([("manifest.json", dumps(manifest))] + payload)
 
 
@@ -434,10 +492,10 @@ def invalid_vectors(bases):
     # R3, R4: format name and version
     yield ("format_name", man(lambda m: m.update(format="zip")), "R3", "ArchiveError",
            "'format' must be 'wroll'", "unroll", "format set to \"zip\".")
-    yield ("version_2_0", man(lambda m: m.update(format_version="2.0")), "R4", "VersionError",
-           "reads format 1.x only", "unroll", "format_version set to \"2.0\".")
+    yield ("version_3_0", man(lambda m: m.update(format_version="3.0")), "R4", "VersionError",
+           "reads formats 1.x and 2.x only", "unroll", "format_version set to \"3.0\".")
     yield ("version_0_9", man(lambda m: m.update(format_version="0.9")), "R4", "VersionError",
-           "reads format 1.x only", "unroll", "format_version set to \"0.9\".")
+           "reads formats 1.x and 2.x only", "unroll", "format_version set to \"0.9\".")
     yield ("version_malformed", man(lambda m: m.update(format_version="1.0.0")), "R4", "ArchiveError",
            "must look like 'MAJOR.MINOR'", "unroll", "format_version set to \"1.0.0\".")
     yield ("version_number", man(lambda m: m.update(format_version=1.0)), "R4", "ArchiveError",
@@ -734,7 +792,7 @@ def invalid_vectors(bases):
                   replace={"architecture.json.zst": _zstd(dup)}),
            "R36", "ArchiveError", "has the key 'module' twice", "load_rolled",
            "A second \"module\" key at the top of the architecture JSON (sizes and checksums updated).")
-    yield from _keras_loader_vectors(tm, arch_json, man)
+    yield from _keras_loader_vectors(tm, arch_json, man, bases)
 
 
 def _with_architecture(members, text, content_size=True, size=None):
@@ -750,7 +808,7 @@ def _architecture_of(model):
     return architecture_json(model)
 
 
-def _keras_loader_vectors(tm, arch_json, man):
+def _keras_loader_vectors(tm, arch_json, man, bases=None):
     """Invalid vectors that only a reader of the JSON members (a Keras loader) notices: R35 to R38."""
     import keras
 
@@ -810,7 +868,7 @@ def _keras_loader_vectors(tm, arch_json, man):
     inputs = keras.Input(shape=(4,), name="x")
     no_bias = keras.Model(inputs, keras.layers.Dense(3, use_bias=False, name="dense")(inputs), name="tiny")
     yield ("variables_count_mismatch", _with_architecture(tm, _architecture_of(no_bias)), "R38", "WrollError",
-           "The archive holds 2 tensors but the rebuilt model 'tiny' has 1 variables", "load_rolled",
+           "Layer 'dense' expected 1 variables, but received 2 variables", "load_rolled",
            "The architecture of the same model built with use_bias=False (one variable for two tensors).")
     _reset_names()
     inputs = keras.Input(shape=(5,), name="x")
@@ -818,6 +876,35 @@ def _keras_loader_vectors(tm, arch_json, man):
     yield ("variable_shape_mismatch", _with_architecture(tm, _architecture_of(wider)), "R38", "WrollError",
            "Variable 'dense/kernel' has shape (5, 3), but the archive's tensor 'dense/kernel' has shape (4, 3)",
            "load_rolled", "The architecture of the same model on 5 inputs instead of 4.")
+    # R40 (2.0): names bound to data
+    def swap_paths(m):
+        a, b = _tensor(m, "dense/kernel"), _tensor(m, "dense/bias")
+        a["path"], b["path"] = b["path"], a["path"]
+    yield ("binding_paths_swapped", repack(tm, _edit(swap_paths)(manifest_of(tm)), rebind=False), "R40", "ArchiveError",
+           "binding_sha256 does not match", "unroll",
+           "The kernel's and the bias's paths swapped, their bindings left as written.")
+    yield ("binding_key_missing", man(lambda m: _tensor(m, "dense/bias").pop("key")), "R7", "ArchiveError",
+           "is missing the field 'key'", "unroll", "The bias's key removed (a 2.0 tensor needs one).")
+    yield ("binding_key_twice", man(lambda m: _tensor(m, "dense/bias").update(key=_tensor(m, "dense/kernel")["key"])),
+           "R40", "ArchiveError", "unique in the archive", "unroll", "The bias given the kernel's key (rebound).")
+    # R41 (2.0): asset paths
+    lm = read_members(bases["string_lookup"])
+    asset = manifest_of(lm)["assets"][0]["path"]
+
+    def escape(m):
+        m["assets"][0]["path"] = "../" + asset
+    yield ("asset_path_escapes", repack(lm, _edit(escape)(manifest_of(lm))), "R41", "ArchiveError",
+           "must be a unique relative path", "load_rolled", "The vocabulary's asset path given a leading '../'.")
+    yield ("asset_member_missing", repack(lm, drop=("assets/" + asset,)), "R6", "ArchiveError",
+           "lacks the member", "load_rolled", "The vocabulary's asset member left out of the zip.")
+    # R42 (2.0): integer tables
+    qm = read_members(bases["dense_int8"])
+    qman = manifest_of(qm)
+    coded_int = next(t for t in qman["tensors"] if t["dtype"] == "int8" and t["storage"] == "coded")
+    table = bytearray(dict(qm)["decoder.bin"])
+    struct.pack_into("<f", table, 4 * coded_int["table"]["offset"], 0.5)
+    yield ("integer_table_fraction", repack(qm, replace={"decoder.bin": bytes(table)}), "R42", "ArchiveError",
+           "not integers in [-128, 127]", "unroll", "The int8 kernel's first table entry set to 0.5.")
     yield ("variable_dtype_kind", man(lambda m: _tensor(m, "dense/bias").update(dtype="int32")), "R38",
            "WrollError",
            "Variable 'dense/bias' is float32, but the archive's tensor 'dense/bias' is int32", "load_rolled",
@@ -826,10 +913,10 @@ def _keras_loader_vectors(tm, arch_json, man):
 
 
 def forward_compatible(bases):
-    """A valid archive from a future minor version: 1.9, with unknown fields."""
+    """A valid archive from a future minor version: 2.9, with unknown fields."""
     members = read_members(bases[EXAMPLE])
     manifest = manifest_of(members)
-    manifest["format_version"] = "1.9"
+    manifest["format_version"] = "2.9"
     manifest["x_future_section"] = {"note": "unknown fields are ignored"}
     manifest["tensors"][0]["x_future_field"] = [1, 2, 3]
     manifest["decoder"]["x_future_field"] = True
@@ -905,7 +992,7 @@ def generate(outdir):
             bases[name] = f.read()
         written.append(name + ".wroll")
 
-    future = "minor_version_1_9"
+    future = "minor_version_2_9"
     with open(os.path.join(outdir, future + ".wroll"), "wb") as f:
         f.write(forward_compatible(bases))
     written.append(future + ".wroll")

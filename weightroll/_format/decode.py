@@ -10,6 +10,7 @@ from weightroll._format import rules
 from weightroll._format import manifest as mf
 from weightroll._format.digest import coding_sha256, reference_key, tensor_digest
 from weightroll._format.mlp_decoder import evaluate as evaluate_mlp
+from weightroll._format.schema import CODED_INTEGER_DTYPES, itemsize, numpy_dtype
 from weightroll.errors import ArchiveError, short
 
 
@@ -58,7 +59,7 @@ def coding_digest(entry, codes, table, scales, exact_bytes):
     outliers = b""
     if "outliers" in entry:
         o = entry["outliers"]
-        outliers = memoryview(exact_bytes)[o["offset"]: o["offset"] + o["count"] * (8 + np.dtype(entry["dtype"]).itemsize)]
+        outliers = memoryview(exact_bytes)[o["offset"]: o["offset"] + o["count"] * (8 + itemsize(entry["dtype"]))]
     return coding_sha256(
         entry["dtype"], entry["shape"], scaled["axis"] if scaled else None,
         codes[start: start + entry["codes"]["count"]], table[t["offset"]: t["offset"] + t["size"]],
@@ -75,7 +76,7 @@ _DECODE_BLOCK = 1 << 16
 
 
 def _decode_tensor(entry, codes, table, scales, exact_bytes, kind):
-    dtype = np.dtype(entry["dtype"])
+    dtype = numpy_dtype(entry["dtype"])
     shape = entry["shape"]
     if entry["storage"] == "exact":
         start, size = entry["bytes"]["offset"], entry["bytes"]["size"]
@@ -102,6 +103,8 @@ def _decode_tensor(entry, codes, table, scales, exact_bytes, kind):
     # Looked up a block at a time: np.take widens each code to an 8-byte
     # index, which for a whole tensor would be twice its float32 values.
     lookup, values = table[offset: offset + size], np.empty(span.size, table.dtype)
+    if entry["dtype"] in CODED_INTEGER_DTYPES:
+        _check_integer_table(entry, lookup, dtype)
     for start in range(0, span.size, _DECODE_BLOCK):
         stop = start + _DECODE_BLOCK
         np.take(lookup, span[start:stop], out=values[start:stop], mode="clip")  # codes < size, checked
@@ -118,6 +121,18 @@ def _decode_tensor(entry, codes, table, scales, exact_bytes, kind):
     return array
 
 
+def _check_integer_table(entry, lookup, dtype):
+    """R42: a coded integer tensor's table holds integers its dtype can hold,
+    so that the cast back is exact."""
+    info = np.iinfo(dtype)
+    if np.any(lookup != np.round(lookup)) or np.any(lookup < info.min) or np.any(lookup > info.max):
+        raise ArchiveError(
+            f"Tensor '{short(entry['path'])}' is {entry['dtype']} but its table holds values that are "
+            f"not integers in [{info.min}, {info.max}].",
+            rule=rules.INTEGER_TABLE,
+        )
+
+
 def base_index(arrays):
     """Index base tensors by `(dtype, shape, sha256)` for reference look-ups.
 
@@ -131,6 +146,71 @@ def base_index(arrays):
         array = np.asarray(array)
         index.setdefault(reference_key(array), array)
     return index
+
+
+class TensorDecoder:
+    """Decodes an open archive's tensors on demand, each checked against its digests.
+
+    Every member's SHA-256 is checked first; then the codes, the decoder's
+    tables and the exact bytes are read once, and `decode(entry)` gives one
+    tensor at a time, in any order (a loader asks by key).
+
+    Args:
+        archive: an open `RolledArchive`.
+        base: for archives that reference a base model's tensors, a dict
+            from `base_index`; None when `skip_references` or none are needed.
+        skip_references: referenced tensors will not be asked for.
+        check_values: also check the values' SHA-256 of tensors that have a
+            coding digest (what `inspect_wroll --verify` does).
+    """
+
+    def __init__(self, archive, base=None, skip_references=False, check_values=False):
+        manifest = archive.manifest
+        self.entries = manifest["tensors"]
+        self._kind = manifest["decoder"]["kind"]
+        self._base, self._check_values = base, check_values
+        references = [t for t in self.entries if t["storage"] == "reference"]
+        if references and base is None and not skip_references:
+            raise ArchiveError(
+                f"This archive stores {len(references)} tensors as references to a base model "
+                f"(e.g. '{short(references[0]['path'])}'); pass the base it was rolled against "
+                "(`base=`) to load it.",
+                rule=rules.REFERENCE,
+            )
+        archive.verify_members()  # every member's SHA-256, before any of them is used
+        coded = any(t["storage"] == "coded" for t in self.entries)
+        self._codes = archive.codes() if coded else None
+        self._table, self._scales = lookup_tables(archive) if coded else (None, None)
+        has_exact = mf.EXACT_MEMBER in manifest["members"]
+        self._exact = archive.member(mf.EXACT_MEMBER) if has_exact else b""
+
+    def decode(self, t):
+        """The array of tensor entry `t`, of its recorded shape and dtype."""
+        if t["storage"] == "reference":
+            key = (t["dtype"], tuple(t["shape"]), t["sha256"])
+            if self._base is None or key not in self._base:
+                raise ArchiveError(
+                    f"Tensor '{short(t['path'])}' references a base tensor ({t['dtype']} "
+                    f"{short(t['shape'])}, SHA-256 {t['sha256'][:12]}...) that the given base does not "
+                    "hold bit for bit; pass the exact base model the archive was rolled against.",
+                    rule=rules.REFERENCE,
+                )
+            return np.array(self._base[key], copy=True)
+        codes, table, scales, exact = self._codes, self._table, self._scales, self._exact
+        array = decode_tensor(t, codes, table, scales, exact, self._kind)
+        if "coding_sha256" in t and coding_digest(t, codes, table, scales, exact) != t["coding_sha256"]:
+            raise ArchiveError(
+                f"Tensor '{short(t['path'])}': its codes, table, scales or outliers differ from those "
+                "recorded (coding_sha256) when it was rolled; the manifest or data was altered.",
+                rule=rules.CODING_DIGEST,
+            )
+        if ("coding_sha256" not in t or self._check_values) and tensor_digest(array) != t["sha256"]:
+            raise ArchiveError(
+                f"Tensor '{short(t['path'])}' decodes to values whose SHA-256 differs from the "
+                "one recorded when it was rolled; the manifest or data was altered.",
+                rule=rules.TENSOR_DIGEST,
+            )
+        return array
 
 
 def iter_decoded(archive, base=None, skip_references=False, check_values=False, progress=None):
@@ -152,50 +232,11 @@ def iter_decoded(archive, base=None, skip_references=False, check_values=False, 
     Yields:
         `(path, array)` in archive order, arrays of the recorded shape and dtype.
     """
-    manifest = archive.manifest
-    tensors = manifest["tensors"]
-    kind = manifest["decoder"]["kind"]
-    references = [t for t in tensors if t["storage"] == "reference"]
-    if references and base is None and not skip_references:
-        raise ArchiveError(
-            f"This archive stores {len(references)} tensors as references to a base model "
-            f"(e.g. '{short(references[0]['path'])}'); pass the base it was rolled against "
-            "(`base=`) to load it.",
-            rule=rules.REFERENCE,
-        )
-    archive.verify_members()  # every member's SHA-256, before any of them is used
-    coded = any(t["storage"] == "coded" for t in tensors)
-    codes = archive.codes() if coded else None
-    table, scales = lookup_tables(archive) if coded else (None, None)
-    has_exact = mf.EXACT_MEMBER in manifest["members"]
-    exact_bytes = archive.member(mf.EXACT_MEMBER) if has_exact else b""
-    for t in tensors:
-        if t["storage"] == "reference":
-            if skip_references:
-                continue
-            key = (t["dtype"], tuple(t["shape"]), t["sha256"])
-            if key not in base:
-                raise ArchiveError(
-                    f"Tensor '{short(t['path'])}' references a base tensor ({t['dtype']} "
-                    f"{short(t['shape'])}, SHA-256 {t['sha256'][:12]}...) that the given base does not "
-                    "hold bit for bit; pass the exact base model the archive was rolled against.",
-                    rule=rules.REFERENCE,
-                )
-            array = np.array(base[key], copy=True)
-        else:
-            array = decode_tensor(t, codes, table, scales, exact_bytes, kind)
-            if "coding_sha256" in t and coding_digest(t, codes, table, scales, exact_bytes) != t["coding_sha256"]:
-                raise ArchiveError(
-                    f"Tensor '{short(t['path'])}': its codes, table, scales or outliers differ from those "
-                    "recorded (coding_sha256) when it was rolled; the manifest or data was altered.",
-                    rule=rules.CODING_DIGEST,
-                )
-            if ("coding_sha256" not in t or check_values) and tensor_digest(array) != t["sha256"]:
-                raise ArchiveError(
-                    f"Tensor '{short(t['path'])}' decodes to values whose SHA-256 differs from the "
-                    "one recorded when it was rolled; the manifest or data was altered.",
-                    rule=rules.TENSOR_DIGEST,
-                )
+    decoder = TensorDecoder(archive, base, skip_references, check_values)
+    for t in decoder.entries:
+        if t["storage"] == "reference" and skip_references:
+            continue
+        array = decoder.decode(t)
         if progress is not None:
             progress(array.size, t["path"])
         yield t["path"], array

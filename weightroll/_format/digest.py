@@ -6,6 +6,8 @@ import struct
 
 import numpy as np
 
+from weightroll._format.json_text import dumps
+
 
 def coding_sha256(dtype, shape, axis, codes, table, scales, outliers):
     """SHA-256 of what a coded tensor's values are computed from: its dtype
@@ -51,7 +53,7 @@ def tensor_digest(array):
     array = np.asarray(array)
     if array.size and array.flags.c_contiguous and (array.dtype.byteorder in ("<", "|") or
                                      (array.dtype.byteorder == "=" and np.little_endian)):
-        return hashlib.sha256(memoryview(array.reshape(-1)).cast("B")).hexdigest()
+        return hashlib.sha256(array.reshape(-1).view(np.uint8)).hexdigest()
     return hashlib.sha256(little_endian_bytes(array)).hexdigest()
 
 
@@ -59,3 +61,14 @@ def reference_key(array):
     """How a base tensor is recognised: dtype, shape and SHA-256 of its bytes."""
     array = np.asarray(array)
     return array.dtype.name, tuple(int(d) for d in array.shape), tensor_digest(array)
+
+
+# The fields of a tensor entry that `binding_sha256` covers (spec §4.9).
+BOUND_FIELDS = ("key", "path", "dtype", "shape", "storage", "sha256", "coding_sha256")
+
+
+def binding_sha256(entry):
+    """SHA-256 of the canonical JSON of a tensor entry's `BOUND_FIELDS` (those
+    it has): its names bound to its data's digests, so that a path or key
+    moved onto other data is refused."""
+    return hashlib.sha256(dumps({k: entry[k] for k in BOUND_FIELDS if k in entry})).hexdigest()

@@ -48,3 +48,8 @@ MAX_JSON_DEPTH = 200
 # nor spends more than about a second evaluating it on all 256 codes. (R9)
 MAX_MLP_LAYERS = 8
 MAX_MLP_UNITS = 1024
+
+# Asset files (a lookup layer's vocabulary, a tokenizer's merges): how many an
+# archive may list, and how large each may expand to. (R41)
+MAX_ASSETS = 10_000
+MAX_ASSET_BYTES = 1 << 30

@@ -19,9 +19,9 @@ from weightroll._format import limits, rules
 from weightroll._format.fields import MAX_OFFSET, get, get_count, get_shape, is_digest
 from weightroll._format.json_text import dumps, finite_or_none, json_depth, loads  # noqa: F401
 from weightroll._format.schema import *  # noqa: F401,F403 - the format's names, as `manifest.X`
-from weightroll._format.schema import (ARCHITECTURE_MEMBER, DECODER_CONFIG_MEMBER, DECODER_KINDS,
+from weightroll._format.schema import (ARCHITECTURE_MEMBER, ASSETS_PREFIX, DECODER_CONFIG_MEMBER, DECODER_KINDS,
                                        DECODER_WEIGHTS_MEMBER, FORMAT_MAJOR, FORMAT_NAME, IMAGE_MEMBER,
-                                       MLP_ACTIVATIONS, REQUIRED_MEMBERS)
+                                       MLP_ACTIVATIONS, READABLE_MAJORS, REQUIRED_MEMBERS)
 from weightroll._format.tensor_rules import check_tensors
 from weightroll.errors import ArchiveError, LimitError, VersionError, short
 
@@ -45,7 +45,7 @@ def check_version(manifest):
             rule=rules.FORMAT_VERSION,
         )
     major, minor = int(match[1]), int(match[2])
-    if major != FORMAT_MAJOR:
+    if major not in READABLE_MAJORS:
         if major > FORMAT_MAJOR:
             producer = manifest.get("producer")
             writer = producer.get("version") if isinstance(producer, dict) else None
@@ -56,8 +56,8 @@ def check_version(manifest):
         else:
             hint = "It predates the first published format."
         raise VersionError(
-            f"This archive uses .wroll format {version}; this weightroll reads format "
-            f"{FORMAT_MAJOR}.x only. {hint}",
+            f"This archive uses .wroll format {version}; this weightroll reads formats "
+            f"{' and '.join(f'{m}.x' for m in READABLE_MAJORS)} only. {hint}",
             rule=rules.FORMAT_VERSION,
         )
     return major, minor
@@ -77,7 +77,7 @@ def validate(manifest, member_sizes):
     Returns:
         The manifest, unchanged, once every rule holds.
     """
-    check_version(manifest)
+    major, _ = check_version(manifest)
     members = get(manifest, "members", "dict", "manifest")
     _check_members(members, member_sizes)
 
@@ -124,19 +124,61 @@ def validate(manifest, member_sizes):
                            rule=rules.DECODER_FIELDS)
     get_count(decoder, "config_size", "decoder", limits.MAX_ARCHITECTURE_BYTES, rules.DECODER_FIELDS)
 
-    architecture = get(manifest, "architecture", "dict", "manifest")
-    if get(architecture, "member", "str", "architecture") != ARCHITECTURE_MEMBER:
-        raise ArchiveError(f"manifest.json: architecture.member must be '{ARCHITECTURE_MEMBER}'.",
-                           rule=rules.ARCHITECTURE_FIELDS)
-    get_count(architecture, "size", "architecture", limits.MAX_ARCHITECTURE_BYTES, rules.ARCHITECTURE_FIELDS)
+    # A 2.x archive without `architecture` holds weights only (spec §10).
+    architecture = get(manifest, "architecture", "dict", "manifest", optional=major >= 2)
+    if architecture is not None:
+        if get(architecture, "member", "str", "architecture") != ARCHITECTURE_MEMBER:
+            raise ArchiveError(f"manifest.json: architecture.member must be '{ARCHITECTURE_MEMBER}'.",
+                               rule=rules.ARCHITECTURE_FIELDS)
+        get_count(architecture, "size", "architecture", limits.MAX_ARCHITECTURE_BYTES, rules.ARCHITECTURE_FIELDS)
+    elif ARCHITECTURE_MEMBER in members:
+        raise ArchiveError(
+            f"manifest.json: '{ARCHITECTURE_MEMBER}' is listed but there is no 'architecture' field; "
+            "a weights-only archive has no architecture member.",
+            rule=rules.ARCHITECTURE_FIELDS,
+        )
 
     for required in REQUIRED_MEMBERS:
-        if required not in members:
+        if required not in members and (required != ARCHITECTURE_MEMBER or architecture is not None):
             raise ArchiveError(f"manifest.json: members must list the required member '{required}'.",
                                rule=rules.REQUIRED_MEMBERS)
 
-    check_tensors(manifest, kind, n_codes, table_size, scales_size, members)
+    if major >= 2:
+        _check_assets(manifest, members)
+    check_tensors(manifest, major, kind, n_codes, table_size, scales_size, members)
     return manifest
+
+
+def _check_assets(manifest, members):
+    """R41: each asset file has a safe relative path and its own member."""
+    assets = get(manifest, "assets", "list", "manifest", optional=True) or []
+    if len(assets) > limits.MAX_ASSETS:
+        raise LimitError(f"manifest.json: {len(assets)} assets; at most {limits.MAX_ASSETS} are allowed.",
+                         rule=rules.ASSETS)
+    seen = set()
+    for i, entry in enumerate(assets):
+        where = f"assets[{i}]"
+        path = get(entry, "path", "str", where)
+        if not _safe_relative_path(path) or path in seen:
+            raise ArchiveError(
+                f"manifest.json: {where}.path {short(path)!r} must be a unique relative path of "
+                "1 to 32 parts of letters, digits, '.', '_' and '-' (no '.' or '..' part).",
+                rule=rules.ASSETS,
+            )
+        seen.add(path)
+        get_count(entry, "size", where, limits.MAX_ASSET_BYTES, rules.ASSETS)
+        if ASSETS_PREFIX + path not in members:
+            raise ArchiveError(f"manifest.json: {where} has no member '{ASSETS_PREFIX}{short(path)}'.",
+                               rule=rules.ASSETS)
+
+
+_PART = re.compile(r"[A-Za-z0-9._-]{1,255}", re.ASCII)
+
+
+def _safe_relative_path(path):
+    parts = path.split("/")
+    return (0 < len(path) <= 1024 and len(parts) <= 32
+            and all(_PART.fullmatch(p) and p not in (".", "..") for p in parts))
 
 
 

@@ -88,8 +88,17 @@ class RolledArchive:
             )
 
     def architecture_json(self):
-        """The model's architecture JSON bytes, decompressed within the declared size (R35)."""
+        """The model's architecture JSON bytes, decompressed within the declared
+        size (R35); None for a weights-only archive."""
+        if "architecture" not in self.manifest:
+            return None
         return self._zstd_member(mf.ARCHITECTURE_MEMBER, self.manifest["architecture"]["size"])
+
+    def assets(self):
+        """`{relative path: bytes}` of the asset files (a lookup layer's
+        vocabulary, say), each within its declared size (R35, R41)."""
+        return {a["path"]: self._zstd_member(mf.ASSETS_PREFIX + a["path"], a["size"])
+                for a in self.manifest.get("assets", [])}
 
     def decoder_config_json(self):
         """The pix-to-weight network's Keras config JSON bytes (R35)."""
@@ -178,4 +187,4 @@ class RolledArchive:
 
 # The members a reader of this version decodes; `verify_members` keeps their bytes.
 _DECODED_MEMBERS = (mf.IMAGE_MEMBER, mf.DECODER_CONFIG_MEMBER, mf.DECODER_WEIGHTS_MEMBER,
-                    mf.ARCHITECTURE_MEMBER, mf.EXACT_MEMBER)
+                    mf.ARCHITECTURE_MEMBER, mf.EXACT_MEMBER)  # asset members are read when loaded

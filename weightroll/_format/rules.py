@@ -96,13 +96,21 @@ JSON_MEMBER = "R36"
 # The architecture must build a Keras model without running stored code unless
 # the caller allows it (`safe_mode=False`).
 ARCHITECTURE_MODEL = "R37"
-# Weights are assigned by position; count, shapes and kinds of dtype must agree.
+# Weights are assigned by key (2.x; by position in 1.x); keys, count, shapes and
+# kinds of dtype must agree with the model's.
 VARIABLES = "R38"
 # A coded tensor's coding digest covers everything its values are computed
 # from (format 1.1), so a reader may check it instead of hashing the values.
 CODING_DIGEST = "R39"
+# §4.9 (2.0): every tensor has a unique `key`, and its `binding_sha256` matches
+# its key, path, dtype, shape, storage and digests (a path moved to other data).
+BINDING = "R40"
+# §4.12 (2.0): asset paths are safe relative paths, each with its own member.
+ASSETS = "R41"
+# §7.1 (2.0): a coded integer tensor's table entries are integers its dtype holds.
+INTEGER_TABLE = "R42"
 
-# Every rule, in order: ("R1", ..., "R39").
+# Every rule, in order: ("R1", ..., "R42").
 ALL = tuple(sorted(
     (value for name, value in globals().items() if name.isupper() and isinstance(value, str)),
     key=lambda rule: int(rule[1:]),

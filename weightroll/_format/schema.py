@@ -2,11 +2,12 @@
 and decoder kinds (spec §2, §4)."""
 
 FORMAT_NAME = "wroll"
-FORMAT_MAJOR = 1
-FORMAT_MINOR = 1
+FORMAT_MAJOR = 2
+FORMAT_MINOR = 0
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
-# The lowest version a writer may label an archive without `coding_sha256`.
-FORMAT_VERSION_1_0 = "1.0"
+# The MAJOR versions this reader reads: 1.x archives (tensors assigned by
+# position, no keys) load as they always did.
+READABLE_MAJORS = (1, 2)
 
 MANIFEST_MEMBER = "manifest.json"
 IMAGE_MEMBER = "weights.png"
@@ -16,10 +17,16 @@ ARCHITECTURE_MEMBER = "architecture.json.zst"
 EXACT_MEMBER = "exact.bin"
 REQUIRED_MEMBERS = (IMAGE_MEMBER, DECODER_CONFIG_MEMBER, DECODER_WEIGHTS_MEMBER, ARCHITECTURE_MEMBER)
 
-CODED_DTYPES = ("float16", "float32", "float64")
-EXACT_DTYPES = CODED_DTYPES + (
-    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool",
-)
+ASSETS_PREFIX = "assets/"  # asset members are named "assets/" + their path (2.0)
+
+FLOAT_DTYPES_1 = ("float16", "float32", "float64")
+FLOAT_DTYPES = FLOAT_DTYPES_1 + ("bfloat16",)
+# Integer tensors a table can hold exactly (at most 256 distinct values).
+CODED_INTEGER_DTYPES = ("int8", "uint8")
+INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+# What each MAJOR version may code, and may store exactly.
+CODED_DTYPES = {1: FLOAT_DTYPES_1, 2: FLOAT_DTYPES + CODED_INTEGER_DTYPES}
+EXACT_DTYPES = {1: FLOAT_DTYPES_1 + INTEGER_DTYPES + ("bool",), 2: FLOAT_DTYPES + INTEGER_DTYPES + ("bool",)}
 DECODER_KINDS = ("codebook", "mlp")
 MLP_ACTIVATIONS = ("relu",)  # tanh would depend on the platform's libm
 
@@ -27,3 +34,15 @@ MLP_ACTIVATIONS = ("relu",)  # tanh would depend on the platform's libm
 def itemsize(dtype):
     """Bytes per element of one of `EXACT_DTYPES` (`bool` is one byte)."""
     return 1 if dtype == "bool" else int("".join(c for c in dtype if c.isdigit())) // 8
+
+
+def numpy_dtype(name):
+    """The numpy dtype of a dtype name the format allows; bfloat16 is
+    `ml_dtypes.bfloat16` (numpy has none of its own)."""
+    import numpy as np
+
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)

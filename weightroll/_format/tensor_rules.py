@@ -5,24 +5,25 @@ tensor."""
 
 from weightroll._format import limits, rules
 from weightroll._format.fields import MAX_OFFSET, get, get_count, get_shape, is_digest
-from weightroll._format.schema import CODED_DTYPES, EXACT_DTYPES, EXACT_MEMBER, itemsize
+from weightroll._format.digest import binding_sha256
+from weightroll._format.schema import CODED_DTYPES, CODED_INTEGER_DTYPES, EXACT_DTYPES, EXACT_MEMBER, itemsize
 from weightroll.errors import ArchiveError, LimitError, short
 
 class _Layout:
     """What the tensors are checked against, and the ranges they claim so far."""
 
-    def __init__(self, kind, n_codes, table_size, scales_size, exact_size):
-        self.kind, self.n_codes = kind, n_codes
+    def __init__(self, major, kind, n_codes, table_size, scales_size, exact_size):
+        self.major, self.kind, self.n_codes = major, kind, n_codes
         self.table_size, self.scales_size, self.exact_size = table_size, scales_size, exact_size
         self.code_ranges, self.byte_ranges = [], []
 
 
-def check_tensors(manifest, kind, n_codes, table_size, scales_size, members):
-    """R12 to R21 for every entry of `manifest["tensors"]`, and the sum of R13."""
+def check_tensors(manifest, major, kind, n_codes, table_size, scales_size, members):
+    """R12 to R21 (and R40 from 2.0) for every entry of `manifest["tensors"]`, and the sum of R13."""
     tensors = get(manifest, "tensors", "list", "manifest")
     exact_size = members[EXACT_MEMBER]["size"] if EXACT_MEMBER in members else 0
-    layout = _Layout(kind, n_codes, table_size, scales_size, exact_size)
-    seen, total = set(), 0
+    layout = _Layout(major, kind, n_codes, table_size, scales_size, exact_size)
+    seen, keys, total = set(), set(), 0
     for i, entry in enumerate(tensors):
         path = get(entry, "path", "str", f"tensors[{i}]")
         if path in seen:
@@ -59,20 +60,41 @@ def check_tensors(manifest, kind, n_codes, table_size, scales_size, members):
                 rule=rules.STORAGE_DTYPE,
             )
         check(entry, where, path, dtype, shape, size, layout)
+        if major >= 2:
+            _check_binding(entry, where, keys)
     _check_disjoint(layout.code_ranges, "codes")
     _check_disjoint(layout.byte_ranges, f"'{EXACT_MEMBER}' bytes")
 
 
+def _check_binding(entry, where, keys):
+    """R40: a unique key, and the binding digest of the entry's names and digests."""
+    key = get(entry, "key", "str", where)
+    if not key or len(key) > 4096 or key in keys or not key.isprintable():
+        raise ArchiveError(f"manifest.json: {where}.key {short(key)!r} must be 1 to 4096 printable "
+                           "characters, unique in the archive.", rule=rules.BINDING)
+    keys.add(key)
+    if get(entry, "binding_sha256", "str", where) != binding_sha256(entry):
+        raise ArchiveError(
+            f"manifest.json: {where}.binding_sha256 does not match its key, path, dtype, shape, storage "
+            "and digests: a name was moved onto other data, or the entry was altered.",
+            rule=rules.BINDING,
+        )
+
+
 def _check_coded(entry, where, path, dtype, shape, size, layout):
-    if dtype not in CODED_DTYPES:
+    coded = CODED_DTYPES[layout.major]
+    if dtype not in coded or (dtype in CODED_INTEGER_DTYPES and layout.kind != "codebook"):
         raise ArchiveError(
             f"manifest.json: {where} is coded but has dtype {short(dtype, 20)!r}; coded tensors "
-            f"are {CODED_DTYPES}.",
+            f"are {coded} (integers with a codebook decoder only).",
             rule=rules.STORAGE_DTYPE,
         )
     layout.code_ranges.append(_check_codes(entry, where, path, size, layout.n_codes))
     if layout.kind == "codebook":
         _check_table(entry, where, size, layout.table_size)
+        if dtype in CODED_INTEGER_DTYPES and "scales" in entry:
+            raise ArchiveError(f"manifest.json: {where} is {dtype}; an integer tensor has no scales.",
+                               rule=rules.SCALES_RANGE)
         _check_scales(entry, where, shape, layout.scales_size)
     else:
         for field, rule in (("table", rules.TABLE_RANGE), ("scales", rules.SCALES_RANGE)):
@@ -98,7 +120,7 @@ def _check_coded(entry, where, path, dtype, shape, size, layout):
 
 
 def _check_exact(entry, where, path, dtype, shape, size, layout):
-    _check_exact_dtype(where, dtype)
+    _check_exact_dtype(where, dtype, layout.major)
     span = get(entry, "bytes", "dict", where)
     offset = get_count(span, "offset", where + ".bytes", MAX_OFFSET, rules.EXACT_RANGE)
     nbytes = get_count(span, "size", where + ".bytes", MAX_OFFSET, rules.EXACT_RANGE)
@@ -118,11 +140,11 @@ def _check_exact(entry, where, path, dtype, shape, size, layout):
 
 
 def _check_reference(entry, where, path, dtype, shape, size, layout):
-    _check_exact_dtype(where, dtype)
+    _check_exact_dtype(where, dtype, layout.major)
 
 
-def _check_exact_dtype(where, dtype):
-    if dtype not in EXACT_DTYPES:
+def _check_exact_dtype(where, dtype, major):
+    if dtype not in EXACT_DTYPES[major]:
         raise ArchiveError(f"manifest.json: {where} has unsupported dtype {short(dtype, 20)!r}.",
                            rule=rules.STORAGE_DTYPE)
 

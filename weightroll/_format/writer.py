@@ -13,7 +13,7 @@ import zstandard
 from weightroll._format import container, image
 from weightroll._format import manifest as mf
 from weightroll._format.atomic import atomic_write
-from weightroll._format.digest import little_endian_bytes
+from weightroll._format.digest import binding_sha256, little_endian_bytes
 
 
 # zstd level 9 for the small JSON members of most models: level 19 makes a
@@ -47,11 +47,17 @@ def decoder_array_names(kind, count):
 
 
 def build_members(encoded, decoder_config_json, architecture_json, producer, model_info, roll_value,
-                  settings=None, compress_level=9):
+                  settings=None, compress_level=9, assets=None, keyed=False):
     """The archive's members, in order, as `(name, bytes)`, manifest first.
 
     The codes are handed over: `encoded.codes` is None afterwards, so that
     they are freed as soon as the PNG no longer needs them.
+
+    With `keyed`, every tensor entry carries its Keras `key` and the archive
+    is 2.0: each entry gets its `binding_sha256`, the architecture may be
+    None (a weights-only archive) and `assets` (`{relative path: bytes}`)
+    become members. Without it the archive is 1.x (tensors assigned by
+    position), as numpy-only writers of older archives made it.
 
     Returns:
         `(members, manifest)`.
@@ -63,26 +69,35 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
     weight_entries, decoder_bin = _pack_arrays(
         encoded.decoder_arrays, decoder_array_names(kind, len(encoded.decoder_arrays))
     )
+    if not keyed and (architecture_json is None or assets):
+        raise ValueError("weights-only archives and assets need keyed tensors (format 2.0)")
     payload = [
         (mf.IMAGE_MEMBER, png),
         (mf.DECODER_CONFIG_MEMBER, _zstd(decoder_config_json)),
         (mf.DECODER_WEIGHTS_MEMBER, decoder_bin),
-        (mf.ARCHITECTURE_MEMBER, _zstd(architecture_json)),
     ]
+    if architecture_json is not None:
+        payload.append((mf.ARCHITECTURE_MEMBER, _zstd(architecture_json)))
     if encoded.exact_bytes:
         payload.append((mf.EXACT_MEMBER, encoded.exact_bytes))
-    with_coding_digests = any("coding_sha256" in t for t in encoded.tensors)
+    assets = dict(sorted((assets or {}).items()))
+    payload += [(mf.ASSETS_PREFIX + path, _zstd(data)) for path, data in assets.items()]
+    if keyed:
+        for t in encoded.tensors:
+            t["binding_sha256"] = binding_sha256(t)
+        version = mf.FORMAT_VERSION
+    else:
+        # The lowest version whose features the archive uses (spec §12).
+        version = "1.1" if any("coding_sha256" in t for t in encoded.tensors) else "1.0"
     manifest = {
         "format": mf.FORMAT_NAME,
-        # The lowest version whose features the archive uses (spec §12).
-        "format_version": mf.FORMAT_VERSION if with_coding_digests else mf.FORMAT_VERSION_1_0,
+        "format_version": version,
         "producer": producer,
         "model": model_info,
         "image": {"member": mf.IMAGE_MEMBER, "width": width, "height": height, "codes": n_codes},
         "decoder": dict(encoded.decoder, config_member=mf.DECODER_CONFIG_MEMBER,
                         config_size=len(decoder_config_json),
                         weights_member=mf.DECODER_WEIGHTS_MEMBER, weights=weight_entries),
-        "architecture": {"member": mf.ARCHITECTURE_MEMBER, "size": len(architecture_json)},
         "tensors": encoded.tensors,
         "members": {
             name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in payload
@@ -90,6 +105,10 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
         "roll_value": roll_value,
         "settings": settings or {},
     }
+    if architecture_json is not None:
+        manifest["architecture"] = {"member": mf.ARCHITECTURE_MEMBER, "size": len(architecture_json)}
+    if assets:
+        manifest["assets"] = [{"path": path, "size": len(data)} for path, data in assets.items()]
     return [(mf.MANIFEST_MEMBER, mf.dumps(manifest))] + payload, manifest
 
 

@@ -31,6 +31,7 @@ error has `t_i` proportional to `sqrt(n_i / a_i)`; the scale is then set,
 and checked, the same way.
 """
 
+import contextvars
 import warnings
 
 import numpy as np
@@ -38,6 +39,7 @@ import numpy as np
 from weightroll import _encode
 from weightroll._keras import model_io, sensitivity
 from weightroll.coders import gptq, select
+from weightroll.errors import WrollError
 from weightroll.report import flatten_outputs
 
 PROBE_TOLERANCE = 0.05
@@ -74,8 +76,7 @@ def allocate_by_probes(snap, x, output_tolerance, batch_size=None, progress=None
         output relative RMSE measured with them.
     """
     x = model_io.input_rows(x, 0, CALIBRATION_SAMPLES)
-    originals = list(snap.tensors)
-    model = model_io.rebuild_with_weights(snap.architecture, originals, compile=False, safe_mode=False)
+    model, originals = calibration_model(snap)
     reference = model_io.predict_outputs(model, x, batch_size)
     variables = model.variables
     sizes, sensitivity = {}, {}
@@ -105,7 +106,7 @@ def allocate_by_probes(snap, x, output_tolerance, batch_size=None, progress=None
     def trial(k):
         tolerances = {p: float(np.clip(k * w, MIN_TOLERANCE, MAX_TOLERANCE)) for p, w in weight.items()}
         encoded = _encode.encode(snap.tensors, tolerance=tolerances, base_keys=base_keys)
-        model_io.assign(model, list(encoded.decoded.items()))
+        model_io.assign(model, [(path, encoded.decoded.get(path, array)) for path, array in originals])
         outputs = model_io.predict_outputs(model, x, batch_size)
         err = _output_error(reference, outputs)
         ok = err <= output_tolerance
@@ -142,6 +143,42 @@ def _is_classifier(reference):
     return (len(reference) == 1 and reference[0].ndim >= 2 and reference[0].shape[-1] > 1
             and bool(np.all(reference[0] >= 0))
             and bool(np.allclose(reference[0].sum(-1), 1.0, atol=1e-3)))
+
+
+# The caller's own model, for a snapshot whose architecture cannot be
+# rebuilt (set by `allocate` for its duration; see `calibration_model`).
+_live = contextvars.ContextVar("weightroll_live_model", default=None)
+
+
+def calibration_model(snap):
+    """A model rebuilt from a snapshot, and `(path, array)` for each of its
+    `variables` in order: the snapshot's tensor, or (for a variable Keras
+    does not save, such as a dropout's seed) its own value under a path that
+    no tensor has. Where the architecture cannot be rebuilt (a subclassed
+    model whose config Keras cannot deserialize), the model `allocate` was
+    given is used instead; `allocate` puts its values back afterwards."""
+    from weightroll._keras import state
+
+    by_path = {path: _encode.read_tensor(source) for path, source in snap.tensors}
+    tensors = {snap.keys.get(path, path): {"path": path} for path in by_path}
+    try:
+        model = model_io.rebuild_with_state(snap.architecture, tensors, lambda e: by_path[e["path"]],
+                                            snap.assets, compile=False, safe_mode=False)
+    except WrollError:
+        live = _live.get()
+        if live is None:
+            raise
+        model = live["model"]
+        live["used"] = True
+    entries, _ = state.collect(model, assets=False)
+    key_of = {id(v): k for k, v in entries if state.is_variable(v)}
+    path_of = {snap.keys.get(path, path): path for path in by_path}
+    aligned = []
+    for variable in model.variables:
+        path = path_of.get(key_of.get(id(variable)))
+        aligned.append((path, by_path[path]) if path is not None
+                       else (f"~{variable.path}", np.asarray(variable.numpy())))
+    return model, aligned
 
 
 def _candidates(originals, base_keys):
@@ -206,7 +243,24 @@ def _grids(originals, indices, found):
     return grids, insensitive
 
 
-def allocate(snap, x, output_tolerance, batch_size=None, progress=None, base_keys=None):
+def allocate(snap, x, output_tolerance, batch_size=None, progress=None, base_keys=None, model=None):
+    """`_allocate`, measuring in `model` itself where the snapshot's
+    architecture cannot be rebuilt; `model`'s own values are put back after."""
+    from weightroll._keras import state
+
+    live = {"model": model, "used": False}
+    token = _live.set(live if model is not None else None)
+    try:
+        return _allocate(snap, x, output_tolerance, batch_size, progress, base_keys)
+    finally:
+        _live.reset(token)
+        if live["used"]:
+            tensors = {snap.keys.get(path, path): {"path": path} for path, _ in snap.tensors}
+            originals = {path: _encode.read_tensor(source) for path, source in snap.tensors}
+            state.load(model, tensors, lambda e: originals[e["path"]], optimizer=False)
+
+
+def _allocate(snap, x, output_tolerance, batch_size=None, progress=None, base_keys=None):
     """Per-tensor codes (or tolerances) that meet `output_tolerance` on `x` with the fewest bytes.
 
     Args:
@@ -225,8 +279,7 @@ def allocate(snap, x, output_tolerance, batch_size=None, progress=None, base_key
         (a float), and the output relative RMSE measured with it.
     """
     xs = model_io.input_rows(x, 0, CALIBRATION_SAMPLES)
-    originals = list(snap.tensors)
-    model = model_io.rebuild_with_weights(snap.architecture, originals, compile=False, safe_mode=False)
+    model, originals = calibration_model(snap)
     indices = _candidates(originals, base_keys)
     if not indices:
         return {}, 0.0

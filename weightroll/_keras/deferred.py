@@ -33,7 +33,7 @@ def _keras_state():
     return global_state
 
 
-def _pending(variable):
+def pending(variable):
     """Whether `variable` was created under the scope and awaits its value."""
     return (getattr(variable, "_value", False) is None and callable(getattr(variable, "_initializer", None))
             and callable(getattr(variable, "_deferred_initialize", None)))
@@ -70,7 +70,7 @@ class Deferral:
     def give(self, variable, value):
         """Initialise `variable` from `value` if it awaits one; returns
         whether it did (else the caller assigns the value)."""
-        if not _pending(variable):
+        if not pending(variable):
             return False
         variable._initializer = lambda shape, dtype=None: value
         variable._deferred_initialize()
@@ -80,7 +80,7 @@ class Deferral:
         """Initialise, from their own initialisers, variables created under
         the scope that received no value (an optimizer's, say)."""
         for variable in self._ours():
-            if _pending(variable):
+            if pending(variable):
                 variable._deferred_initialize()
 
 

@@ -1,28 +1,33 @@
-"""`weightroll.load_rolled`: a `.wroll` archive back into a Keras model."""
+"""`weightroll.load_rolled` and `weightroll.load_weights`: an archive back into a Keras model."""
 
 from weightroll import _progress
 from weightroll._format import decode, reader
-from weightroll._keras import model_io
+from weightroll._keras import model_io, state
+from weightroll.errors import WrollError
 
 
 def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, base=None):
     """Load a model from a `.wroll` archive, like `keras.models.load_model`.
 
     Every member's checksum is verified before any member is used, and every
-    tensor's digest after it is decoded; the weights are decoded with the
-    archive's pix-to-weight network (numpy fast path, bit-identical to running
-    the network in Keras), one tensor at a time, each becoming its variable's
-    first value: Keras's random initialisers do not run. Nothing is written to
-    disk, nothing is unpickled, and no graph is loaded. A rejected archive raises a `WrollError` that names
-    the rule of the format spec it breaks.
+    tensor's digests when it is decoded. The model is built from the
+    archive's architecture, then Keras's own loading walk gives every layer
+    (and, for an archive rolled with `include_optimizer=True`, the optimizer)
+    the state it saved: variables, the extra entries of a custom
+    `save_own_variables`, and asset files such as a lookup layer's
+    vocabulary, each tensor matched by its Keras key, never by position.
+    Where Keras allows it, variables take the archive's values as their first
+    ones: Keras's random initialisers do not run. Nothing is unpickled and no
+    graph is loaded. A rejected archive raises a `WrollError` that names the
+    rule of the format spec it breaks.
 
     Args:
         filepath: path of the `.wroll` archive, or a binary file object.
         custom_objects: optional dict mapping names to custom classes or
             functions used by the model, as for `keras.models.load_model`.
         compile: whether to compile the model after loading, with the
-            compile configuration it was saved with. Optimizer state is not
-            stored in archives. Defaults to `True`.
+            compile configuration it was saved with (and to restore the
+            optimizer's state, if the archive holds it). Defaults to `True`.
         safe_mode: whether to refuse architectures that would run stored
             code (e.g. a `Lambda` layer's Python bytecode), exactly as Keras
             does. Only set `False` for archives from a trusted source.
@@ -42,18 +47,95 @@ def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, bas
     predictions = model.predict(x)
     ```
     """
-    index = None
-    if base is not None:
-        from weightroll._keras.base import base_index
-
-        index = base_index(base)
+    index = _base_index(base)
     with reader.RolledArchive(filepath) as archive:
         # Every member's SHA-256 first; the code image is read again when it is
         # decoded, so that its bytes are not held while Keras builds the model.
         archive.verify_members(keep_image=False)
         architecture = archive.architecture_json()
+        if architecture is None:
+            raise WrollError(
+                "This archive holds weights only (it was written with `save_weights_only=True`), not "
+                "a model: build the model in code and load them with "
+                "`weightroll.load_weights(model, filepath)`."
+            )
         archive.decoder_config()  # checked like the architecture, though decoding uses decoder.bin
-        # One tensor at a time, straight into its variable: no second copy of the model.
-        paths = [t["path"] for t in archive.manifest["tensors"]]
-        return model_io.rebuild_with_weights(architecture, decode.iter_decoded(archive, index, progress=_progress.advance), paths=paths,
-                                             custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+        if _major(archive) == 1:  # 1.x: no keys; tensors are assigned by position, as they were written
+            paths = [t["path"] for t in archive.manifest["tensors"]]
+            return model_io.rebuild_with_weights(
+                architecture, decode.iter_decoded(archive, index, progress=_progress.advance), paths=paths,
+                custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+        decoder = _LazyDecoder(archive, index)
+        return model_io.rebuild_with_state(architecture, decoder.tensors, decoder.decode, archive.assets(),
+                                           custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+
+
+def load_weights(model, filepath, base=None):
+    """Load the weights of a `.wroll` archive into `model`, like `model.load_weights`.
+
+    For models that are built in code rather than from a saved config (many
+    published models restore their trained weights this way), and for the
+    weights-only archives that `WeightRollCheckpoint(save_weights_only=True)`
+    writes. Any archive works: a full one's architecture is not used. Each
+    tensor goes to the variable (or custom state entry) with its Keras key,
+    through the layers' own `load_own_variables`; a model that does not take
+    every tensor is refused.
+
+    Args:
+        model: a built `keras.Model` with the archive's architecture.
+        filepath: path of the `.wroll` archive, or a binary file object.
+        base: for an archive rolled with `base=`, the same base model.
+            Defaults to `None`.
+
+    Example:
+
+    ```python
+    model = build_model()  # the same architecture, in code
+    weightroll.load_weights(model, "weights.wroll")
+    ```
+    """
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise WrollError(f"Expected a `keras.Model` to load weights into. Received: model={model!r}")
+    if not model.built:
+        raise WrollError(
+            f"Model '{model.name}' has not been built, so it has no variables to load weights into: "
+            "build it first (call it on data, or `model.build(input_shape)`)."
+        )
+    index = _base_index(base)
+    with reader.RolledArchive(filepath) as archive:
+        if _major(archive) == 1:
+            paths = [t["path"] for t in archive.manifest["tensors"]]
+            model_io.assign(model, decode.iter_decoded(archive, index, progress=_progress.advance), paths=paths)
+            return
+        decoder = _LazyDecoder(archive, index)
+        state.load(model, decoder.tensors, decoder.decode, optimizer=False)
+
+
+def _base_index(base):
+    if base is None:
+        return None
+    from weightroll._keras.base import base_index
+
+    return base_index(base)
+
+
+def _major(archive):
+    return int(archive.manifest["format_version"].split(".")[0])
+
+
+class _LazyDecoder:
+    """The archive's tensors by key; the codes are read on the first decode,
+    after Keras has built the model."""
+
+    def __init__(self, archive, base):
+        self._archive, self._base, self._decoder = archive, base, None
+        self.tensors = {t["key"]: t for t in archive.manifest["tensors"]}
+
+    def decode(self, entry):
+        if self._decoder is None:
+            self._decoder = decode.TensorDecoder(self._archive, self._base)
+        array = self._decoder.decode(entry)
+        _progress.advance(array.size, entry["path"])
+        return array

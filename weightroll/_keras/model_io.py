@@ -18,11 +18,6 @@ def check_model(model):
         raise WrollError(
             f"Expected a `keras.Model` to roll. Received: model={model!r} of type {type(model).__name__}"
         )
-    if not model.built or not model.variables:
-        raise WrollError(
-            f"Model '{model.name}' has no variables yet: build it (call it on data, or "
-            "`model.build(input_shape)`) before rolling it."
-        )
 
 
 def _unique_paths(variables):
@@ -69,6 +64,43 @@ def variable_sources(model):
         read = _reader(v, backend)
         sources.append((path, read() if _on_cpu(v, backend) else Lazy(math.prod(v.shape), read)))
     return sources
+
+
+def state_sources(model, copy, include_optimizer=False, assets=True):
+    """What Keras would save of `model` (see `state.collect`), ready to encode.
+
+    Returns:
+        `(tensors, keys, assets)`: `tensors` lists `(path, source)` in Keras's
+        order (a variable's path is its `path`, made unique; another entry's
+        is its key), each source a copy when `copy`, else as in
+        `variable_sources`; `keys` maps each path to its Keras key; `assets`
+        is `{relative path: bytes}`.
+    """
+    import keras
+
+    from weightroll._encode import Lazy
+    from weightroll._keras import state
+
+    entries, files = state.collect(model, include_optimizer=include_optimizer, assets=assets)
+    variables = [value for _, value in entries if state.is_variable(value)]
+    unique = iter(_unique_paths(variables))
+    backend = keras.backend.backend()
+    tensors, keys, seen = [], {}, set()
+    for key, value in entries:
+        if state.is_variable(value):
+            path, read = next(unique), _reader(value, backend)
+            if copy:
+                source = np.array(read(), copy=True)
+            else:
+                source = read() if _on_cpu(value, backend) else Lazy(math.prod(value.shape), read)
+        else:
+            path, source = key, state.as_array(value)
+        while path in seen:  # a key that is also a variable's path
+            path += "'"
+        seen.add(path)
+        tensors.append((path, source))
+        keys[path] = key
+    return tensors, keys, files
 
 
 def _on_cpu(variable, backend):
@@ -327,32 +359,79 @@ def assign(model, named_arrays, paths=None, deferral=None):
             rule=rules.VARIABLES,
         )
     for variable, (path, array) in zip(variables, named_arrays):
-        if tuple(variable.shape) != tuple(array.shape):
-            raise WrollError(
-                f"Variable '{variable.path}' has shape {tuple(variable.shape)}, but the archive's "
-                f"tensor '{short(path)}' has shape {tuple(array.shape)}.",
-                rule=rules.VARIABLES,
-            )
-        want = str(getattr(variable.dtype, "name", variable.dtype))
-        if _kind(want) != _kind(array.dtype.name):
-            raise WrollError(
-                f"Variable '{variable.path}' is {want}, but the archive's tensor '{short(path)}' "
-                f"is {array.dtype.name}: a {_kind(array.dtype.name)} tensor is not loaded into a "
-                f"{_kind(want)} variable.",
-                rule=rules.VARIABLES,
-            )
+        array = fit(variable, path, array)
         try:
-            if array.dtype.name != want:
-                array = array.astype(want)  # numpy knows every dtype an archive holds
             if deferral is None or not deferral.give(variable, array):
                 variable.assign(array)
-        except Exception as e:  # noqa: BLE001 - e.g. a dtype numpy does not know (bfloat16)
+        except Exception as e:  # noqa: BLE001 - a backend's refusal
             raise WrollError(
-                f"Variable '{variable.path}' ({want}) cannot take the archive's tensor "
-                f"'{short(path)}' ({array.dtype.name}): {type(e).__name__}: {short(str(e), 300)}",
+                f"Variable '{variable.path}' cannot take the archive's tensor '{short(path)}': "
+                f"{type(e).__name__}: {short(str(e), 300)}",
                 rule=rules.VARIABLES,
             ) from e
     _finalize_state(model)
+
+
+def fit(variable, path, array):
+    """`array` checked against `variable` (shape, kind of dtype) and cast to its dtype (R38)."""
+    if tuple(variable.shape) != tuple(array.shape):
+        raise WrollError(
+            f"Variable '{variable.path}' has shape {tuple(variable.shape)}, but the archive's "
+            f"tensor '{short(path)}' has shape {tuple(array.shape)}.",
+            rule=rules.VARIABLES,
+        )
+    want = str(getattr(variable.dtype, "name", variable.dtype))
+    if _kind(want) != _kind(array.dtype.name):
+        raise WrollError(
+            f"Variable '{variable.path}' is {want}, but the archive's tensor '{short(path)}' "
+            f"is {array.dtype.name}: a {_kind(array.dtype.name)} tensor is not loaded into a "
+            f"{_kind(want)} variable.",
+            rule=rules.VARIABLES,
+        )
+    if array.dtype.name != want:
+        from weightroll._format.schema import numpy_dtype
+
+        array = array.astype(numpy_dtype(want))
+    return array
+
+
+def rebuild_with_state(architecture, tensors, decode, assets=None, custom_objects=None, compile=True,
+                       safe_mode=True):
+    """Build a model from its architecture and load a 2.x archive's state into
+    it as `keras.models.load_model` loads a `.keras` file's (see `state`).
+
+    Where Keras allows it the model's variables are created without values and
+    get the archive's as their first ones (see `deferred`): no random
+    initialisation to overwrite. Then the model is compiled (its optimizer
+    built) and Keras's own loading walk hands every layer its saved state.
+
+    Args:
+        tensors: `{key: manifest entry}`.
+        decode: `decode(entry) -> array`, digest-checked.
+        assets: `{relative path: bytes}`.
+    """
+    from weightroll._keras import deferred, state
+
+    def build():  # compiled afterwards: compiling creates variables from values, which the scope refuses
+        return _build(architecture, custom_objects, compile, safe_mode, compile_later=True)
+
+    given = {}
+    with deferred.deferral() as handle:
+        model, compile_config = build() if handle is None else handle.build(build)
+        if handle is not None:
+            try:
+                entries, _ = state.collect(model, include_optimizer=False, assets=False)
+            except WrollError:  # a layer that reads its values to save them: load them the Keras way
+                entries = []
+            for key, value in entries:
+                entry = tensors.get(key)
+                if entry is not None and state.is_variable(value) and deferred.pending(value):
+                    if handle.give(value, fit(value, entry["path"], decode(entry))):
+                        given[key] = value
+    if compile_config:
+        compile_from(model, compile_config, custom_objects=custom_objects, safe_mode=safe_mode)
+    state.load(model, tensors, decode, assets, given=given, optimizer=bool(compile_config))
+    return model
 
 
 def _finalize_state(model):

@@ -27,13 +27,16 @@ class Snapshot:
     """What rolling needs from a model, copied so the model may change after."""
 
     tensors: list  # (path, numpy array or `_encode.Lazy`)
-    architecture: bytes  # the architecture JSON
+    architecture: bytes  # the architecture JSON; None for weights only
     model_info: dict
     producer: dict
+    keys: dict = dataclasses.field(default_factory=dict)  # path -> Keras saving key
+    assets: dict = dataclasses.field(default_factory=dict)  # relative path -> bytes
+    quantized: bool = False  # a Keras-quantized model: every tensor is stored losslessly
 
 
-def snapshot(model, copy=True):
-    """A built model's variables and architecture (cheap; no encoding).
+def snapshot(model, copy=True, weights_only=False, include_optimizer=False):
+    """A model's state as Keras would save it, and its architecture (cheap; no encoding).
 
     Args:
         copy: copy every variable now (the model may then change, as it does
@@ -41,19 +44,26 @@ def snapshot(model, copy=True):
             variable is copied (see `model_io.variable_sources`): less memory
             and time, but the model must not change until the snapshot is
             written.
+        weights_only: leave the architecture (and the asset files) out, as
+            `model.save_weights` does.
+        include_optimizer: also take the optimizer's state.
     """
     import keras
 
     from weightroll import __version__
 
     model_io.check_model(model)
-    tensors = model_io.named_variables(model) if copy else model_io.variable_sources(model)
+    tensors, keys, assets = model_io.state_sources(model, copy, include_optimizer, assets=not weights_only)
+    quantized = any(getattr(layer, "quantization_mode", None) for layer in model._flatten_layers())
     return Snapshot(
         tensors=tensors,
+        keys=keys,
+        assets=assets,
+        quantized=quantized,
         # Serialised here, not on a thread beside the coding: Keras's
         # get_config is Python, and its hold on the GIL slowed the coding
         # threads more than the overlap saved (ResNet50: 434 -> 411 ms).
-        architecture=model_io.architecture_json(model),
+        architecture=None if weights_only else model_io.architecture_json(model),
         model_info={
             "name": model.name,
             "class_name": type(model).__name__,
@@ -70,7 +80,7 @@ def snapshot(model, copy=True):
 
 def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None, quality=None,
                    reference_outputs=None, validation_data=None, batch_size=None, base_keys=None,
-                   output_tolerance=None):
+                   output_tolerance=None, model=None):
     """Encode a snapshot, measure its roll value and write the archive.
 
     Args:
@@ -78,25 +88,35 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
             (a list of arrays); required when `validation_data` is given.
         output_tolerance: when not None (needs `validation_data`), tensors get
             tolerances allocated by measured output sensitivity to meet it.
+        model: the model the snapshot was taken of, if it does not change
+            meanwhile: where the architecture cannot be rebuilt (a subclassed
+            model whose config Keras cannot deserialize), the rolled weights
+            are measured in it, and its own weights put back after.
     """
+    if snap.quantized:  # already quantized by Keras: store it as it is, bit for bit
+        decoder, bits, tolerance, quality, output_tolerance = "codebook", None, {}, None, None
     settings = _encode.describe_settings(decoder, bits, tolerance, quality, output_tolerance)
     if output_tolerance is not None:
         from weightroll._keras.allocate import allocate
 
-        tolerance, _ = allocate(snap, validation_data, output_tolerance, batch_size, base_keys=base_keys)
+        tolerance, _ = allocate(snap, validation_data, output_tolerance, batch_size, base_keys=base_keys,
+                                model=model)
         bits = quality = None
+    from weightroll._keras.state import OPTIMIZER_PREFIX
+
+    lossless = {path for path, key in snap.keys.items() if key.startswith(OPTIMIZER_PREFIX)}
     encoded = _encode.encode(snap.tensors, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
+                             lossless=lossless,
                              base_keys=base_keys, keep_decoded=validation_data is not None)
     storage = {t["path"]: t["storage"] for t in encoded.tensors}
     sizes = {path: _encode.tensor_size(t) for path, t in snap.tensors}
     per_tensor, overall = weights_roll_value(encoded.stats, storage, sizes)
     outputs = None
     if validation_data is not None:
-        rolled = model_io.rebuild_with_weights(snap.architecture, list(encoded.decoded.items()),
-                                               compile=False, safe_mode=False)
-        outputs = outputs_roll_value(
-            reference_outputs, model_io.predict_outputs(rolled, validation_data, batch_size)
-        )
+        outputs = outputs_roll_value(reference_outputs,
+                                     _rolled_outputs(snap, encoded.decoded, validation_data, batch_size, model))
+    for entry in encoded.tensors:
+        entry["key"] = snap.keys.get(entry["path"], entry["path"])
     for entry in encoded.tensors:
         # Only coded tensors that changed record their error (spec §4.9): exact,
         # referenced and losslessly coded tensors have none, and an entry costs
@@ -112,6 +132,8 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
         model_info=snap.model_info,
         roll_value={"weights": overall, "outputs": outputs},
         settings=settings,
+        assets=snap.assets,
+        keyed=True,
     )
     writer.write(filepath, members)
     sizes = {name: len(data) for name, data in members}
@@ -125,6 +147,33 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
         settings=settings,
         roll_value={"weights": overall, "tensors": per_tensor, "outputs": outputs},
     )
+
+
+def _rolled_outputs(snap, decoded, validation_data, batch_size, model):
+    """The rolled model's outputs on `validation_data`: a model rebuilt from
+    the architecture with the decoded state, or else `model` itself with the
+    decoded state put in for the prediction and its own put back after."""
+    from weightroll._keras import state
+
+    tensors = {snap.keys.get(path, path): {"path": path} for path in decoded}
+    rebuilt = None
+    if snap.architecture is not None:
+        try:
+            rebuilt = model_io.rebuild_with_state(snap.architecture, tensors, lambda e: decoded[e["path"]],
+                                                  snap.assets, compile=False, safe_mode=False)
+        except WrollError:
+            if model is None:
+                raise
+    if rebuilt is not None:
+        return model_io.predict_outputs(rebuilt, validation_data, batch_size)
+    if model is None:
+        raise WrollError("A weights-only snapshot cannot be measured on `validation_data` without its model.")
+    originals = dict(snap.tensors)  # copies: snapshots taken for calibration copy every tensor
+    state.load(model, tensors, lambda e: decoded[e["path"]], optimizer=False)
+    try:
+        return model_io.predict_outputs(model, validation_data, batch_size)
+    finally:
+        state.load(model, tensors, lambda e: originals[e["path"]], optimizer=False)
 
 
 def _zip_size(members):
@@ -161,7 +210,7 @@ def resolve_options(*, decoder="codebook", bits=None, tolerance=None, quality=No
 
 
 def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, quality=None,
-         validation_data=None, output_tolerance=None, batch_size=None, base=None):
+         validation_data=None, output_tolerance=None, batch_size=None, base=None, include_optimizer=False):
     """Roll a Keras model into a small `.wroll` archive.
 
     The weights become integer codes in one 8-bit grayscale PNG, a
@@ -224,8 +273,8 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
                               validation_data=validation_data, output_tolerance=output_tolerance,
                               batch_size=batch_size, base=base)
     # Without calibration data nothing needs every tensor at once: stream them.
-    snap = snapshot(model, copy=options["validation_data"] is not None)
+    snap = snapshot(model, copy=options["validation_data"] is not None, include_optimizer=include_optimizer)
     reference = None
     if options["validation_data"] is not None:
         reference = model_io.predict_outputs(model, options["validation_data"], batch_size)
-    return write_snapshot(snap, filepath, reference_outputs=reference, **options)
+    return write_snapshot(snap, filepath, reference_outputs=reference, model=model, **options)
