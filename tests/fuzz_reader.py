@@ -6,10 +6,11 @@ Two properties, over every valid test vector in `spec/vectors/` as a seed:
   overwritten, inserted, deleted, duplicated, cut off) unrolls to exactly the
   seed's weights, or is refused with a `WrollError`.
 * `check_manifest`: an archive whose manifest was edited anyhow (a field
-  replaced by any JSON value, removed, or copied from elsewhere), with the
-  member checksums repaired so that the edit reaches the deeper rules, is
-  refused with a `WrollError`, or unrolls to tensors each of which holds values
-  the writer wrote (its SHA-256 is one the seed's manifest records).
+  replaced by any JSON value, removed, or copied from elsewhere; two tensors'
+  paths or keys swapped; tensor entries reordered), with the member checksums
+  repaired so that the edit reaches the deeper rules, is refused with a
+  `WrollError`, or unrolls each path to exactly the values the writer wrote
+  under that path.
 
 In both, any other exception is a bug, and so is a case that takes seconds.
 Nothing here imports Keras: one case takes about a millisecond.
@@ -37,7 +38,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import weightroll
-from weightroll._encode import tensor_digest
 from weightroll._format import container
 from weightroll._format import manifest as mf
 from weightroll.errors import WrollError
@@ -176,9 +176,22 @@ def edit_manifest(manifest, edits):
     `delete` it, `copy` another place's value (argument: an index) onto it,
     `add` argument under a new key of a dict, `nudge` the integer found at or
     after target by argument (offsets, sizes, counts, shapes: where the
-    range rules live)."""
+    range rules live); and the structural edits on the tensor entries: `swap`
+    two entries' `path`s or `key`s (argument: which field and the other
+    entry), `move` an entry to another place in the list."""
     manifest = copy.deepcopy(manifest)
     for action, target, value in edits:
+        tensors = manifest.get("tensors") if isinstance(manifest, dict) else None
+        if action in ("swap", "move"):
+            if isinstance(tensors, list) and len(tensors) > 1:
+                i, j = target % len(tensors), value[1] % len(tensors)
+                if action == "move":
+                    tensors.insert(j, tensors.pop(i))
+                elif isinstance(tensors[i], dict) and isinstance(tensors[j], dict):
+                    field = value[0]
+                    a, b = tensors[i].get(field), tensors[j].get(field)
+                    tensors[i][field], tensors[j][field] = b, a
+            continue
         places = list(_paths(manifest))[1:]
         if not places:
             break
@@ -207,6 +220,9 @@ manifest_edits = st.lists(
         st.tuples(st.just("copy"), st.integers(0, 10_000), st.integers(0, 10_000)),
         st.tuples(st.just("add"), st.integers(0, 10_000), _json_values),
         st.tuples(st.just("nudge"), st.integers(0, 10_000), st.sampled_from([-4, -2, -1, 1, 2, 3, 4, 8, 12, 64])),
+        st.tuples(st.just("swap"), st.integers(0, 10_000),
+                  st.tuples(st.sampled_from(["path", "key"]), st.integers(0, 10_000))),
+        st.tuples(st.just("move"), st.integers(0, 10_000), st.tuples(st.none(), st.integers(0, 10_000))),
     ),
     min_size=1, max_size=3,
 )
@@ -228,16 +244,18 @@ def repack(members, manifest):
 
 
 def check_manifest(seed, edits):
-    """An edited manifest is refused, or every tensor it yields holds values the
-    writer wrote: no edit can make the reader return other values quietly."""
-    _, data, base, _ = SEEDS[seed]
+    """An edited manifest is refused, or each path it yields holds exactly the
+    values the writer wrote under that path: no edit can make the reader
+    return other values, or the right values under another name, quietly."""
+    _, data, base, want = SEEDS[seed]
     members = _members(data)
     manifest = json.loads(dict(members)[mf.MANIFEST_MEMBER])
-    written = {t["sha256"] for t in manifest["tensors"]}
     got = _unroll(repack(members, edit_manifest(manifest, edits)), base)
     if got is not None:
         for path, array in got.items():
-            assert tensor_digest(array) in written, f"tensor '{path}' holds values no tensor was written with"
+            assert path in want, f"tensor '{path}' was not written"
+            assert (array.dtype == want[path].dtype and array.shape == want[path].shape
+                    and array.tobytes() == want[path].tobytes()), f"tensor '{path}' holds other values"
 
 
 seeds = st.integers(0, len(SEEDS) - 1)

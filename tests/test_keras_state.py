@@ -297,3 +297,32 @@ def test_a_weights_only_archive_loads_with_load_weights_and_not_as_a_model(tmp_p
     clone.build((None, 8))
     weightroll.load_weights(clone, tmp_path / "w.wroll")
     np.testing.assert_array_equal(clone.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_a_missing_archive_is_both_a_file_not_found_and_a_value_error(tmp_path):
+    for load in (weightroll.load_rolled, weightroll.unroll):
+        with pytest.raises(FileNotFoundError, match="File not found"):
+            load(tmp_path / "absent.wroll")
+        with pytest.raises(ValueError, match="File not found"):
+            load(tmp_path / "absent.wroll")
+
+
+def test_an_unknown_class_keeps_keras_type_error_and_its_message(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), Counter(name="counter")])
+    weightroll.roll(model, tmp_path / "m.wroll")
+    config = keras.saving.get_custom_objects()
+    key = next(k for k, v in config.items() if v is Counter)
+    del config[key]
+    try:
+        with pytest.raises(TypeError, match="Could not locate class") as info:
+            weightroll.load_rolled(tmp_path / "m.wroll")
+        assert isinstance(info.value, WrollError) and info.value.rule == "R37"
+    finally:
+        config[key] = Counter
+
+
+def test_the_safe_mode_refusal_names_arbitrary_code_execution(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda x: x * 2)])
+    weightroll.roll(model, tmp_path / "m.wroll")
+    with pytest.raises(weightroll.WrollError, match="arbitrary code execution"):
+        weightroll.load_rolled(tmp_path / "m.wroll")

@@ -3,7 +3,11 @@
 Every error about an archive, a model or an argument is a `WrollError`, which is
 a `ValueError`, so callers that already catch `ValueError` keep working. The few
 subclasses exist only where a caller may want to react differently.
-Operating-system errors (`FileNotFoundError`, `PermissionError`) are not wrapped.
+Where Keras raises another type for the same situation, the subclass is also
+that type: a missing archive is a `WrollError` (Keras's `load_model` raises
+`ValueError`) and a `FileNotFoundError`; an architecture Keras cannot
+deserialize with a `TypeError` stays a `TypeError`. Other operating-system
+errors (`PermissionError`, `IsADirectoryError`) are not wrapped.
 
 An error raised because an archive breaks one of the numbered rejection rules
 of `spec/wroll-v1.md` ("What a reader MUST reject") names that rule: its `rule`
@@ -48,6 +52,29 @@ class LimitError(ArchiveError):
 
 class UnsafeArchiveError(WrollError):
     """Loading would run code from the archive, which `safe_mode=True` refuses."""
+
+
+class ArchiveNotFoundError(WrollError, FileNotFoundError):
+    """No file at the archive's path: a `WrollError`, as Keras's `load_model`
+    raises `ValueError` for it, and a `FileNotFoundError`.
+
+    Args:
+        filepath: the path that was asked for.
+    """
+
+    def __init__(self, filepath):
+        super().__init__(f"File not found: filepath={filepath}. Please ensure it is an accessible "
+                         "`.wroll` archive.")
+        self.errno, self.strerror, self.filename = 2, "No such file or directory", str(filepath)
+
+    def __str__(self):
+        return self.args[0]
+
+
+class ArchitectureTypeError(WrollError, TypeError):
+    """Keras cannot build the archive's architecture and raised a `TypeError`
+    (an unknown or unregistered class, say): still a `TypeError`, with
+    Keras's message kept in this one."""
 
 
 def short(value, limit=80):

@@ -9,7 +9,7 @@ import zstandard
 
 from weightroll._format import container, image, limits, rules
 from weightroll._format import manifest as mf
-from weightroll.errors import ArchiveError, LimitError, short
+from weightroll.errors import ArchiveError, ArchiveNotFoundError, LimitError, short
 
 
 class RolledArchive:
@@ -29,7 +29,10 @@ class RolledArchive:
         self._verified = {}  # member name -> its bytes, once its SHA-256 matched
         self._all_verified = False
         if isinstance(source, (str, os.PathLike)):
-            self._file = open(source, "rb")
+            try:
+                self._file = open(source, "rb")
+            except FileNotFoundError:
+                raise ArchiveNotFoundError(os.fspath(source)) from None
             source = self._file
         try:
             self._members = container.open_members(source)

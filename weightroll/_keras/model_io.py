@@ -8,7 +8,7 @@ import numpy as np
 
 from weightroll._format import manifest as mf
 from weightroll._format import rules
-from weightroll.errors import ArchiveError, UnsafeArchiveError, WrollError, short
+from weightroll.errors import ArchitectureTypeError, ArchiveError, UnsafeArchiveError, WrollError, short
 
 
 def check_model(model):
@@ -241,7 +241,8 @@ def _build(architecture, custom_objects, compile, safe_mode, compile_later):
         if unsafe is not None:
             raise UnsafeArchiveError(
                 f"Loading this archive would run code stored in its architecture: it holds {unsafe}, "
-                "which could do anything on this machine. It was refused because `safe_mode=True`, as "
+                "which carries a risk of arbitrary code execution on this machine. It was refused "
+                "because `safe_mode=True`, as "
                 "`keras.models.load_model` refuses it. Only pass `safe_mode=False` to `load_rolled` "
                 "for archives from a source you trust.",
                 rule=rules.ARCHITECTURE_MODEL,
@@ -279,11 +280,13 @@ def _keras_errors(what):
         message = short(f"{type(e).__name__}: {e}", 2000)
         if "safe_mode" in str(e):  # a refusal of Keras's own, for something not listed above
             raise UnsafeArchiveError(
-                f"Loading this archive would run code stored in its architecture: {message} "
+                f"Loading this archive would run code stored in its architecture, a risk of arbitrary "
+                f"code execution: {message} "
                 "Only pass `safe_mode=False` to `load_rolled` for archives from a source you trust.",
                 rule=rules.ARCHITECTURE_MODEL,
             ) from e
-        raise WrollError(
+        kind = ArchitectureTypeError if isinstance(e, TypeError) else WrollError
+        raise kind(
             f"{what}: {message}. "
             "If it uses custom layers or a subclassed model, pass them in `custom_objects=` "
             "or register them with `@keras.saving.register_keras_serializable()`.",
