@@ -1,4 +1,4 @@
-"""An independent reader of `.wroll` archives, written from spec/wroll-v1.md alone.
+"""An independent reader of `.wroll` archives, written from spec/wroll-v2.md alone.
 
 It shares no code with the `weightroll` package: it is an oracle that the package's
 reader is tested against (tests/test_reference_reader.py). It decodes valid archives

@@ -1,4 +1,4 @@
-"""Fuzz targets for the `.wroll` reader (spec/wroll-v1.md, "Threat model").
+"""Fuzz targets for the `.wroll` reader (spec/wroll-v2.md, "Threat model").
 
 Two properties, over every valid test vector in `spec/vectors/` as a seed:
 

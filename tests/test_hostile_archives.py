@@ -1,6 +1,6 @@
 """Hand-made hostile and broken archives that the test vectors cannot hold
 (too large, or about the reader's behaviour rather than a file), each refused
-with the error and rule the spec names (spec/wroll-v1.md, "Threat model",
+with the error and rule the spec names (spec/wroll-v2.md, "Threat model",
 "Limits", "What a reader MUST reject"). numpy only, no Keras.
 
 The one-file-per-rule corpus is `spec/vectors/invalid/`, run by

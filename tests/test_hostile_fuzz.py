@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the reader (spec/wroll-v1.md, "Threat model").
+"""Property-based fuzzing of the reader (spec/wroll-v2.md, "Threat model").
 
 A bounded number of cases on every run (`WROLL_FUZZ_EXAMPLES`, default 500,
 the same cases each time); `python tests/fuzz_reader.py --examples 100000`

@@ -1,4 +1,4 @@
-"""The format specification's test vectors (spec/wroll-v1.md, spec/vectors/).
+"""The format specification's test vectors (spec/wroll-v2.md, spec/vectors/).
 
 (a) every valid vector unrolls to exactly the expected tensors, bit for bit;
 (b) every invalid vector is refused with the listed exception, message and rule, and every rule
@@ -27,7 +27,7 @@ from weightroll._format import limits, rules  # noqa: E402
 
 SPEC_DIR = pathlib.Path(__file__).resolve().parents[1] / "spec"
 VECTORS = SPEC_DIR / "vectors"
-SPEC = SPEC_DIR / "wroll-v1.md"
+SPEC = SPEC_DIR / "wroll-v2.md"
 VALID = sorted(p.name[: -len(".wroll")] for p in VECTORS.glob("*.wroll"))
 INDEX = json.loads((VECTORS / "invalid" / "index.json").read_text())
 

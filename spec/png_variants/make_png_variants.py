@@ -1,7 +1,7 @@
 """Make a valid `.wroll` vector whose code image uses every PNG row filter and extra chunks.
 
 weightroll writes `weights.png` with filter type 0 on every row, one IDAT chunk per MiB and no
-ancillary chunk, so its own vectors never show a reader the rest of what spec/wroll-v1.md §5
+ancillary chunk, so its own vectors never show a reader the rest of what spec/wroll-v2.md §5
 requires readers to handle: "all five PNG row filters and any number of IDAT chunks", and
 ancillary chunks, which readers may ignore. This script takes a valid vector and re-encodes
 its code image with the same codes:

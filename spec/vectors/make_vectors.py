@@ -1,4 +1,4 @@
-"""Regenerate the `.wroll` format test vectors (spec/wroll-v1.md, "Test vectors").
+"""Regenerate the `.wroll` format test vectors (spec/wroll-v2.md, "Test vectors").
 
 Usage:
 
@@ -6,7 +6,7 @@ Usage:
     TF_CPP_MIN_LOG_LEVEL=2 python spec/vectors/make_vectors.py --example [ARCHIVE]
 
 The first form writes every vector into OUTDIR (default: the folder of this
-script). The second prints the byte-level worked example of spec/wroll-v1.md
+script). The second prints the byte-level worked example of spec/wroll-v2.md
 for ARCHIVE (default: the committed `dense_codebook_2bit.wroll`).
 
 Valid vectors are written by `weightroll.roll` from tiny Keras models whose
@@ -897,6 +897,12 @@ def _keras_loader_vectors(tm, arch_json, man, bases=None):
            "must be a unique relative path", "load_rolled", "The vocabulary's asset path given a leading '../'.")
     yield ("asset_member_missing", repack(lm, drop=("assets/" + asset,)), "R6", "ArchiveError",
            "lacks the member", "load_rolled", "The vocabulary's asset member left out of the zip.")
+    # R43 (2.0): a sharded archive's index
+    def escape_shard(m):
+        m["tensors"] = []
+        m["shards"] = [{"file": "../outside.wroll", "manifest_sha256": "0" * 64, "tensors": 2}]
+    yield ("shard_file_escapes", man(escape_shard), "R43", "ArchiveError", "must be a unique plain file name",
+           "unroll", "An index (no tensors) listing the shard '../outside.wroll', outside its folder.")
     # R42 (2.0): integer tables
     qm = read_members(bases["dense_int8"])
     qman = manifest_of(qm)

@@ -212,6 +212,42 @@ class TensorDecoder:
             )
         return array
 
+    def close(self):
+        pass
+
+
+class ShardedDecoder:
+    """`TensorDecoder` over a sharded archive's shards (spec §4.13): the
+    entries of every shard, in index order, each decoded by its own shard's
+    decoder (a shard's codes are read when its first tensor is asked for)."""
+
+    def __init__(self, index, base=None, skip_references=False, check_values=False):
+        from weightroll._format.shards import ShardSet
+
+        self._shards = ShardSet(index)
+        self._options = (base, skip_references, check_values)
+        self._decoders = {}
+        self.entries = self._shards.entries
+        self._position = {id(entry): i for i, entry in enumerate(self.entries)}
+
+    def decode(self, t):
+        shard = self._shards.owner(self._position[id(t)])
+        decoder = self._decoders.get(id(shard))
+        if decoder is None:
+            decoder = self._decoders[id(shard)] = TensorDecoder(shard, *self._options)
+        return decoder.decode(t)
+
+    def close(self):
+        self._decoders = {}
+        self._shards.close()
+
+
+def decoder_for(archive, base=None, skip_references=False, check_values=False):
+    """A `TensorDecoder`, or a `ShardedDecoder` for a sharded archive's index."""
+    if archive.manifest.get("shards"):
+        return ShardedDecoder(archive, base, skip_references, check_values)
+    return TensorDecoder(archive, base, skip_references, check_values)
+
 
 def iter_decoded(archive, base=None, skip_references=False, check_values=False, progress=None):
     """Decode an open archive's tensors one at a time, each checked against its digest.
@@ -232,14 +268,17 @@ def iter_decoded(archive, base=None, skip_references=False, check_values=False, 
     Yields:
         `(path, array)` in archive order, arrays of the recorded shape and dtype.
     """
-    decoder = TensorDecoder(archive, base, skip_references, check_values)
-    for t in decoder.entries:
-        if t["storage"] == "reference" and skip_references:
-            continue
-        array = decoder.decode(t)
-        if progress is not None:
-            progress(array.size, t["path"])
-        yield t["path"], array
+    decoder = decoder_for(archive, base, skip_references, check_values)
+    try:
+        for t in decoder.entries:
+            if t["storage"] == "reference" and skip_references:
+                continue
+            array = decoder.decode(t)
+            if progress is not None:
+                progress(array.size, t["path"])
+            yield t["path"], array
+    finally:
+        decoder.close()
 
 
 def decode(archive, base=None, progress=None):

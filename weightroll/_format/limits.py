@@ -1,7 +1,7 @@
 """Resource limits a reader enforces before it allocates anything.
 
 Each constant is referenced by the numbered rejection rules in
-`spec/wroll-v1.md` ("Limits"). A legitimate archive written by weightroll stays
+`spec/wroll-v2.md` ("Limits"). A legitimate archive written by weightroll stays
 far inside every one of them; they exist so that a hostile file cannot make a
 reader allocate or inflate without bound.
 """
@@ -53,3 +53,9 @@ MAX_MLP_UNITS = 1024
 # archive may list, and how large each may expand to. (R41)
 MAX_ASSETS = 10_000
 MAX_ASSET_BYTES = 1 << 30
+
+# A sharded archive (2.0): how many shard files its index may list, and how many
+# values all its shards may hold together (4 TiB of float32); each shard keeps
+# every per-archive limit above. (R43)
+MAX_SHARDS = 100_000
+MAX_TOTAL_ELEMENTS = 1 << 40

@@ -6,7 +6,7 @@ further checks: the version (`check_version`), the members, the image, the
 decoder and the architecture here, each tensor in `tensor_rules`. Every
 refusal is an `ArchiveError` (or `LimitError`, `VersionError`) whose `rule`
 is the number of the rule it enforces in "What a reader MUST reject" of
-`spec/wroll-v1.md` (`weightroll._format.rules`).
+`spec/wroll-v2.md` (`weightroll._format.rules`).
 
 The names the format defines are in `schema`, JSON reading and writing in
 `json_text`; both are re-exported here for the modules that build or read a
@@ -21,7 +21,7 @@ from weightroll._format.json_text import dumps, finite_or_none, json_depth, load
 from weightroll._format.schema import *  # noqa: F401,F403 - the format's names, as `manifest.X`
 from weightroll._format.schema import (ARCHITECTURE_MEMBER, ASSETS_PREFIX, DECODER_CONFIG_MEMBER, DECODER_KINDS,
                                        DECODER_WEIGHTS_MEMBER, FORMAT_MAJOR, FORMAT_NAME, IMAGE_MEMBER,
-                                       MLP_ACTIVATIONS, READABLE_MAJORS, REQUIRED_MEMBERS)
+                                       MLP_ACTIVATIONS, READABLE_MAJORS, REQUIRED_MEMBERS, SHARD_SUFFIX)
 from weightroll._format.tensor_rules import check_tensors
 from weightroll.errors import ArchiveError, LimitError, VersionError, short
 
@@ -145,6 +145,7 @@ def validate(manifest, member_sizes):
 
     if major >= 2:
         _check_assets(manifest, members)
+        _check_shards(manifest)
     check_tensors(manifest, major, kind, n_codes, table_size, scales_size, members)
     return manifest
 
@@ -170,6 +171,34 @@ def _check_assets(manifest, members):
         if ASSETS_PREFIX + path not in members:
             raise ArchiveError(f"manifest.json: {where} has no member '{ASSETS_PREFIX}{short(path)}'.",
                                rule=rules.ASSETS)
+
+
+def _check_shards(manifest):
+    """R43: an index lists shard files by plain name, each once, and holds no tensor of its own."""
+    shards = get(manifest, "shards", "list", "manifest", optional=True)
+    if shards is None:
+        return
+    if len(shards) > limits.MAX_SHARDS:
+        raise LimitError(f"manifest.json: {len(shards)} shards; at most {limits.MAX_SHARDS} are allowed.",
+                         rule=rules.SHARDS)
+    if get(manifest, "tensors", "list", "manifest"):
+        raise ArchiveError("manifest.json: a sharded archive's index holds no tensors of its own; its "
+                           "shards hold them.", rule=rules.SHARDS)
+    seen = set()
+    for i, entry in enumerate(shards):
+        where = f"shards[{i}]"
+        name = get(entry, "file", "str", where)
+        if not (_PART.fullmatch(name) and name.endswith(SHARD_SUFFIX)) or name in seen:
+            raise ArchiveError(
+                f"manifest.json: {where}.file {short(name)!r} must be a unique plain file name of letters, "
+                f"digits, '.', '_' and '-' ending in '{SHARD_SUFFIX}' (a shard lies beside its index).",
+                rule=rules.SHARDS,
+            )
+        seen.add(name)
+        if not is_digest(get(entry, "manifest_sha256", "str", where)):
+            raise ArchiveError(f"manifest.json: {where}.manifest_sha256 must be 64 lowercase hex digits.",
+                               rule=rules.SHARDS)
+        get_count(entry, "tensors", where, limits.MAX_TENSOR_ELEMENTS, rules.SHARDS)
 
 
 _PART = re.compile(r"[A-Za-z0-9._-]{1,255}", re.ASCII)

@@ -26,6 +26,7 @@ class RolledArchive:
 
     def __init__(self, source):
         self._file = None
+        self.path = None  # set when opened from a path: a sharded index finds its shards beside it
         self._verified = {}  # member name -> its bytes, once its SHA-256 matched
         self._all_verified = False
         if isinstance(source, (str, os.PathLike)):
@@ -33,6 +34,7 @@ class RolledArchive:
                 self._file = open(source, "rb")
             except FileNotFoundError:
                 raise ArchiveNotFoundError(os.fspath(source)) from None
+            self.path = os.fspath(source)
             source = self._file
         try:
             self._members = container.open_members(source)
@@ -41,6 +43,7 @@ class RolledArchive:
                 raise ArchiveError("The archive has no 'manifest.json'; it is not a .wroll archive.",
                                    rule=rules.MANIFEST_JSON)
             raw = self._members.read(mf.MANIFEST_MEMBER, limits.MAX_MANIFEST_BYTES, rule=rules.MANIFEST_JSON)
+            self.manifest_sha256 = hashlib.sha256(raw).hexdigest()  # what a sharded index records of a shard
             manifest = mf.loads(raw, "manifest.json", rule=rules.MANIFEST_JSON)
             sizes = {n: self._members.size(n) for n in names if n != mf.MANIFEST_MEMBER}
             self.manifest = mf.validate(manifest, sizes)

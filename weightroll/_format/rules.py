@@ -1,4 +1,4 @@
-"""The numbered rejection rules of `spec/wroll-v1.md` ("What a reader MUST reject").
+"""The numbered rejection rules of `spec/wroll-v2.md` ("What a reader MUST reject").
 
 One constant per rule, with the reason for the rule. Every error the reader
 raises for a broken rule passes the constant as `rule=`, so the error carries
@@ -110,7 +110,11 @@ ASSETS = "R41"
 # §7.1 (2.0): a coded integer tensor's table entries are integers its dtype holds.
 INTEGER_TABLE = "R42"
 
-# Every rule, in order: ("R1", ..., "R42").
+# §4.13 (2.0): a sharded archive's index lists shard files beside it, each a
+# weights-only archive whose manifest has the recorded digest; together within limits.
+SHARDS = "R43"
+
+# Every rule, in order: ("R1", ..., "R43").
 ALL = tuple(sorted(
     (value for name, value in globals().items() if name.isupper() and isinstance(value, str)),
     key=lambda rule: int(rule[1:]),

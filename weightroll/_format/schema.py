@@ -18,6 +18,7 @@ EXACT_MEMBER = "exact.bin"
 REQUIRED_MEMBERS = (IMAGE_MEMBER, DECODER_CONFIG_MEMBER, DECODER_WEIGHTS_MEMBER, ARCHITECTURE_MEMBER)
 
 ASSETS_PREFIX = "assets/"  # asset members are named "assets/" + their path (2.0)
+SHARD_SUFFIX = ".wroll"  # a shard of a sharded archive is a file beside its index (2.0)
 
 FLOAT_DTYPES_1 = ("float16", "float32", "float64")
 FLOAT_DTYPES = FLOAT_DTYPES_1 + ("bfloat16",)

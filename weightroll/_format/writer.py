@@ -47,7 +47,7 @@ def decoder_array_names(kind, count):
 
 
 def build_members(encoded, decoder_config_json, architecture_json, producer, model_info, roll_value,
-                  settings=None, compress_level=9, assets=None, keyed=False):
+                  settings=None, compress_level=9, assets=None, keyed=False, shards=None):
     """The archive's members, in order, as `(name, bytes)`, manifest first.
 
     The codes are handed over: `encoded.codes` is None afterwards, so that
@@ -57,7 +57,9 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
     is 2.0: each entry gets its `binding_sha256`, the architecture may be
     None (a weights-only archive) and `assets` (`{relative path: bytes}`)
     become members. Without it the archive is 1.x (tensors assigned by
-    position), as numpy-only writers of older archives made it.
+    position), as numpy-only writers of older archives made it. `shards`
+    (2.0, with no tensors) makes the archive a sharded archive's index: a
+    list of `{"file", "manifest_sha256", "tensors"}`, one per shard.
 
     Returns:
         `(members, manifest)`.
@@ -109,6 +111,8 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
         manifest["architecture"] = {"member": mf.ARCHITECTURE_MEMBER, "size": len(architecture_json)}
     if assets:
         manifest["assets"] = [{"path": path, "size": len(data)} for path, data in assets.items()]
+    if shards is not None:
+        manifest["shards"] = shards
     return [(mf.MANIFEST_MEMBER, mf.dumps(manifest))] + payload, manifest
 
 

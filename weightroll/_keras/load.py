@@ -66,8 +66,12 @@ def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, bas
                 architecture, decode.iter_decoded(archive, index, progress=_progress.advance), paths=paths,
                 custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
         decoder = _LazyDecoder(archive, index)
-        return model_io.rebuild_with_state(architecture, decoder.tensors, decoder.decode, archive.assets(),
-                                           custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+        try:
+            return model_io.rebuild_with_state(architecture, decoder.tensors, decoder.decode, archive.assets(),
+                                               custom_objects=custom_objects, compile=compile,
+                                               safe_mode=safe_mode)
+        finally:
+            decoder.close()
 
 
 def load_weights(model, filepath, base=None):
@@ -110,7 +114,10 @@ def load_weights(model, filepath, base=None):
             model_io.assign(model, decode.iter_decoded(archive, index, progress=_progress.advance), paths=paths)
             return
         decoder = _LazyDecoder(archive, index)
-        state.load(model, decoder.tensors, decoder.decode, optimizer=False)
+        try:
+            state.load(model, decoder.tensors, decoder.decode, optimizer=False)
+        finally:
+            decoder.close()
 
 
 def _base_index(base):
@@ -131,11 +138,18 @@ class _LazyDecoder:
 
     def __init__(self, archive, base):
         self._archive, self._base, self._decoder = archive, base, None
-        self.tensors = {t["key"]: t for t in archive.manifest["tensors"]}
+        if archive.manifest.get("shards"):  # opened now: their manifests say which tensors there are
+            self._decoder = decode.decoder_for(archive, base)
+        entries = archive.manifest["tensors"] if self._decoder is None else self._decoder.entries
+        self.tensors = {t["key"]: t for t in entries}
 
     def decode(self, entry):
         if self._decoder is None:
-            self._decoder = decode.TensorDecoder(self._archive, self._base)
+            self._decoder = decode.decoder_for(self._archive, self._base)
         array = self._decoder.decode(entry)
         _progress.advance(array.size, entry["path"])
         return array
+
+    def close(self):
+        if self._decoder is not None:
+            self._decoder.close()

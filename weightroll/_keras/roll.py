@@ -1,6 +1,7 @@
 """`weightroll.roll`: write a Keras model as a `.wroll` archive."""
 
 import dataclasses
+import hashlib
 import os
 
 from weightroll import _encode
@@ -11,7 +12,8 @@ from weightroll.report import RollReport, outputs_roll_value, weights_roll_value
 
 
 def check_filepath(filepath):
-    """Accept a path ending in `.wroll`, or a writable binary file object."""
+    """Accept a path ending in `.wroll`, or a writable binary file object.
+    A path's missing folders are created (as `WeightRollCheckpoint` does)."""
     if hasattr(filepath, "write"):
         return filepath
     if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath).endswith(".wroll"):
@@ -19,6 +21,9 @@ def check_filepath(filepath):
             "Invalid `filepath` argument: expected a path ending in `.wroll` (or a binary "
             f"file object). Received: filepath={filepath!r}"
         )
+    folder = os.path.dirname(os.fspath(filepath))
+    if folder:
+        os.makedirs(folder, exist_ok=True)
     return filepath
 
 
@@ -80,7 +85,7 @@ def snapshot(model, copy=True, weights_only=False, include_optimizer=False):
 
 def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None, quality=None,
                    reference_outputs=None, validation_data=None, batch_size=None, base_keys=None,
-                   output_tolerance=None, model=None):
+                   output_tolerance=None, model=None, max_shard_size=None):
     """Encode a snapshot, measure its roll value and write the archive.
 
     Args:
@@ -92,6 +97,8 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
             meanwhile: where the architecture cannot be rebuilt (a subclassed
             model whose config Keras cannot deserialize), the rolled weights
             are measured in it, and its own weights put back after.
+        max_shard_size: write a sharded archive (see `roll`), shards of at
+            most this many bytes of raw weights each.
     """
     if snap.quantized:  # already quantized by Keras: store it as it is, bit for bit
         decoder, bits, tolerance, quality, output_tolerance = "codebook", None, {}, None, None
@@ -124,22 +131,16 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
         error = per_tensor[entry["path"]]
         if entry["storage"] == "coded" and error != {"relative_rmse": 0.0, "max_abs_error": 0.0}:
             entry["error"] = error
-    members, _ = writer.build_members(
-        encoded,
-        decoder_config_json=network.decoder_config_json(encoded.decoder, encoded.decoder_arrays),
-        architecture_json=snap.architecture,
-        producer=snap.producer,
-        model_info=snap.model_info,
-        roll_value={"weights": overall, "outputs": outputs},
-        settings=settings,
-        assets=snap.assets,
-        keyed=True,
-    )
-    writer.write(filepath, members)
-    sizes = {name: len(data) for name, data in members}
+    roll_value = {"weights": overall, "outputs": outputs}
+    if max_shard_size is None:
+        members = _members(encoded, snap, roll_value, settings)
+        writer.write(filepath, members)
+        archive_bytes, sizes = _zip_size(members), {name: len(data) for name, data in members}
+    else:
+        archive_bytes, sizes = _write_shards(filepath, encoded, snap, roll_value, settings, max_shard_size)
     return RollReport(
         filepath=None if hasattr(filepath, "write") else os.fspath(filepath),
-        archive_bytes=_zip_size(members),
+        archive_bytes=archive_bytes,
         float32_bytes=4 * snap.model_info["parameters"],
         member_bytes=sizes,
         parameters=snap.model_info["parameters"],
@@ -147,6 +148,48 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
         settings=settings,
         roll_value={"weights": overall, "tensors": per_tensor, "outputs": outputs},
     )
+
+
+def _members(encoded, snap, roll_value, settings, architecture=True, shards=None):
+    return writer.build_members(
+        encoded,
+        decoder_config_json=network.decoder_config_json(encoded.decoder, encoded.decoder_arrays),
+        architecture_json=snap.architecture if architecture else None,
+        producer=snap.producer,
+        model_info=snap.model_info,
+        roll_value=roll_value,
+        settings=settings,
+        assets=snap.assets if architecture else None,
+        keyed=True,
+        shards=shards,
+    )[0]
+
+
+def _write_shards(filepath, encoded, snap, roll_value, settings, max_shard_size):
+    """Write the shards beside `filepath`, then the index at `filepath` (spec
+    §4.13): a reader never finds an index whose shards are not all written.
+
+    Returns:
+        `(bytes of all the files, {file name: bytes})`.
+    """
+    from weightroll._format import shards
+
+    parts = shards.groups(encoded.tensors, max_shard_size)
+    names = shards.shard_names(filepath, len(parts))
+    folder = os.path.dirname(os.fspath(filepath))
+    listed, sizes = [], {}
+    for name, indices in zip(names, parts):
+        members = _members(shards.subset(encoded, indices), snap, roll_value, settings, architecture=False)
+        writer.write(os.path.join(folder, name), members)
+        manifest = dict(members)["manifest.json"]
+        listed.append({"file": name, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+                       "tensors": len(indices)})
+        sizes[name] = _zip_size(members)
+    index = shards.subset(encoded, [])
+    members = _members(index, snap, roll_value, settings, shards=listed)
+    writer.write(filepath, members)
+    sizes[os.path.basename(os.fspath(filepath))] = _zip_size(members)
+    return sum(sizes.values()), sizes
 
 
 def _rolled_outputs(snap, decoded, validation_data, batch_size, model):
@@ -210,7 +253,8 @@ def resolve_options(*, decoder="codebook", bits=None, tolerance=None, quality=No
 
 
 def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, quality=None,
-         validation_data=None, output_tolerance=None, batch_size=None, base=None, include_optimizer=False):
+         validation_data=None, output_tolerance=None, batch_size=None, base=None, include_optimizer=False,
+         max_shard_size=None):
     """Roll a Keras model into a small `.wroll` archive.
 
     The weights become integer codes in one 8-bit grayscale PNG, a
@@ -269,6 +313,7 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
     ```
     """
     check_filepath(filepath)
+    shard_bytes = _shard_bytes(filepath, max_shard_size)
     options = resolve_options(decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
                               validation_data=validation_data, output_tolerance=output_tolerance,
                               batch_size=batch_size, base=base)
@@ -277,4 +322,16 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
     reference = None
     if options["validation_data"] is not None:
         reference = model_io.predict_outputs(model, options["validation_data"], batch_size)
-    return write_snapshot(snap, filepath, reference_outputs=reference, model=model, **options)
+    return write_snapshot(snap, filepath, reference_outputs=reference, model=model, max_shard_size=shard_bytes,
+                          **options)
+
+
+def _shard_bytes(filepath, max_shard_size):
+    """`max_shard_size` (GB, as Keras takes it) in bytes, checked; None for one file."""
+    if max_shard_size is None:
+        return None
+    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, (int, float)) or not max_shard_size > 0:
+        raise WrollError(f"`max_shard_size` must be a positive number of GB. Received: max_shard_size={max_shard_size!r}")
+    if hasattr(filepath, "write"):
+        raise WrollError("A sharded archive is written to a path (its shards lie beside it), not to a file object.")
+    return max(1, int(float(max_shard_size) * 1024**3))
