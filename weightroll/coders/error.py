@@ -3,6 +3,15 @@
 A coder that decodes a tensor a block at a time (see `uniform.encode`) adds
 each block here while it is still in cache, instead of a second pass over
 the whole tensor and its decoded copy.
+
+Every sum here is of float64 squares (exact for float32 values), added in an
+order that depends on the data's layout alone: each channel's squares one
+after the other in C order, and a vector's as `_block_total` describes. The
+uniform coder's C kernel (`_kernel.c`) adds the same squares in the same
+order, so with or without it, on any CPU, the sums are the same bits, and so
+are the steps chosen from them and the errors written in the manifest. (A
+BLAS dot product, numpy's einsum or its pairwise reductions would add in an
+order that depends on the CPU, the BLAS build or numpy's version.)
 """
 
 import dataclasses
@@ -12,6 +21,12 @@ import numpy as np
 
 # A channel may be this many times worse than the tolerance (see `Measured.error`).
 CHANNEL_FACTOR = 3.0
+
+# The C kernel's layout of a sum (see `_block_total`): blocks of this many
+# values (`uniform._BLOCK`), segments of this many, lanes of partial sums.
+BLOCK = 1 << 16
+_SEGMENT = 256
+_LANES = 8
 
 
 @dataclasses.dataclass
@@ -34,24 +49,130 @@ class Measured:
     max_abs: float
 
 
+def squares(v):
+    """`v`'s values squared, as a new flat float64 array (exact for float32
+    and float16 values; float64 ones are rounded once)."""
+    sq = np.array(v, dtype=np.float64).reshape(-1)
+    np.multiply(sq, sq, out=sq)
+    return sq
+
+
+def _block_total(values):
+    """The sum of one block's float64 `values` (at most `BLOCK`; squares, as a
+    rule) in the kernel's order: segments of 256 values; in each, eight lanes
+    of partial sums (value `8 i + l` to lane `l`, in order), the leftover
+    values of a last short segment to lane 0; each lane's segment sums added
+    in order; the eight lanes added in order, from lane 0. (`accumulate`
+    adds one after the other, in any numpy on any CPU.)"""
+    whole = values.size - values.size % _SEGMENT
+    lanes = np.zeros(_LANES)
+    if whole:
+        groups = values[:whole].reshape(-1, _SEGMENT // _LANES, _LANES)  # segment, group, lane
+        if groups.shape[0] < 32:  # few segments: one call
+            segments = np.add.accumulate(groups, axis=1)[:, -1]
+        else:  # many: the same additions, group after group over all segments (faster)
+            segments = groups[:, 0].copy()
+            for i in range(1, groups.shape[1]):
+                segments += groups[:, i]
+        lanes = np.add.accumulate(segments, axis=0)[-1]
+    rest = values[whole:]
+    if rest.size:
+        full = rest.size - rest.size % _LANES
+        part = np.zeros(_LANES)
+        if full:
+            part = np.add.accumulate(rest[:full].reshape(-1, _LANES), axis=0)[-1].copy()
+        first = float(part[0])
+        for value in rest[full:].tolist():
+            first += value
+        part[0] = first
+        lanes = lanes + part
+    out = 0.0
+    for value in lanes.tolist():
+        out += value
+    return out
+
+
+def total(values):
+    """The sum of float64 `values` in a fixed order: each `BLOCK` of them
+    added one after the other, and those sums in order."""
+    out = 0.0
+    for start in range(0, values.size, BLOCK):
+        out += float(np.add.accumulate(values[start: start + BLOCK])[-1])
+    return out
+
+
+def _add_to_channels(sums, block, first):
+    """Add the squares of `block`'s values to the channel sums `sums` in
+    place: a block of whole rows of the channels (its last axis a multiple of
+    them), each channel's squares one after the other in C order; or a piece
+    of one row, channels `first` on, once each."""
+    sq = squares(block)
+    if not sq.size:
+        return
+    channels = sums.size
+    if np.shape(block)[-1] % channels:
+        sums[first: first + sq.size] += sq
+        return
+    rows = sq.reshape(-1, channels)
+    rows[0] += sums
+    np.add.accumulate(rows, axis=0, out=rows)  # row after row, whatever the CPU
+    sums[:] = rows[-1]
+
+
+def _block_totals(v):
+    """`_block_total` of the squares of each `BLOCK` of `v`'s values, in
+    order: what the kernel returns for each block of a vector it codes."""
+    flat = np.asarray(v).reshape(-1)
+    return [_block_total(squares(flat[start: start + BLOCK])) for start in range(0, flat.size, BLOCK)]
+
+
 def sum_of_squares(v):
-    """Sum of squares by BLAS; float32 data stays float32 (accurate to ~1e-6
-    here, and no float64 copy of a large tensor) unless its sum overflows
-    float32, other dtypes go to float64."""
-    v = np.asarray(v).reshape(-1)
-    if v.dtype not in (np.float32, np.float64):
-        v = v.astype(np.float64)
-    with np.errstate(over="ignore"):
-        total = float(np.dot(v, v))
-    if total == float("inf") and v.dtype == np.float32:  # values beyond ~1e19
-        total = sum_of_squares(v.astype(np.float64))
-    return total
+    """The sum of `v`'s squared values (float64), as `ErrorSums` adds a
+    vector's: its block totals (`_block_totals`) added in order."""
+    out = 0.0
+    for part in _block_totals(v):
+        out += part
+    return out
+
+
+def channel_sums(matrix, sums=None):
+    """Each column's sum of squares of a 2-D array of channels (columns),
+    each channel's added row after row (float64, `ErrorSums`' order); added
+    to `sums` when given."""
+    m = np.asarray(matrix)
+    sums = np.zeros(m.shape[1]) if sums is None else sums
+    if m.shape[1]:
+        rows = max(1, BLOCK // m.shape[1])
+        for start in range(0, m.shape[0], rows):
+            _add_to_channels(sums, m[start: start + rows], 0)
+    return sums
+
+
+def row_sums(matrix):
+    """Each row's sum of squares of a 2-D array, added along the row in
+    order (float64): `channel_sums` of its transpose, without a copy of it."""
+    m = np.asarray(matrix)
+    out = np.zeros(m.shape[0])
+    if not m.shape[1]:
+        return out
+    rows = max(1, BLOCK // m.shape[1])
+    for start in range(0, m.shape[0], rows):
+        stop = min(start + rows, m.shape[0])
+        for column in range(0, m.shape[1], BLOCK):  # a very long row, in pieces
+            sq = squares(m[start: stop, column: column + BLOCK]).reshape(stop - start, -1)
+            sq[:, 0] += out[start: stop]
+            np.add.accumulate(sq, axis=1, out=sq)
+            out[start: stop] = sq[:, -1]
+    return out
 
 
 class ErrorSums:
     """Running sums of squared error and of squared values, overall and per
     output channel (the last axis of a tensor of rank 2 or more). With
     channels, the totals are the sums of the channels' sums.
+
+    Every block added without channels is a whole number of `BLOCK`s of a
+    vector, or its last part: as the kernel codes a vector.
 
     Args:
         channels: the number of output channels, or None for a vector.
@@ -72,17 +193,19 @@ class ErrorSums:
     def add_reference(self, original, first=0):
         """Add a block's original values (to the norms errors are relative to)."""
         if self.channels:
-            self.ref_c = self._per_channel(self.ref_c, original, first)
+            _add_to_channels(self.ref_c, original, first)
         else:
-            self.ref += sum_of_squares(original)
+            for part in _block_totals(original):  # each block's, as the kernel adds them
+                self.ref += part
 
     def add_error(self, e, first=0, extremes=True):
         """Add a block's errors, original minus decoded; without `extremes`
         the largest absolute error is not tracked (`max_abs` stays 0)."""
         if self.channels:
-            self.sq_c = self._per_channel(self.sq_c, e, first)
+            _add_to_channels(self.sq_c, e, first)
         else:
-            self.sq += sum_of_squares(e)
+            for part in _block_totals(e):
+                self.sq += part
         if extremes and e.size:
             self.high, self.low = max(self.high, float(e.max())), min(self.low, float(e.min()))
 
@@ -92,25 +215,6 @@ class ErrorSums:
         self.sq += sq
         self.ref += ref
         self.high, self.low = max(self.high, max_abs), min(self.low, -max_abs)
-
-    def _per_channel(self, sums, block, first):
-        """`sums` (owned by this object) plus the block's per-channel sums of
-        squares: float32 sums for float32 data (float64 where they overflow,
-        values beyond ~1e19), float64 for other dtypes."""
-        if block.dtype not in (np.float32, np.float64):
-            block = block.astype(np.float64)
-        if block.shape[-1] % self.channels == 0:
-            b2 = block.reshape(-1, self.channels)
-            with np.errstate(over="ignore"):
-                part = np.einsum("ij,ij->j", b2, b2)
-            if b2.dtype == np.float32 and np.isinf(part).any():
-                b2 = b2.astype(np.float64)
-                part = np.einsum("ij,ij->j", b2, b2)
-            sums += part
-        else:  # a piece of one row: channels first..first + size
-            part = block.reshape(-1)
-            sums[first: first + part.size] += np.square(part, dtype=np.float64)
-        return sums
 
     def copy(self):
         """A new `ErrorSums` holding these sums (to add more to)."""
@@ -123,7 +227,7 @@ class ErrorSums:
         """The `Measured` error of everything added."""
         sq, ref = self.sq, self.ref
         if self.channels:
-            sq, ref = sq + float(self.sq_c.sum()), ref + float(self.ref_c.sum())
+            sq, ref = sq + total(self.sq_c), ref + total(self.ref_c)
         if ref > 0:
             err = math.sqrt(sq / ref)
         else:
@@ -145,19 +249,16 @@ class ErrorSums:
         return float((sq_c[nonzero] / ref_c[nonzero]).max()) if nonzero.any() else 0.0
 
 
-# `measure` goes through a tensor this many values at a time, so that the
-# error is never a second copy of a large tensor.
-_MEASURE_BLOCK = 1 << 16
-
-
 def measure(original, decoded):
     """The `Measured` error of `decoded` (cast to `original`'s dtype, as it
-    will be stored), in one pass over the error."""
+    will be stored), in one pass over the error, `BLOCK` values at a time."""
     a = np.asarray(original)
     d = np.asarray(decoded, dtype=a.dtype)
+    if a.dtype.name == "bfloat16":  # rounded as stored, then measured in float32
+        a, d = a.astype(np.float32), d.astype(np.float32)
     channels = a.shape[-1] if a.ndim >= 2 and a.size else None
     a2, d2 = a.reshape(-1, channels or 1), d.reshape(-1, channels or 1)
-    rows = max(1, _MEASURE_BLOCK // (channels or 1))
+    rows = max(1, BLOCK // (channels or 1))
     sums = ErrorSums(channels)
     for start in range(0, a2.shape[0], rows):
         sums.add(a2[start: start + rows], d2[start: start + rows])

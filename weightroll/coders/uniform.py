@@ -13,10 +13,12 @@ bits on the common small codes.
 
 import dataclasses
 import hashlib
+import math
 
 import numpy as np
 
 from weightroll._entropy import bits_from_counts
+from weightroll.coders import error
 from weightroll.coders.error import ErrorSums
 
 try:  # the fused C loops (setup.py builds them where a compiler is found)
@@ -61,23 +63,61 @@ class UniformCode:
 
 
 def channel_scales(values, axis):
-    """Root-mean-square of each channel along `axis` (float32, never 0)."""
+    """Root-mean-square of each channel along `axis` (float32, never 0):
+    each channel's float64 sum of squares in C order, the same bits with or
+    without the kernel (see `error`)."""
     x = np.asarray(values)
-    if x.dtype == np.float32 and x.ndim >= 2 and axis in (0, x.ndim - 1):
-        # float32 sums by einsum: no float64 copy of a large tensor.
-        if axis == 0:
-            v = x.reshape(x.shape[0], -1)
-            sums = np.einsum("ij,ij->i", v, v)
-        else:
-            v = x.reshape(-1, x.shape[-1])
-            sums = np.einsum("ij,ij->j", v, v)
-        rms = np.sqrt(sums.astype(np.float64) / (x.size // x.shape[axis]))
-    else:
+    if x.ndim < 2:  # one scale per value
         x = x.astype(np.float64)
-        other = tuple(i for i in range(x.ndim) if i != axis)
-        rms = np.sqrt(np.mean(x * x, axis=other))
+        rms = np.sqrt(x * x)
+    else:
+        if axis == x.ndim - 1:
+            sums = _column_sums(x.reshape(-1, x.shape[-1]))
+        elif axis == 0:
+            sums = _row_sums(x.reshape(x.shape[0], -1))
+        else:  # a middle axis: its channels as columns, in C order
+            sums = _column_sums(np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]))
+        rms = np.sqrt(sums / max(1, x.size // max(1, x.shape[axis])))
     rms = np.where(rms > 0, rms, 1.0)
     return rms.astype(np.float32)
+
+
+def _kernel_takes(m):
+    """Whether the kernel can sum `m` as it is: C-contiguous float32 values."""
+    return _kernel is not None and m.dtype == np.float32 and m.flags.c_contiguous and m.size
+
+
+def _sum_of_squares(flat):
+    """`error.sum_of_squares` of a flat array, by the kernel where it is built."""
+    if not _kernel_takes(flat):
+        return error.sum_of_squares(flat)
+    out = 0.0
+    for start in range(0, flat.size, error.BLOCK):
+        block = flat[start: start + error.BLOCK]
+        out += _kernel.reference(block, block.size, 0, 0, None)
+    return out
+
+
+def _column_sums(m):
+    """`error.channel_sums` of a 2-D array, by the kernel where it is built."""
+    if not _kernel_takes(m):
+        return error.channel_sums(m)
+    sums = np.zeros(m.shape[1])
+    _kernel.reference(m, m.shape[1], m.shape[1], 0, sums)
+    return sums
+
+
+def _row_sums(m):
+    """`error.row_sums` of a 2-D array, by the kernel where it is built: the
+    rows are its channels, summed a few columns at a time (transposed)."""
+    if not _kernel_takes(m):
+        return error.row_sums(m)
+    sums = np.zeros(m.shape[0])
+    columns = max(1, _BLOCK // m.shape[0])
+    for start in range(0, m.shape[1], columns):
+        piece = np.ascontiguousarray(m[:, start: start + columns].T)
+        _kernel.reference(piece, m.shape[0], m.shape[0], 0, sums)
+    return sums
 
 
 def broadcast_scales(scales, shape, axis):
@@ -93,8 +133,9 @@ def broadcast_scales(scales, shape, axis):
 _TABLE_SAMPLE = 1 << 16
 # Rows are sampled when the sample gets at least this many of them.
 _SAMPLE_ROWS = 8
-# Values are scaled and rounded this many at a time (no full-size temporaries).
-_BLOCK = 1 << 16
+# Values are scaled and rounded this many at a time (no full-size temporaries);
+# a vector's error sums are added block by block (see `error`).
+_BLOCK = error.BLOCK
 
 
 def _blocks(x, inverse, scales, axis):
@@ -167,7 +208,7 @@ def _scaling(x, axis):
     if axis is not None:
         return None, channel_scales(x, axis)
     flat = x.reshape(-1)
-    rms = float(np.sqrt(np.dot(flat, flat) / flat.size)) if flat.size else 1.0
+    rms = math.sqrt(_sum_of_squares(flat) / flat.size) if flat.size else 1.0
     return (rms if rms > 0 else 1.0), None
 
 
