@@ -1,10 +1,9 @@
-"""Builds the two optional C extensions: the uniform coder's kernel
-(weightroll/coders/_kernel.c) and Huffman-only deflate of the code image
-(weightroll/_format/_deflate.c).
+"""Builds the optional C extension: the uniform coder's kernel
+(weightroll/coders/_kernel.c).
 
-Everything else is declared in pyproject.toml. Both are optional: where they
-cannot be compiled, the install goes on, the coder uses numpy (the same codes
-at a given step) and the image is deflated by zlib-ng.
+Everything else is declared in pyproject.toml. The kernel is optional: where
+it cannot be compiled, the install goes on and the coder uses numpy, which
+computes the same codes, error sums and so the same archives, more slowly.
 """
 
 from setuptools import Extension, setup
@@ -23,8 +22,6 @@ class BuildExt(build_ext):
 setup(
     ext_modules=[
         Extension("weightroll.coders._kernel", ["weightroll/coders/_kernel.c"], optional=True),
-        # Huffman-only deflate of the code image (zlib-ng's is the fallback).
-        Extension("weightroll._format._deflate", ["weightroll/_format/_deflate.c"], optional=True),
     ],
     cmdclass={"build_ext": BuildExt},
 )

@@ -17,11 +17,6 @@ from weightroll._format import limits, rules
 from weightroll._parallel import parallel_map
 from weightroll.errors import ArchiveError, LimitError
 
-try:  # Huffman-only deflate in C (setup.py builds it where a compiler is found)
-    from weightroll._format import _deflate
-except ImportError:  # zlib-ng's Huffman-only strategy does it
-    _deflate = None
-
 # Rows of 4096 pixels keep a 100M-parameter model's image at 4096 x 24415:
 # a valid PNG that image viewers open, with a small per-row filter overhead.
 MAX_WRITE_WIDTH = 4096
@@ -84,17 +79,20 @@ def _adler32_concat(first, second, second_length):
 def _deflate_rows(codes, width, height, level, strategy):
     """The image's zlib stream, as a list of byte strings to concatenate.
 
-    An image of up to `_PIECE_ROWS` rows is one zlib stream, byte for byte
-    what zlib writes. A taller one is cut into pieces of `_PIECE_ROWS` rows,
-    each built and deflated on its own (raw deflate, ended by a full flush;
-    the last by the final block) under one zlib header and Adler-32: a valid
-    stream that inflates like any other, the same on every machine whatever
-    its number of cores, and no copy of the whole raw image is ever made.
-    Huffman-only coding has no matches to lose at the cuts, and deflate starts
-    new blocks far more often than once per piece. zlib-ng writes the same
-    bytes as zlib, about twice as fast; the pieces of a Huffman-only stream
-    are written by `_deflate.c` where it is built, in about 40% of zlib-ng's
-    time (its own Huffman codes, one set per 32 KiB block as zlib's).
+    An image of up to `_PIECE_ROWS` rows is one zlib stream. A taller one is
+    cut into pieces of `_PIECE_ROWS` rows, each built and deflated on its own
+    (raw deflate, ended by a full flush; the last by the final block) under
+    one zlib header and Adler-32: a valid stream that inflates like any
+    other, the same whatever the machine's number of cores, and no copy of
+    the whole raw image is ever made. Huffman-only coding has no matches to
+    lose at the cuts, and deflate starts new blocks far more often than once
+    per piece.
+
+    zlib-ng writes every stream, about twice as fast as zlib. Huffman-only
+    coding, the rule, takes no CPU-specific path in it: its bytes depend on
+    zlib-ng's version alone (spec/vectors/environment.json records it). The
+    LZ77 alternative (codes below 3 bits) goes through its CPU-specific
+    match finders, reported to choose other matches on other architectures.
     """
     if height <= _PIECE_ROWS:
         packer = zlib_ng.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
@@ -103,15 +101,6 @@ def _deflate_rows(codes, width, height, level, strategy):
 
     def piece(first):
         stop = min(first + _PIECE_ROWS, height)
-        if _deflate is not None and strategy == zlib.Z_HUFFMAN_ONLY:
-            size = (stop - first) * (width + 1)
-            out = np.empty(_huffman_bound(size, 9), np.uint8)  # Huffman codes average under 9 bits
-            try:
-                length, adler = _deflate.huffman_rows(codes, width, first, stop, stop == height, out)
-            except ValueError:  # too small after all: the certain bound (15 bits a byte)
-                out = np.empty(_huffman_bound(size), np.uint8)
-                length, adler = _deflate.huffman_rows(codes, width, first, stop, stop == height, out)
-            return out[:length], adler, size
         raw = _raw_rows(codes, width, first, stop)
         packer = zlib_ng.compressobj(level, zlib.DEFLATED, -15, 9, strategy)
         data = packer.compress(raw) + packer.flush(zlib.Z_FINISH if stop == height else zlib.Z_FULL_FLUSH)
@@ -122,13 +111,6 @@ def _deflate_rows(codes, width, height, level, strategy):
     for _, piece_adler, length in pieces:
         adler = _adler32_concat(adler, piece_adler, length)
     return [_ZLIB_HEADER_LEVEL_9] + [data for data, _, _ in pieces] + [struct.pack(">I", adler)]
-
-
-def _huffman_bound(size, bits=15):
-    """Bytes `_deflate.huffman_rows` may write for `size` scanline bytes
-    coded in at most `bits` bits each (15 at worst), with a header of under
-    600 bytes per 32 KiB block and the closing stored block."""
-    return size * bits // 8 + 600 * (size // (1 << 15) + 1) + 64
 
 
 def _png_from_stream(parts, width, height):
