@@ -16,8 +16,9 @@ edit each and listed in `invalid/index.json` with the rejection rule (R..) of
 the spec, the exception class and a stable fragment of its message.
 
 The output is a function of the inputs and of the library versions recorded in
-`environment.json` (Python's zipfile and zlib, libzstd, Keras's config format,
-the BLAS and SIMD code paths numpy takes in the MLP fit).
+`environment.json` (Python's zipfile and zlib, numpy, zlib-ng, libzstd, Keras's
+config format), not of the machine: the same on every CPU and BLAS, with or
+without weightroll's C kernel (tests/test_same_bytes.py).
 """
 
 import hashlib
@@ -933,49 +934,26 @@ def forward_compatible(bases):
 
 
 def environment():
-    """What the bytes of the vectors depend on, besides this script."""
+    """The versions the bytes of the vectors depend on, besides this script and
+    weightroll's code. Nothing about the machine: the coder's sums and the MLP's
+    fit are the same bits on every CPU and BLAS, with or without weightroll's C
+    kernel, and zlib-ng's Huffman-only deflate takes no CPU-specific path."""
     import keras
-    import PIL
     import zstandard
-    from PIL import features
     from zlib_ng import zlib_ng
 
     import weightroll
-    from weightroll.coders import uniform
 
-    try:
-        from numpy._core import _multiarray_umath as umath
-    except ImportError:  # numpy < 2
-        from numpy.core import _multiarray_umath as umath
-    simd = sorted(f for f in getattr(umath, "__cpu_dispatch__", []) if umath.__cpu_features__.get(f))
-    try:
-        import threadpoolctl
-
-        blas = sorted(
-            f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
-            for i in threadpoolctl.threadpool_info()
-            if i.get("user_api") == "blas" and "numpy" in str(i.get("filepath"))
-        ) or ["unknown"]
-    except ImportError:
-        blas = ["unknown"]
+    major_minor = ".".join(platform.python_version_tuple()[:2])
     return {
-        "python": platform.python_version_tuple()[0] + "." + platform.python_version_tuple()[1],
-        "machine": platform.machine(),
-        "weightroll": weightroll.__version__,
-        "keras": keras.__version__,
+        "python": major_minor,  # zipfile writes the container
+        "weightroll": weightroll.__version__,  # the manifest's producer
+        "keras": keras.__version__,  # the architecture's config, the manifest's producer
         "keras_backend": keras.backend.backend(),
-        "numpy": np.__version__,
-        "numpy_simd": simd,
-        "blas": blas,
-        "pillow": PIL.__version__,
-        "pillow_zlib": features.version("zlib"),
-        "python_zlib": zlib.ZLIB_RUNTIME_VERSION,
-        "zlib_ng": zlib_ng.ZLIBNG_VERSION,  # weightroll's deflate (same bytes as zlib)
-        "zstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
-        # The uniform coder's C kernel sums errors in float64, numpy in
-        # float32: the step search, and so steps and tables, differ in the
-        # last bits between the two.
-        "weightroll_coder": "kernel" if uniform._kernel is not None else "numpy",
+        "numpy": ".".join(np.__version__.split(".")[:2]),  # its algorithms (sort, histogram, rint...)
+        "python_zlib": zlib.ZLIB_RUNTIME_VERSION,  # zlib.compress: the hand-made PNGs of invalid vectors
+        "zlib_ng": zlib_ng.ZLIBNG_VERSION,  # the code image's deflate
+        "zstd": ".".join(map(str, zstandard.ZSTD_VERSION)),  # the zstd members
     }
 
 
