@@ -136,7 +136,10 @@ class RollReport:
             (with `"quality"` when a preset was named).
         roll_value: the roll value stored in the archive: `"weights"` (overall
             `relative_rmse`, `max_abs_error`), `"tensors"` (the same per
-            variable path) and `"outputs"` (None unless `validation_data` was given).
+            variable path) and `"outputs"` (None unless `validation_data` was
+            given): measured on the calibration samples held out of the fit
+            (every 4th), with the same figures on the fit samples under
+            `"fit"`.
     """
 
     filepath: object
@@ -168,10 +171,16 @@ class RollReport:
         ]
         out = self.roll_value.get("outputs")
         if out:
-            line = (f"Output roll value on {out['samples']} samples: max abs diff {out['max_abs_diff']:.3g}, "
-                    f"mean abs diff {out['mean_abs_diff']:.3g}, cosine {out['cosine']:.6f}")
+            fit = out.get("fit")
+            where = (f"{out['samples']} held-out samples (the fit used {fit['samples']})" if fit
+                     else f"{out['samples']} samples")
+            line = (f"Output roll value on {where}: relative RMSE {out['relative_rmse']:.3g}, "
+                    f"max abs diff {out['max_abs_diff']:.3g}, mean abs diff {out['mean_abs_diff']:.3g}, "
+                    f"cosine {out['cosine']:.6f}")
             if "top1_agreement" in out:
                 line += f", top-1 agreement {out['top1_agreement']:.2%}"
+            if fit:
+                line += f"; on the fit samples: relative RMSE {fit['relative_rmse']:.3g}, cosine {fit['cosine']:.6f}"
             lines.append(line + ".")
         return "\n".join(lines)
 

@@ -450,6 +450,16 @@ def _finalize_state(model):
             finalize()
 
 
+def input_take(x, index):
+    """The samples at `index` (an integer array) of model inputs (an array, or
+    a list, tuple or dict of arrays)."""
+    if isinstance(x, dict):
+        return {k: np.asarray(v)[index] for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(np.asarray(v)[index] for v in x)
+    return np.asarray(x)[index]
+
+
 def input_rows(x, start, stop):
     """Samples `[start, stop)` of model inputs (an array, or a list, tuple or
     dict of arrays)."""

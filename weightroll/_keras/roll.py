@@ -4,6 +4,8 @@ import dataclasses
 import hashlib
 import os
 
+import numpy as np
+
 from weightroll import _encode
 from weightroll._format import writer
 from weightroll._keras import model_io, network
@@ -103,25 +105,44 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
     if snap.quantized:  # already quantized by Keras: store it as it is, bit for bit
         decoder, bits, tolerance, quality, output_tolerance = "codebook", None, {}, None, None
     settings = _encode.describe_settings(decoder, bits, tolerance, quality, output_tolerance)
-    if output_tolerance is not None:
-        from weightroll._keras.allocate import allocate
-
-        tolerance, _ = allocate(snap, validation_data, output_tolerance, batch_size, base_keys=base_keys,
-                                model=model)
-        bits = quality = None
     from weightroll._keras.state import OPTIMIZER_PREFIX
 
     lossless = {path for path, key in snap.keys.items() if key.startswith(OPTIMIZER_PREFIX)}
-    encoded = _encode.encode(snap.tensors, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
-                             lossless=lossless,
-                             base_keys=base_keys, keep_decoded=validation_data is not None)
+
+    def encode(tolerance, bits, quality):
+        return _encode.encode(snap.tensors, decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,
+                              lossless=lossless, base_keys=base_keys, keep_decoded=validation_data is not None)
+
+    outputs = outputs_fit = None
+    if validation_data is None:
+        encoded = encode(tolerance, bits, quality)
+    else:
+        fit, held = calibration_split(model_io.input_count(validation_data))
+        fit_x = model_io.input_take(validation_data, fit)
+        target = output_tolerance
+        for attempt in range(_HELD_OUT_ROUNDS):
+            if output_tolerance is not None:
+                from weightroll._keras.allocate import allocate
+
+                tolerance, _ = allocate(snap, fit_x, target, batch_size, base_keys=base_keys, model=model)
+                bits = quality = None
+            encoded = encode(tolerance, bits, quality)
+            rolled = _rolled_outputs(snap, encoded.decoded, validation_data, batch_size, model)
+            outputs_fit = outputs_roll_value(_rows(reference_outputs, fit), _rows(rolled, fit))
+            if held is None:
+                outputs = outputs_fit
+                break
+            outputs = outputs_roll_value(_rows(reference_outputs, held), _rows(rolled, held))
+            err = outputs["relative_rmse"]
+            # An output tolerance is a promise about inputs the allocation did not see:
+            # while the held-out samples miss it, allocate again for a tighter target.
+            if output_tolerance is None or err is None or err <= output_tolerance:
+                break
+            target *= 0.97 * output_tolerance / err
+        outputs = dict(outputs, fit=outputs_fit) if held is not None else outputs
     storage = {t["path"]: t["storage"] for t in encoded.tensors}
     sizes = {path: _encode.tensor_size(t) for path, t in snap.tensors}
     per_tensor, overall = weights_roll_value(encoded.stats, storage, sizes)
-    outputs = None
-    if validation_data is not None:
-        outputs = outputs_roll_value(reference_outputs,
-                                     _rolled_outputs(snap, encoded.decoded, validation_data, batch_size, model))
     for entry in encoded.tensors:
         entry["key"] = snap.keys.get(entry["path"], entry["path"])
     for entry in encoded.tensors:
@@ -190,6 +211,28 @@ def _write_shards(filepath, encoded, snap, roll_value, settings, max_shard_size)
     writer.write(filepath, members)
     sizes[os.path.basename(os.fspath(filepath))] = _zip_size(members)
     return sum(sizes.values()), sizes
+
+
+# Of calibration samples, every HELD_OUT_EVERY-th is held out of the fit (the
+# allocation never sees it) and the stored output roll value is measured on it.
+HELD_OUT_EVERY = 4
+# Allocations at most, each for a tighter target while the held-out samples miss it.
+_HELD_OUT_ROUNDS = 3
+
+
+def calibration_split(count):
+    """`(fit, held_out)` sample indices of `count` calibration samples:
+    every `HELD_OUT_EVERY`-th sample (the last one of 2 or 3) is held out;
+    with fewer than 2 samples none is (`held_out` is None)."""
+    index = np.arange(count)
+    if count < 2:
+        return index, None
+    held = index[index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1] if count >= HELD_OUT_EVERY else index[-1:]
+    return np.setdiff1d(index, held), held
+
+
+def _rows(outputs, index):
+    return [np.asarray(o)[index] for o in outputs]
 
 
 def _rolled_outputs(snap, decoded, validation_data, batch_size, model):
