@@ -7,9 +7,9 @@ import os
 import numpy as np
 import zstandard
 
-from weightroll._format import container, image, limits, rules
+from weightroll._format import container, image, limits, paths, rules
 from weightroll._format import manifest as mf
-from weightroll.errors import ArchiveError, ArchiveNotFoundError, LimitError, short
+from weightroll.errors import ArchiveError, LimitError, short
 
 
 class RolledArchive:
@@ -30,10 +30,7 @@ class RolledArchive:
         self._verified = {}  # member name -> its bytes, once its SHA-256 matched
         self._all_verified = False
         if isinstance(source, (str, os.PathLike)):
-            try:
-                self._file = open(source, "rb")
-            except FileNotFoundError:
-                raise ArchiveNotFoundError(os.fspath(source)) from None
+            self._file = paths.open_read(source)  # a local path, or gs://, ram://, ... through gfile
             self.path = os.fspath(source)
             source = self._file
         try:

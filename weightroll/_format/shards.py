@@ -20,7 +20,7 @@ import types
 
 import numpy as np
 
-from weightroll._format import limits, rules
+from weightroll._format import limits, paths, rules
 from weightroll._format.reader import RolledArchive
 from weightroll._format.schema import SHARD_SUFFIX, itemsize
 from weightroll.errors import ArchiveError, LimitError, short
@@ -105,13 +105,13 @@ class ShardSet:
         if index.path is None:
             raise ArchiveError("A sharded archive is read from its path (its shards lie beside it), "
                                "not from a file object.", rule=rules.SHARDS)
-        folder = os.path.dirname(os.path.abspath(index.path))
+        folder = paths.folder(index.path)
         self.archives, self.entries, self._owner = [], [], []
         keys, total = set(), 0
         try:
             for listed in index.manifest["shards"]:
                 name = listed["file"]
-                shard = RolledArchive(os.path.join(folder, name))
+                shard = RolledArchive(paths.join(folder, name))
                 self.archives.append(shard)
                 where = f"Shard '{short(name)}'"
                 if shard.manifest_sha256 != listed["manifest_sha256"]:

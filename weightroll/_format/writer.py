@@ -10,9 +10,8 @@ import os
 
 import zstandard
 
-from weightroll._format import container, image
+from weightroll._format import container, image, paths
 from weightroll._format import manifest as mf
-from weightroll._format.atomic import atomic_write
 from weightroll._format.digest import binding_sha256, little_endian_bytes
 
 
@@ -117,8 +116,9 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
 
 
 def write(target, members):
-    """Write members to `target`: a path (atomically) or a binary file object."""
+    """Write members to `target`: a path (never seen half-written, see
+    `paths.write`) or a binary file object."""
     if isinstance(target, (str, os.PathLike)):
-        atomic_write(target, lambda f: container.write_members(f, members))
+        paths.write(target, lambda f: container.write_members(f, members))
     else:
         container.write_members(target, members)

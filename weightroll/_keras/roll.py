@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from weightroll import _encode
-from weightroll._format import writer
+from weightroll._format import paths, writer
 from weightroll._keras import model_io, network
 from weightroll.errors import WrollError
 from weightroll.report import RollReport, outputs_roll_value, weights_roll_value
@@ -23,9 +23,8 @@ def check_filepath(filepath):
             "Invalid `filepath` argument: expected a path ending in `.wroll` (or a binary "
             f"file object). Received: filepath={filepath!r}"
         )
-    folder = os.path.dirname(os.fspath(filepath))
-    if folder:
-        os.makedirs(folder, exist_ok=True)
+    paths.makedirs(os.path.dirname(os.fspath(filepath)) if not paths.is_remote(filepath)
+                   else paths.folder(filepath))
     return filepath
 
 
@@ -197,11 +196,11 @@ def _write_shards(filepath, encoded, snap, roll_value, settings, max_shard_size)
 
     parts = shards.groups(encoded.tensors, max_shard_size)
     names = shards.shard_names(filepath, len(parts))
-    folder = os.path.dirname(os.fspath(filepath))
+    folder = paths.folder(filepath)
     listed, sizes = [], {}
     for name, indices in zip(names, parts):
         members = _members(shards.subset(encoded, indices), snap, roll_value, settings, architecture=False)
-        writer.write(os.path.join(folder, name), members)
+        writer.write(paths.join(folder, name), members)
         manifest = dict(members)["manifest.json"]
         listed.append({"file": name, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
                        "tensors": len(indices)})

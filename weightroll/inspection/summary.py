@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from weightroll._format import manifest as mf
+from weightroll._format import paths
 from weightroll.errors import short
 
 # Names read from an archive pass through this before printing: no control
@@ -39,7 +40,7 @@ def describe(archive, filepath):
     roll_value = _dict(manifest.get("roll_value"))
     tensors = [_tensor_row(t, decoder) for t in manifest["tensors"]]
     parameters = sum(t["parameters"] for t in tensors)
-    archive_bytes = os.path.getsize(filepath)
+    archive_bytes = paths.size(filepath)
     # The zip's own directory, in file order; the manifest lists every member but itself.
     members = [
         {"name": name, "size": size, "sha256": manifest["members"].get(name, {}).get("sha256")}
