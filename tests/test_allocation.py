@@ -76,15 +76,31 @@ def test_bits_with_validation_data_only_measures(transformer):
     assert report.roll_value["outputs"] is not None
 
 
-def test_calibrated_balanced_preset_beats_the_issue_goals_on_held_out_data(transformer):
-    # Issue 7: cosine >= 0.999 at <= 5 bits per weight (gradient sensitivity,
-    # GPTQ and per-tensor multipliers; see weightroll/_keras/allocate.py).
+@pytest.fixture(scope="module")
+def calibrated_on_held_out_data(transformer):
+    """The calibrated default roll (`quality="balanced"`) measured on other
+    inputs than its calibration: `(report, cosine, bits per weight)`."""
     model, x = transformer
     x_new = np.random.default_rng(2024).integers(0, _models.HT_VOCAB, size=(256, _models.HT_SEQ)).astype("int32")
     buf = io.BytesIO()
     report = weightroll.roll(model, buf, validation_data=x)
-    assert report.roll_value["outputs"]["relative_rmse"] <= 0.04
     buf.seek(0)
     cosine = _cosine(model.predict(x_new, verbose=0), weightroll.load_rolled(buf).predict(x_new, verbose=0))
     bits = 8 * report.archive_bytes / sum(int(np.prod(v.shape)) for v in model.variables)
-    assert cosine >= 0.9988 and bits <= 5.1, (cosine, bits)
+    return report, cosine, bits
+
+
+# Issue 7's goals: cosine >= 0.999 on held-out data at <= 5 bits per weight
+# (the whole archive counted), with gradient sensitivity, GPTQ and per-tensor
+# multipliers (see weightroll/_keras/allocate.py).
+def test_calibrated_balanced_preset_keeps_cosine_0_999_on_held_out_data(calibrated_on_held_out_data):
+    report, cosine, _ = calibrated_on_held_out_data
+    assert report.roll_value["outputs"]["relative_rmse"] <= 0.04
+    assert cosine >= 0.999, cosine
+
+
+@pytest.mark.xfail(strict=True, reason="issue 7's goal is not met: the calibrated balanced preset "
+                                       "takes 5.04 bits per weight here (cosine 0.9991)")
+def test_calibrated_balanced_preset_takes_at_most_5_bits_per_weight(calibrated_on_held_out_data):
+    _, _, bits = calibrated_on_held_out_data
+    assert bits <= 5.0, bits
