@@ -22,6 +22,7 @@ import zstandard
 
 import weightroll
 from weightroll._format import reader
+from weightroll._format.digest import binding_sha256
 from weightroll._format import container, limits, rules
 from weightroll._format import manifest as mf
 from weightroll.errors import ArchiveError, LimitError, VersionError, WrollError
@@ -86,7 +87,7 @@ def test_rejects_a_version_that_is_not_ascii_major_dot_minor(version):
 
 
 def test_rejects_a_newer_major_version_naming_the_release_that_wrote_it():
-    manifest = {"format": "wroll", "format_version": "2.3",
+    manifest = {"format": "wroll", "format_version": "3.1",
                 "producer": {"name": "weightroll", "version": "1.4.0"}}
     with pytest.raises(VersionError, match=r"Upgrade weightroll .* written by weightroll 1\.4\.0, which does\."):
         mf.check_version(manifest)
@@ -231,9 +232,10 @@ def test_rejects_a_huge_dimension_even_beside_a_zero():
 
 def test_an_empty_coded_tensor_with_an_empty_table_decodes():
     manifest = _manifest()
-    manifest["tensors"].append({"path": "empty", "shape": [0, 3], "dtype": "float32", "storage": "coded",
-                                "codes": {"offset": 12, "count": 0}, "table": {"offset": 0, "size": 0},
-                                "sha256": EMPTY_SHA256})
+    empty = {"path": "empty", "key": "vars/empty", "shape": [0, 3], "dtype": "float32", "storage": "coded",
+             "codes": {"offset": 12, "count": 0}, "table": {"offset": 0, "size": 0}, "sha256": EMPTY_SHA256}
+    empty["binding_sha256"] = binding_sha256(empty)
+    manifest["tensors"].append(empty)
     weights = weightroll.unroll(_repack(manifest))
     assert weights["empty"].shape == (0, 3) and weights["empty"].dtype == np.float32
 

@@ -280,7 +280,7 @@ def test_load_weights_restores_a_model_built_in_code(tmp_path):
 def test_load_weights_refuses_an_unbuilt_model(tmp_path):
     model, _, _ = _classifier()
     weightroll.roll(model, tmp_path / "m.wroll")
-    with pytest.raises(WrollError, match="has not been built"):
+    with pytest.raises(WrollError, match="has not yet been built"):
         weightroll.load_weights(keras.Sequential([keras.layers.Dense(4)]), tmp_path / "m.wroll")
 
 

@@ -63,7 +63,7 @@ class ArchiveNotFoundError(WrollError, FileNotFoundError):
     """
 
     def __init__(self, filepath):
-        super().__init__(f"File not found: filepath={filepath}. Please ensure it is an accessible "
+        super().__init__(f"File not found: filepath={filepath}. Please ensure the file is an accessible "
                          "`.wroll` archive.")
         self.errno, self.strerror, self.filename = 2, "No such file or directory", str(filepath)
 

@@ -1,5 +1,7 @@
 """`weightroll.load_rolled` and `weightroll.load_weights`: an archive back into a Keras model."""
 
+import os
+
 from weightroll import _progress
 from weightroll._format import decode, reader
 from weightroll._keras import model_io, state
@@ -47,6 +49,7 @@ def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, bas
     predictions = model.predict(x)
     ```
     """
+    _check_extension(filepath)
     index = _base_index(base)
     with reader.RolledArchive(filepath) as archive:
         # Every member's SHA-256 first; the code image is read again when it is
@@ -74,7 +77,7 @@ def load_rolled(filepath, custom_objects=None, compile=True, safe_mode=True, bas
             decoder.close()
 
 
-def load_weights(model, filepath, base=None):
+def load_weights(model, filepath, skip_mismatch=False, objects_to_skip=None, base=None, **kwargs):
     """Load the weights of a `.wroll` archive into `model`, like `model.load_weights`.
 
     For models that are built in code rather than from a saved config (many
@@ -88,6 +91,12 @@ def load_weights(model, filepath, base=None):
     Args:
         model: a built `keras.Model` with the archive's architecture.
         filepath: path of the `.wroll` archive, or a binary file object.
+        skip_mismatch: as for `model.load_weights`: layers whose state does
+            not fit keep their values (with a warning) instead of an error.
+            Defaults to `False`.
+        objects_to_skip: layers (or other saveables) to leave as they are,
+            for a weights-only archive, as `model.load_weights` takes them for
+            a `.weights.h5` file. Defaults to `None`.
         base: for an archive rolled with `base=`, the same base model.
             Defaults to `None`.
 
@@ -100,24 +109,41 @@ def load_weights(model, filepath, base=None):
     """
     import keras
 
+    if kwargs:
+        if "by_name" in kwargs:
+            raise WrollError(f"`by_name` only supports loading legacy '.h5' or '.hdf5' files. Received: {filepath}")
+        raise WrollError(f"Invalid keyword arguments: {kwargs}")
     if not isinstance(model, keras.Model):
         raise WrollError(f"Expected a `keras.Model` to load weights into. Received: model={model!r}")
     if not model.built:
         raise WrollError(
-            f"Model '{model.name}' has not been built, so it has no variables to load weights into: "
-            "build it first (call it on data, or `model.build(input_shape)`)."
+            "You are loading weights into a model that has not yet been built. Try building the model "
+            f"first by calling it on some data or by using `build()`. (Model '{model.name}' has not been "
+            "built, so it has no variables to load weights into.)"
         )
+    _check_extension(filepath)
     index = _base_index(base)
     with reader.RolledArchive(filepath) as archive:
+        if objects_to_skip is not None and "architecture" in archive.manifest:
+            raise WrollError("`objects_to_skip` only supports loading weights-only archives (written with "
+                             f"`save_weights_only=True`). Received: {filepath}")
         if _major(archive) == 1:
             paths = [t["path"] for t in archive.manifest["tensors"]]
             model_io.assign(model, decode.iter_decoded(archive, index, progress=_progress.advance), paths=paths)
             return
         decoder = _LazyDecoder(archive, index)
         try:
-            state.load(model, decoder.tensors, decoder.decode, optimizer=False)
+            state.load(model, decoder.tensors, decoder.decode, optimizer=False, skip_mismatch=skip_mismatch,
+                       objects_to_skip=objects_to_skip or ())
         finally:
             decoder.close()
+
+
+def _check_extension(filepath):
+    """A path must name a `.wroll` archive, as `load_model` wants a `.keras` file."""
+    if isinstance(filepath, (str, os.PathLike)) and not os.fspath(filepath).endswith(".wroll"):
+        raise WrollError(f"File format not supported: filepath={os.fspath(filepath)}. weightroll loads "
+                         "`.wroll` archives (a path ending in `.wroll`).")
 
 
 def _base_index(base):

@@ -66,7 +66,7 @@ def variable_sources(model):
     return sources
 
 
-def state_sources(model, copy, include_optimizer=False, assets=True):
+def state_sources(model, copy, include_optimizer=False, assets=True, objects_to_skip=()):
     """What Keras would save of `model` (see `state.collect`), ready to encode.
 
     Returns:
@@ -81,7 +81,8 @@ def state_sources(model, copy, include_optimizer=False, assets=True):
     from weightroll._encode import Lazy
     from weightroll._keras import state
 
-    entries, files = state.collect(model, include_optimizer=include_optimizer, assets=assets)
+    entries, files = state.collect(model, include_optimizer=include_optimizer, assets=assets,
+                                   objects_to_skip=objects_to_skip)
     variables = [value for _, value in entries if state.is_variable(value)]
     unique = iter(_unique_paths(variables))
     backend = keras.backend.backend()
@@ -277,7 +278,7 @@ def _keras_errors(what):
     except WrollError:
         raise
     except Exception as e:  # Keras raises many types for a config it cannot build
-        message = short(f"{type(e).__name__}: {e}", 2000)
+        message = _keras_message(e)
         if "safe_mode" in str(e):  # a refusal of Keras's own, for something not listed above
             raise UnsafeArchiveError(
                 f"Loading this archive would run code stored in its architecture, a risk of arbitrary "
@@ -292,6 +293,13 @@ def _keras_errors(what):
             "or register them with `@keras.saving.register_keras_serializable()`.",
             rule=rules.ARCHITECTURE_MODEL,
         ) from e
+
+
+def _keras_message(error, head=1000, tail=1500):
+    """Keras's message, safe to print: its start and its end (where the root
+    cause is, after a long config), line breaks kept."""
+    text = "".join(c if c.isprintable() or c == "\n" else "?" for c in f"{type(error).__name__}: {error}")
+    return text if len(text) <= head + tail else f"{text[:head]} [...] {text[-tail:]}"
 
 
 def _safe_mode_scope(safe_mode):

@@ -20,7 +20,7 @@ def check_filepath(filepath):
         return filepath
     if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath).endswith(".wroll"):
         raise WrollError(
-            "Invalid `filepath` argument: expected a path ending in `.wroll` (or a binary "
+            "Invalid filepath extension for saving. Please add a `.wroll` extension (or pass a binary "
             f"file object). Received: filepath={filepath!r}"
         )
     paths.makedirs(os.path.dirname(os.fspath(filepath)) if not paths.is_remote(filepath)
@@ -41,7 +41,7 @@ class Snapshot:
     quantized: bool = False  # a Keras-quantized model: every tensor is stored losslessly
 
 
-def snapshot(model, copy=True, weights_only=False, include_optimizer=False):
+def snapshot(model, copy=True, weights_only=False, include_optimizer=False, objects_to_skip=()):
     """A model's state as Keras would save it, and its architecture (cheap; no encoding).
 
     Args:
@@ -53,13 +53,16 @@ def snapshot(model, copy=True, weights_only=False, include_optimizer=False):
         weights_only: leave the architecture (and the asset files) out, as
             `model.save_weights` does.
         include_optimizer: also take the optimizer's state.
+        objects_to_skip: saveables to leave out (with `weights_only`, as
+            Keras's `save_weights(objects_to_skip=)`).
     """
     import keras
 
     from weightroll import __version__
 
     model_io.check_model(model)
-    tensors, keys, assets = model_io.state_sources(model, copy, include_optimizer, assets=not weights_only)
+    tensors, keys, assets = model_io.state_sources(model, copy, include_optimizer, assets=not weights_only,
+                                                   objects_to_skip=objects_to_skip or ())
     quantized = any(getattr(layer, "quantization_mode", None) for layer in model._flatten_layers())
     return Snapshot(
         tensors=tensors,
@@ -296,7 +299,7 @@ def resolve_options(*, decoder="codebook", bits=None, tolerance=None, quality=No
 
 def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, quality=None,
          validation_data=None, output_tolerance=None, batch_size=None, base=None, include_optimizer=False,
-         max_shard_size=None):
+         max_shard_size=None, **kwargs):
     """Roll a Keras model into a small `.wroll` archive.
 
     The weights become integer codes in one 8-bit grayscale PNG, a
@@ -354,6 +357,8 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
     print(report)
     ```
     """
+    if kwargs:  # as keras.saving.save_model refuses them
+        raise WrollError(f"The following argument(s) are not supported: {list(kwargs.keys())}")
     check_filepath(filepath)
     shard_bytes = _shard_bytes(filepath, max_shard_size)
     options = resolve_options(decoder=decoder, bits=bits, tolerance=tolerance, quality=quality,

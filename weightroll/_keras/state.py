@@ -14,6 +14,7 @@ Keras gives it in `model.weights.h5` (e.g. `"layers/dense/vars/0"`).
 
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -33,8 +34,9 @@ def _entry_key(inner_path, name):
     return f"{inner_path}/vars/{name}" if inner_path else f"vars/{name}"
 
 
-def collect(model, include_optimizer=False, assets=True):
-    """What Keras would save of `model`.
+def collect(model, include_optimizer=False, assets=True, objects_to_skip=()):
+    """What Keras would save of `model` (less `objects_to_skip`, as Keras's
+    `save_weights(objects_to_skip=)` leaves them out).
 
     Returns:
         `(entries, assets)`: `entries` is a list of `(key, value)` in Keras's
@@ -71,7 +73,7 @@ def collect(model, include_optimizer=False, assets=True):
         asset_store = None
         if assets:
             asset_store = saving_lib.DiskIOStore(folder, mode="r")  # "r": use the folder as given
-        visited = set()
+        visited = {id(o) for o in objects_to_skip}
         if not include_optimizer and getattr(model, "optimizer", None) is not None:
             visited.add(id(model.optimizer))
         try:
@@ -106,7 +108,8 @@ def as_array(value):
         return np.asarray(value)
 
 
-def load(model, tensors, decode, assets=None, given=(), optimizer=True):
+def load(model, tensors, decode, assets=None, given=(), optimizer=True, skip_mismatch=False,
+         objects_to_skip=()):
     """Load archive state into `model` through Keras's own loading walk.
 
     Args:
@@ -117,6 +120,10 @@ def load(model, tensors, decode, assets=None, given=(), optimizer=True):
             deferred build gave them as first values); their layers get the
             variable itself instead of a decoded copy.
         optimizer: load the optimizer's state when the archive has it.
+        skip_mismatch: as Keras's `load_weights(skip_mismatch=True)`: an
+            object whose loading fails keeps its values, with a warning, and
+            tensors no object takes are ignored.
+        objects_to_skip: objects (and what they hold) to leave as they are.
 
     Raises:
         WrollError: the archive's state and the model disagree (R38): a key
@@ -169,7 +176,7 @@ def load(model, tensors, decode, assets=None, given=(), optimizer=True):
                 return given[key]
             return decode(tensors[key])
 
-    visited = set()
+    visited = {id(o) for o in objects_to_skip}
     has_optimizer_state = any(k.startswith(OPTIMIZER_PREFIX) for k in tensors)
     if getattr(model, "optimizer", None) is not None and not (optimizer and has_optimizer_state):
         visited.add(id(model.optimizer))
@@ -184,13 +191,18 @@ def load(model, tensors, decode, assets=None, given=(), optimizer=True):
                     f.write(data)
             asset_store = saving_lib.DiskIOStore(folder, mode="r")
         try:
-            saving_lib._load_state(model, _Reader(), asset_store, "", visited_saveables=visited,
-                                   failed_saveables=failed, error_msgs=messages)
+            saving_lib._load_state(model, _Reader(), asset_store, "", skip_mismatch=skip_mismatch,
+                                   visited_saveables=visited, failed_saveables=failed, error_msgs=messages)
         except WrollError:
             raise
         except Exception as e:  # noqa: BLE001 - raised outside a layer's own loading
             raise WrollError(f"Keras could not load the archive's state into model '{model.name}': "
                              f"{type(e).__name__}: {short(e, 500)}", rule=rules.VARIABLES) from e
+    if failed and skip_mismatch:
+        names = ", ".join(short(getattr(o, "name", o)) for o, _ in messages.values())
+        warnings.warn(f"weightroll: {len(messages)} objects of model '{model.name}' kept their values: "
+                      f"their state in the archive did not fit ({names}).", stacklevel=3)
+        return
     if failed:
         first, error = next(iter(messages.values()))
         if isinstance(error, WrollError):
@@ -202,7 +214,7 @@ def load(model, tensors, decode, assets=None, given=(), optimizer=True):
         ) from error
     unused = [k for k in tensors if k not in used and k not in given
               and (optimizer or not k.startswith(OPTIMIZER_PREFIX))]
-    if unused:
+    if unused and not (skip_mismatch or objects_to_skip):
         raise WrollError(
             f"The archive holds {len(unused)} tensors that model '{model.name}' does not take "
             f"(e.g. '{short(unused[0])}'); the architecture and the weights disagree.",
