@@ -160,3 +160,16 @@ def test_groups_keep_each_shard_within_the_size_and_a_large_tensor_alone():
     entries = [{"shape": [10], "dtype": "float32"}, {"shape": [10], "dtype": "float32"},
                {"shape": [100], "dtype": "float32"}, {"shape": [5], "dtype": "float32"}]
     assert shards.groups(entries, 80) == [[0, 1], [2], [3]]
+
+
+def test_inspect_of_an_index_counts_the_shards_tensors_and_verifies_them(sharded):
+    from weightroll import inspection
+    from weightroll._format import reader as reader_lib
+
+    model, folder = sharded
+    with reader_lib.RolledArchive(folder / "m.wroll") as archive:
+        doc = inspection.describe(archive, folder / "m.wroll")
+        assert doc["model"]["parameters"] == sum(int(np.prod(v.shape)) for v in model.weights)
+        assert [row["file"] for row in doc["shards"]] == ["m-00001-of-00003.wroll", "m-00002-of-00003.wroll",
+                                                         "m-00003-of-00003.wroll"]
+        assert inspection.verify(archive)["tensors_checked"] == 6

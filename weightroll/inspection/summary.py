@@ -38,9 +38,21 @@ def describe(archive, filepath):
     producer = _dict(manifest.get("producer"))
     model = _dict(manifest.get("model"))
     roll_value = _dict(manifest.get("roll_value"))
-    tensors = [_tensor_row(t, decoder) for t in manifest["tensors"]]
-    parameters = sum(t["parameters"] for t in tensors)
+    entries, shard_rows = manifest["tensors"], None
     archive_bytes = paths.size(filepath)
+    if manifest.get("shards"):  # an index: the tensors are in the shards' manifests
+        from weightroll._format.shards import ShardSet
+
+        shard_set = ShardSet(archive)
+        try:
+            entries = shard_set.entries
+            shard_rows = [{"file": s["file"], "tensors": s["tensors"], "size": paths.size(a.path)}
+                          for s, a in zip(manifest["shards"], shard_set.archives)]
+        finally:
+            shard_set.close()
+        archive_bytes += sum(row["size"] for row in shard_rows)
+    tensors = [_tensor_row(t, decoder) for t in entries]
+    parameters = sum(t["parameters"] for t in tensors)
     # The zip's own directory, in file order; the manifest lists every member but itself.
     members = [
         {"name": name, "size": size, "sha256": manifest["members"].get(name, {}).get("sha256")}
@@ -70,6 +82,7 @@ def describe(archive, filepath):
         "roll_value": {"weights": _dict(roll_value.get("weights")) or None,
                        "outputs": _dict(roll_value.get("outputs")) or None},
         "tensors": tensors,
+        "shards": shard_rows,
         "verify": None,
         "picture": None,
     }
@@ -172,10 +185,16 @@ def format_summary(doc):
         ("parameters", f"{model['parameters']:,} in {len(tensors)} tensors ({coded} coded, "
                        f"{len(tensors) - coded - referenced} stored exactly"
                        + (f", {referenced} referencing a base model)" if referenced else ")")),
-        ("size", f"{doc['archive_bytes']:,} bytes, {ratio_text}"),
+        ("size", f"{doc['archive_bytes']:,} bytes{' (index and shards)' if doc.get('shards') else ''}, {ratio_text}"),
         ("image", f"{doc['image']['width']} x {doc['image']['height']} pixels, {doc['image']['codes']:,} codes"),
         ("decoder", decoder_text),
     ]
+    if doc.get("shards"):
+        rows[4] = ("image", "in the shards")
+        rows.append(("shards", f"{len(doc['shards'])} files beside this index, "
+                               f"{sum(row['size'] for row in doc['shards']):,} bytes: "
+                               + ", ".join(_clean(row["file"]) for row in doc["shards"][:3])
+                               + (", ..." if len(doc["shards"]) > 3 else "")))
     if doc["settings"]:
         rows.append(("settings", ", ".join(f"{_clean(k)}={_clean(v)}" for k, v in doc["settings"].items())))
     rows += [("roll value" if i == 0 else "", text) for i, text in enumerate(_roll_value_lines(doc["roll_value"]))]
