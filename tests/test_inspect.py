@@ -25,7 +25,7 @@ MANY_TENSORS = 600
 
 TOP_KEYS = {"inspect_schema", "file", "format", "format_version", "producer", "model", "archive_bytes",
             "float32_bytes", "compression_ratio", "members", "image", "decoder", "settings", "roll_value",
-            "tensors", "verify", "picture"}
+            "tensors", "shards", "verify", "picture"}
 TENSOR_KEYS = {"path", "shape", "dtype", "parameters", "storage", "quantizer", "bits", "levels", "codes",
                "table", "scales", "outliers", "decoder_entry", "bytes", "error"}
 
