@@ -22,10 +22,6 @@ Cases that do not apply:
 - The `h5py` skip conditions: `.wroll` archives do not need h5py.
 - `@pytest.mark.requires_trainable_backend` and the JAX-on-GPU skip: the
   callback runs under every backend the suite runs (TensorFlow and JAX).
-
-Cases 8b, 10b and the weights half of the loading test write weights-only
-archives, which land in a parallel change (`snapshot(weights_only=True)`,
-`weightroll.load_weights`); they are marked `xfail(strict=True)` until then.
 """
 
 import os
@@ -45,10 +41,6 @@ NUM_CLASSES = 3
 INPUT_DIM = 3
 NUM_HIDDEN = 5
 BATCH_SIZE = 5
-
-weights_only_pending = pytest.mark.xfail(
-    strict=True, reason="weights-only archives land in a parallel change"
-)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +127,6 @@ def test_case_8a_integer_save_freq(data, tmp_path):
                                   mode="max", save_best_only=False)
 
 
-@weights_only_pending
 def test_case_8b_integer_save_freq_and_save_weights_only(data, tmp_path):
     _epoch_files_every_15_batches(data, os.path.join(tmp_path, "checkpoint.epoch{epoch:02d}.weights.wroll"),
                                   save_weights_only=True)
@@ -163,7 +154,6 @@ def test_case_10a_batch_in_filename(data, tmp_path):
     _batch_files_every_batch(data, os.path.join(tmp_path, "checkpoint.epoch{epoch:02d}batch{batch:02d}.wroll"))
 
 
-@weights_only_pending
 def test_case_10b_batch_in_filename_with_save_weights_only(data, tmp_path):
     _batch_files_every_batch(
         data, os.path.join(tmp_path, "checkpoint.epoch{epoch:02d}batch{batch:02d}.weights.wroll"),
@@ -216,7 +206,6 @@ def test_loading_the_model(data, tmp_path):
     _assert_same_weights(ref_weights, new_model.get_weights())
 
 
-@weights_only_pending
 def test_loading_the_weights(data, tmp_path):
     model = _loading_model()
     filepath = os.path.join(tmp_path, "checkpoint.weights.wroll")

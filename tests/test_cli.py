@@ -80,8 +80,8 @@ def test_rolled_archive_predicts_as_its_stored_roll_value_says(saved, rolled):
     diff = np.abs(loaded.predict(x, verbose=0) - model.predict(x, verbose=0)).max()
     with RolledArchive(rolled[1]) as archive:
         stored = archive.manifest["roll_value"]["outputs"]
-    assert stored["samples"] == SAMPLES  # --validation-data reached the roll
-    assert diff == pytest.approx(stored["max_abs_diff"], rel=1e-5, abs=1e-7)
+    assert stored["samples"] + stored["fit"]["samples"] == SAMPLES  # --validation-data reached the roll
+    assert diff == pytest.approx(max(stored["max_abs_diff"], stored["fit"]["max_abs_diff"]), rel=1e-5, abs=1e-7)
 
 
 def test_unroll_output_loads_with_keras_and_predicts_like_the_rolled_model(saved, rolled, tmp_path):
@@ -264,3 +264,165 @@ def test_progress_stays_quiet_off_a_terminal_or_when_disabled():
             time.sleep(2 * _progress.INTERVAL)
         assert _read_all(main_fd, 0.3) == ""
     os.close(main_fd)
+
+
+# export
+
+
+def test_export_writes_a_saved_model_whose_serve_signature_predicts_as_the_archive(saved, rolled, tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    model, x, _ = saved
+    out = tmp_path / "serving" / "cli_model" / "1"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user runs it
+    result = _run("export", rolled[1], out, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Wrote {out}: a TensorFlow SavedModel of model 'cli_model'")
+    assert result.stderr == ""
+    served = tf.saved_model.load(str(out))
+    by_serve = served.serve(tf.constant(x)).numpy()
+    by_signature = list(served.signatures["serving_default"](tf.constant(x)).values())[0].numpy()
+    np.testing.assert_allclose(by_serve, weightroll.load_rolled(rolled[1]).predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(by_signature, by_serve)
+    with RolledArchive(rolled[1]) as archive:  # the original, as far as the roll value says
+        stored = archive.manifest["roll_value"]["outputs"]
+    diff = np.abs(by_serve - model.predict(x, verbose=0)).max()
+    assert diff == pytest.approx(max(stored["max_abs_diff"], stored["fit"]["max_abs_diff"]), rel=1e-4, abs=1e-6)
+
+
+def test_export_refuses_a_file_in_place_of_the_folder_before_loading_anything(rolled, tmp_path, capsys,
+                                                                              monkeypatch):
+    monkeypatch.setattr(cli._command, "import_keras", _must_not_run)
+    (tmp_path / "taken").write_text("")
+    assert cli.main(["export", str(rolled[1]), str(tmp_path / "taken")]) == 1
+    assert capsys.readouterr().err == f"weightroll: error: Not a directory: '{tmp_path / 'taken'}'\n"
+
+
+# python -m weightroll
+
+
+def test_python_dash_m_weightroll_is_the_weightroll_command(rolled, tmp_path):
+    module = [sys.executable, "-m", "weightroll"]
+    for args in (["--version"], ["inspect", str(rolled[1]), "--json"], ["roll", "model.keras", "out.zip"],
+                 ["unroll", str(tmp_path / "absent.wroll"), str(tmp_path / "out.keras")]):
+        by_module = subprocess.run([*module, *args], capture_output=True, text=True, timeout=120)
+        by_command = _run(*args)
+        assert (by_module.returncode, by_module.stdout, by_module.stderr) == \
+            (by_command.returncode, by_command.stdout, by_command.stderr), args
+    assert by_command.returncode == 1  # the last one: a missing archive
+
+
+# Rough edges
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the command went on to load Keras")
+
+
+@pytest.mark.parametrize("command", ["roll", "unroll"])
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(saved, rolled, tmp_path, capsys,
+                                                                          monkeypatch, command):
+    monkeypatch.setattr(cli._command, "import_keras", _must_not_run)
+    source = saved[2] / "model.keras" if command == "roll" else rolled[1]
+    (tmp_path / "a_file").write_text("")
+    under_a_file = tmp_path / "a_file" / ("out.wroll" if command == "roll" else "out.keras")
+    assert cli.main([command, str(source), str(under_a_file)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"weightroll: error: Not a directory ({str(tmp_path / 'a_file')!r} is a file): "
+                          f"{str(under_a_file)!r}")
+    taken = tmp_path / ("taken.wroll" if command == "roll" else "taken.keras")
+    taken.mkdir()
+    assert cli.main([command, str(source), str(taken)]) == 1
+    assert capsys.readouterr().err == f"weightroll: error: Is a directory: {str(taken)!r}\n"
+
+
+def test_roll_and_unroll_create_missing_folders(saved, tmp_path):
+    _, _, folder = saved
+    out = tmp_path / "new" / "deeper" / "model.wroll"
+    assert cli.main(["roll", str(folder / "model.keras"), str(out), "-q"]) == 0
+    back = tmp_path / "other" / "model.keras"
+    assert cli.main(["unroll", str(out), str(back), "-q"]) == 0
+    assert out.exists() and back.exists()
+
+
+def test_write_errors_name_the_users_path_not_the_temporary_file(saved, tmp_path):
+    (tmp_path / "taken.wroll").mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        weightroll.roll(saved[0], tmp_path / "taken.wroll")
+    assert info.value.filename == str(tmp_path / "taken.wroll")
+    assert ".tmp" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.wroll"]  # the temporary file is gone
+
+
+_CUSTOM_MODEL = '''
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+
+@keras.saving.register_keras_serializable(package="elsewhere")
+class TimesTwoOnlyHere(keras.layers.Layer):
+    def call(self, x):
+        return x * 2
+
+model = keras.Sequential([keras.Input((6,)), TimesTwoOnlyHere(), keras.layers.Dense(3)])
+model.save(sys.argv[1])
+'''
+
+
+def test_a_model_with_an_unregistered_custom_layer_is_one_short_line_saying_what_to_register(tmp_path, capsys):
+    subprocess.run([sys.executable, "-c", _CUSTOM_MODEL, str(tmp_path / "custom.keras")], check=True,
+                   timeout=120, capture_output=True)
+    assert cli.main(["roll", str(tmp_path / "custom.keras"), str(tmp_path / "custom.wroll")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and len(err) < 400, err
+    assert "custom class 'TimesTwoOnlyHere'" in err and "register_keras_serializable" in err
+    assert "config" not in err
+
+
+def test_the_command_under_jax_prints_no_tensorflow_logging(saved, tmp_path):
+    _, _, folder = saved
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["KERAS_BACKEND"] = "jax"
+    out = tmp_path / "jax.wroll"
+    result = _run("roll", folder / "model.keras", out, "--validation-data", folder / "x.npy", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    with RolledArchive(out) as archive:
+        assert archive.manifest["producer"]["backend"] == "jax"
+
+
+def test_validation_data_of_the_wrong_shape_names_the_expected_input_shapes(saved, tmp_path, capsys):
+    _, x, folder = saved
+    np.save(tmp_path / "wide.npy", np.concatenate([x, x], axis=1))
+    argv = ["roll", str(folder / "model.keras"), str(tmp_path / "v.wroll"), "--validation-data",
+            str(tmp_path / "wide.npy")]
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err == (
+        f"weightroll: error: --validation-data '{tmp_path / 'wide.npy'}' does not fit model 'cli_model': it "
+        f"takes inputs of shape (None, {FEATURES}), but it received an array of shape ({SAMPLES}, {2 * FEATURES}).\n"
+    )
+    assert not (tmp_path / "v.wroll").exists()
+
+
+def test_progress_counts_each_pass_over_the_tensors_and_never_passes_its_total(saved):
+    from weightroll import _encode
+    from weightroll._keras import roll as roll_lib
+
+    model = saved[0]
+    snap = roll_lib.snapshot(model)
+    total = sum(a.size for _, a in snap.tensors)
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "w") as pipe:
+        with _progress.task("Rolling", total=total, stream=pipe) as task:
+            for trial in range(3):  # as rate allocation does: trial encodings, then the archive's
+                _encode.encode(snap.tensors, tolerance=0.01 * (trial + 1))
+                assert task.done == total
+                assert task.passes == trial + 1
+            _progress.advance(10**6, "more than the total said")
+            beyond = task.line(200)
+            _progress.advance(1, snap.tensors[0][0])  # an item of this pass again: a new one
+            again = task.line(200)
+    os.close(read_fd)
+    amount = _progress._amount(total)
+    assert f"100%  {amount}/{amount} values, pass 3" in beyond
+    assert f"  1/{amount} values, pass 4" in again

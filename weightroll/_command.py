@@ -4,6 +4,7 @@ and one-line messages, checked arguments, and a quiet import of Keras."""
 
 import argparse
 import errno
+import importlib.util
 import math
 import os
 import re
@@ -104,11 +105,39 @@ def require_file(path):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
 
 
+def require_writable(path, folder=False):
+    """Fail fast, before any work, on an output path that cannot be written:
+    a file's path taken by a folder (or a folder's by a file), a path under a
+    file, or a folder this process may not write in. Missing folders are fine
+    (they are created, as `roll` does); the nearest existing one must be
+    writable. Errors name `path`, as given. A remote path (`gs://...`) is
+    left to the write itself."""
+    from weightroll._format.paths import is_remote
+
+    if is_remote(path):
+        return
+    path = os.fspath(path)
+    if os.path.isdir(path) and not folder:
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    if os.path.exists(path) and folder and not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+    existing = os.path.abspath(path) if folder else os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(errno.ENOTDIR, f"{os.strerror(errno.ENOTDIR)} ({existing!r} is a file)", path)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)} (cannot write in {existing!r})", path)
+
+
 def import_keras(debug):
     """`import keras`, without the lines TensorFlow prints while it loads.
 
     TensorFlow's native logging is also turned down to errors-only
     (`TF_CPP_MIN_LOG_LEVEL=3`) unless the user set it or passed `--debug`.
+    Under another backend TensorFlow, when installed, is imported here too:
+    Keras imports it anyway as soon as it serialises a model (to recognise
+    TensorFlow's own types), and its lines would then reach the terminal.
     """
     if debug or "keras" in sys.modules:
         import keras
@@ -126,6 +155,9 @@ def import_keras(debug):
         os.dup2(capture.fileno(), 2)
         try:
             import keras
+
+            if keras.backend.backend() != "tensorflow" and importlib.util.find_spec("tensorflow") is not None:
+                import tensorflow  # noqa: F401
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)

@@ -6,7 +6,7 @@ import os
 import tempfile
 
 from weightroll import _progress
-from weightroll._command import import_keras, parameters
+from weightroll._command import import_keras, parameters, require_writable
 
 # The demo (the README's, as in examples/demo.py): a classifier of generated
 # clusters, small enough to train in seconds on two cores.
@@ -21,6 +21,8 @@ def run(args):
 
     import weightroll
 
+    if args.out:
+        require_writable(args.out)
     show = not args.quiet
     keras = import_keras(args.debug)
     rng = np.random.default_rng(0)

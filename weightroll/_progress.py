@@ -12,6 +12,11 @@ the caller passes `enabled=False` (`--quiet`), nothing is drawn at all.
 Until the first `advance()` a task shows a spinner and the time elapsed;
 after it, a bar of how much of `total` is done.
 
+Some work goes over the same items more than once (rolling with calibration
+data encodes the tensors in trial after trial before the archive's own
+encoding): an item reported again starts a new pass, and the bar counts the
+current pass only, with its number. The count never passes `total`.
+
 Standard library only: importing this module must stay free.
 """
 
@@ -55,6 +60,8 @@ class _Task:
         self.unit = unit
         self.done = 0
         self.detail = ""
+        self.passes = 1
+        self._seen = set()  # the items (details) counted in this pass
         self.started = time.monotonic()
         self._fd = fd
         self._delay = delay
@@ -69,21 +76,29 @@ class _Task:
 
     def advance(self, amount, detail):
         with self._lock:
-            self.done += amount
             if detail is not None:
                 self.detail = str(detail)
+                if self.detail in self._seen:  # the work goes over its items again
+                    self.passes += 1
+                    self.done = 0
+                    self._seen.clear()
+                self._seen.add(self.detail)
+            self.done += amount
 
     def line(self, width, tick=0):
         """The status line, at most `width` characters."""
         with self._lock:
-            done, detail = self.done, self.detail
+            done, detail, passes = self.done, self.detail, self.passes
         elapsed = f"{time.monotonic() - self.started:.1f}s"
         if done and self.total:
-            fraction = min(done / self.total, 1.0)
+            done = min(done, self.total)
+            fraction = done / self.total
             filled = int(round(fraction * _BAR_WIDTH))
             full, empty = ("#", "-") if self._ascii else ("\u2588", "\u2591")
             bar = full * filled + empty * (_BAR_WIDTH - filled)
             amount = f"{_amount(done)}/{_amount(self.total)} {self.unit}".rstrip()
+            if passes > 1:
+                amount += f", pass {passes}"
             parts = [f"{self.label} {bar} {fraction:4.0%}", amount]
         else:
             parts = [f"{self.label} {_SPINNER[tick % len(_SPINNER)]}"]

@@ -16,7 +16,7 @@ import warnings
 import keras
 import numpy as np
 
-from weightroll._keras import model_io
+from weightroll._keras import inputs, model_io
 from weightroll._keras import roll as roll_lib
 from weightroll.errors import WrollError
 
@@ -196,6 +196,8 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._wait()  # a roll left running by a `fit` that raised
+        if self._validation_x is not None:  # wrong data fails now, not after an epoch of training
+            inputs.check_inputs(self.model, self._validation_x)
         self._is_chief = _is_chief(self.model)
         self._batches_seen_since_last_saving = 0
         self._last_batch_seen = None

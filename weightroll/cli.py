@@ -4,6 +4,7 @@
                     [--bits N | --quality PRESET | --tolerance T]
                     [--validation-data X.npy] [--batch-size N] [--base BASE.keras] [--unsafe]
     weightroll unroll IN.wroll OUT.keras [--base BASE.keras] [--unsafe]
+    weightroll export IN.wroll OUT_DIR [--base BASE.keras] [--unsafe]
     weightroll inspect ARCHIVE [--json] [--verify] [--image OUT.png] [--tensors]
     weightroll demo [--out DEMO.wroll]
 
@@ -15,6 +16,7 @@ it, so `inspect` starts instantly and works without Keras installed.
 
 import argparse
 import os
+import re
 import sys
 
 from weightroll import _command, _demo, _progress
@@ -34,10 +36,35 @@ def _load_model(keras, path, unsafe):
                 f"Loading '{path}' would run code stored in it: {e} On the command line, "
                 "pass --unsafe instead, and only for a file from a source you trust."
             ) from e
+        unknown = _unknown_class(e)
+        if unknown is not None:
+            raise WrollError(
+                f"Keras cannot load '{path}': it uses the custom {unknown}, which is not registered in "
+                "this process. Roll it from Python instead, after importing the code that defines it "
+                "(decorated with @keras.saving.register_keras_serializable()): "
+                "weightroll.roll(model, 'OUT.wroll')."
+            ) from e
         raise WrollError(
             f"Keras cannot load '{path}': {type(e).__name__}: {e} If the model uses custom "
             "layers, roll it from Python with `weightroll.roll(model, ...)`, where they are importable."
         ) from e
+
+
+# Keras's words for a class or function its registry does not know.
+_UNKNOWN_CLASS = re.compile(r"Could not locate (class|function) '([^']{1,200})'")
+
+
+def _unknown_class(error):
+    """`"class 'Name'"` when `error` (or an exception it was raised from) says that
+    Keras could not find a custom class or function, else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        match = _UNKNOWN_CLASS.search(str(error))
+        if match:
+            return f"{match.group(1)} '{match.group(2)}'"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _load_npy(path):
@@ -63,11 +90,16 @@ def _roll(args):
     for path in (args.model, args.base):
         if path is not None:
             _command.require_file(path)
+    _command.require_writable(args.out)
     validation = _load_npy(args.validation_data) if args.validation_data else None
     show = not args.quiet
     with _progress.task(f"Loading {os.path.basename(args.model)}", enabled=show):
         keras = _command.import_keras(args.debug)
         model = _load_model(keras, args.model, args.unsafe)
+    if validation is not None:
+        from weightroll._keras.inputs import check_inputs
+
+        check_inputs(model, validation, what=f"--validation-data '{args.validation_data}'")
     # Only the options given: `roll`'s own defaults apply to the others.
     options = {k: getattr(args, k) for k in ("bits", "quality", "tolerance", "output_tolerance", "base")
                if getattr(args, k) is not None}
@@ -83,7 +115,9 @@ def _roll(args):
 # --- unroll ----------------------------------------------------------------------------
 
 
-def _unroll(args):
+def _load_archive(args, out_is_folder=False):
+    """`load_rolled` for `unroll` and `export`: a bad archive, a missing
+    `--base` or an output that cannot be written fails before Keras is imported."""
     import weightroll
     from weightroll._format.reader import RolledArchive
 
@@ -97,22 +131,55 @@ def _unroll(args):
             f"'{args.archive}' stores {references} tensors as references to the base model it was "
             "rolled against; pass that model with --base BASE.keras."
         )
+    _command.require_writable(args.out, folder=out_is_folder)
     options = {"base": args.base} if args.base is not None else {}
-    show = not args.quiet
-    with _progress.task(f"Loading {os.path.basename(args.archive)}", enabled=show):
+    with _progress.task(f"Loading {os.path.basename(args.archive)}", enabled=not args.quiet):
         _command.import_keras(args.debug)
         try:
-            model = weightroll.load_rolled(args.archive, safe_mode=not args.unsafe, **options)
+            return weightroll.load_rolled(args.archive, safe_mode=not args.unsafe, **options)
         except UnsafeArchiveError as e:
             raise UnsafeArchiveError(
                 f"{e} On the command line, pass --unsafe instead, and only for an archive "
                 "from a source you trust."
             ) from e
-    with _progress.task(f"Writing {os.path.basename(args.out)}", enabled=show):
+        except WrollError as e:
+            unknown = _unknown_class(e)
+            if unknown is None:
+                raise
+            raise WrollError(
+                f"'{args.archive}' uses the custom {unknown}, which is not registered in this process. "
+                "Load it from Python instead, after importing the code that defines it: "
+                "weightroll.load_rolled(path, custom_objects=...)."
+            ) from e
+
+
+def _unroll(args):
+    model = _load_archive(args)
+    with _progress.task(f"Writing {os.path.basename(args.out)}", enabled=not args.quiet):
+        folder = os.path.dirname(args.out)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
         model.save(args.out)
-    if show:
+    if not args.quiet:
         print(f"Wrote {args.out} ({os.path.getsize(args.out):,} bytes): model '{model.name}' "
               f"({type(model).__name__}), {_command.parameters(model):,} parameters")
+    return 0
+
+
+# --- export ----------------------------------------------------------------------------
+
+
+def _export(args):
+    model = _load_archive(args, out_is_folder=True)
+    with _progress.task(f"Exporting to {os.path.basename(os.path.normpath(args.out))}", enabled=not args.quiet):
+        try:
+            model.export(args.out, format="tf_saved_model", verbose=False)
+        except ImportError as e:  # another backend, without TensorFlow
+            raise WrollError(f"Exporting a TensorFlow SavedModel needs TensorFlow installed ({e}).") from e
+    if not args.quiet:
+        print(f"Wrote {args.out}: a TensorFlow SavedModel of model '{model.name}' ({type(model).__name__}, "
+              f"{_command.parameters(model):,} parameters); its 'serve' endpoint and 'serving_default' "
+              "signature run inference (TensorFlow Serving, tf.saved_model.load).")
     return 0
 
 
@@ -174,6 +241,19 @@ def build_parser():
                              "only for archives from a source you trust")
     unroll.set_defaults(func=_unroll)
 
+    export = commands.add_parser(
+        "export", help="turn an archive into a TensorFlow SavedModel (for TensorFlow Serving)",
+        description="Decode a .wroll archive and write the model as a TensorFlow SavedModel with Keras's "
+                    "own model.export(OUT_DIR): ready for TensorFlow Serving, or tf.saved_model.load.")
+    export.add_argument("archive", metavar="IN.wroll", help="the archive to read")
+    export.add_argument("out", metavar="OUT_DIR", help="the SavedModel folder to write (created if missing)")
+    export.add_argument("--base", metavar="BASE.keras",
+                        help="the base model the archive was rolled against with --base")
+    export.add_argument("--unsafe", action="store_true",
+                        help="allow an architecture that carries code (e.g. a Lambda layer); "
+                             "only for archives from a source you trust")
+    export.set_defaults(func=_export)
+
     look = commands.add_parser("inspect", help="see inside an archive (same as tools/inspect_wroll)",
                                description="See inside a .wroll archive without decoding its weights "
                                            "(unless --verify or --image asks for it).")
@@ -187,7 +267,7 @@ def build_parser():
                       help="keep the archive at this path (default: a temporary folder)")
     demo.set_defaults(func=_demo.run)
 
-    for command in (roll, unroll, look, demo):
+    for command in (roll, unroll, export, look, demo):
         _command.add_common_arguments(command, inherited=True)
     return parser
 

@@ -14,14 +14,22 @@ def atomic_write(filepath, write):
     """
     filepath = os.fspath(filepath)
     folder = os.path.dirname(os.path.abspath(filepath))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(filepath) + ".", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, filepath)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(filepath) + ".", suffix=".tmp", dir=folder)
+    except OSError as e:  # named after the caller's path, not the hidden temporary one
+        raise _named(e, filepath) from None
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, filepath)
+        except OSError as e:
+            if e.filename not in (None, tmp):
+                raise
+            raise _named(e, filepath) from None
     except BaseException:
         try:
             os.unlink(tmp)
@@ -34,3 +42,11 @@ def atomic_write(filepath, write):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _named(error, filepath):
+    """The same error about `filepath`, as an `OSError` of the same type and errno
+    (the temporary file's name means nothing to the caller)."""
+    if error.errno is None:
+        return error
+    return type(error)(error.errno, error.strerror, filepath)
