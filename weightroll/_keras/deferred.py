@@ -39,6 +39,15 @@ def pending(variable):
             and callable(getattr(variable, "_deferred_initialize", None)))
 
 
+def _laid_out(variable):
+    """Whether `variable` has a layout of the active distribution (JAX)."""
+    initialize_layout = getattr(variable, "_initialize_layout", None)  # JAX's variables only
+    if not callable(initialize_layout) or not callable(getattr(variable, "_initialize", None)):
+        return False
+    initialize_layout()  # the distribution's layout for it, as Keras gives it on initialisation
+    return getattr(variable, "_layout", None) is not None
+
+
 class Deferral:
     """Variables created through `build` await their first values from `give`."""
 
@@ -72,6 +81,16 @@ class Deferral:
         whether it did (else the caller assigns the value)."""
         if not pending(variable):
             return False
+        if _laid_out(variable):
+            # A JAX variable under a `keras.distribution`: each device gets
+            # its part of the array (`jax.device_put` to the variable's
+            # sharding), as an assignment gives it. Through its initialiser
+            # Keras would jit the initialiser of a big variable (the array a
+            # compiled-in constant; a lambda cannot even be jitted), or put
+            # the whole array on one device before laying it out.
+            variable._initialize(value)
+            variable._initializer = None
+            return True
         variable._initializer = lambda shape, dtype=None: value
         variable._deferred_initialize()
         return True
