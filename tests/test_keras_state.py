@@ -326,3 +326,13 @@ def test_the_safe_mode_refusal_names_arbitrary_code_execution(tmp_path):
     weightroll.roll(model, tmp_path / "m.wroll")
     with pytest.raises(weightroll.WrollError, match="arbitrary code execution"):
         weightroll.load_rolled(tmp_path / "m.wroll")
+
+
+def test_the_state_of_an_optimizer_never_built_loads_as_keras_loads_it(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("adam", "mse")  # compiled, never trained: its optimizer is not built
+    weightroll.roll(model, tmp_path / "m.wroll", include_optimizer=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras's own "Skipping variable loading for optimizer"
+        loaded = weightroll.load_rolled(tmp_path / "m.wroll")
+    assert loaded.optimizer is not None

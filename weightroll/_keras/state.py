@@ -212,8 +212,10 @@ def load(model, tensors, decode, assets=None, given=(), optimizer=True, skip_mis
             f"the first, {short(getattr(first, 'name', first))!r}: {type(error).__name__}: {short(error, 800)}",
             rule=rules.VARIABLES,
         ) from error
-    unused = [k for k in tensors if k not in used and k not in given
-              and (optimizer or not k.startswith(OPTIMIZER_PREFIX))]
+    # An optimizer whose state does not fit (saved before it was built, say) is
+    # skipped by Keras's own loading with a warning, as `load_model` does: its
+    # entries are not refused here either.
+    unused = [k for k in tensors if k not in used and k not in given and not k.startswith(OPTIMIZER_PREFIX)]
     if unused and not (skip_mismatch or objects_to_skip):
         raise WrollError(
             f"The archive holds {len(unused)} tensors that model '{model.name}' does not take "
