@@ -77,6 +77,11 @@ def _manifest_edit(data, edit):
     return out.getvalue()
 
 
+STRINGS = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                             reason="string inputs need the TensorFlow backend (Keras's own tests skip them too)")
+
+
+@STRINGS
 def test_a_string_lookup_loads_and_predicts_exactly_as_keras_load_model(tmp_path):
     lookup = keras.layers.StringLookup(name="lookup")
     lookup.adapt(np.array(["red", "green", "blue", "red", "teal"]))
@@ -90,6 +95,7 @@ def test_a_string_lookup_loads_and_predicts_exactly_as_keras_load_model(tmp_path
     np.testing.assert_array_equal(np.asarray(loaded(words)), expected)
 
 
+@STRINGS
 def test_text_vectorization_vocabulary_travels_as_an_asset(tmp_path):
     layer = keras.layers.TextVectorization(max_tokens=20, output_sequence_length=4, name="vectorize")
     layer.adapt(["the cat sat", "the dog ran", "a cat ran"])
@@ -117,6 +123,7 @@ def test_a_custom_load_own_variables_that_raises_is_called_and_reported(tmp_path
     assert info.value.rule == "R38"
 
 
+@pytest.mark.slow
 def test_swapping_two_entries_paths_is_refused(tmp_path):
     model, _, _ = _classifier()
     buf = io.BytesIO()
@@ -131,6 +138,7 @@ def test_swapping_two_entries_paths_is_refused(tmp_path):
     assert info.value.rule == "R40"
 
 
+@pytest.mark.slow
 def test_swapping_two_entries_keys_is_refused(tmp_path):
     model, _, _ = _classifier()
     buf = io.BytesIO()
@@ -145,6 +153,7 @@ def test_swapping_two_entries_keys_is_refused(tmp_path):
     assert info.value.rule == "R40"
 
 
+@pytest.mark.slow
 def test_reordering_whole_entries_loads_the_same_weights_under_the_same_paths(tmp_path):
     model, x, _ = _classifier()
     buf = io.BytesIO()
@@ -158,6 +167,7 @@ def test_reordering_whole_entries_loads_the_same_weights_under_the_same_paths(tm
     assert weightroll.unroll(io.BytesIO(reordered)).keys() == weightroll.unroll(io.BytesIO(buf.getvalue())).keys()
 
 
+@pytest.mark.slow
 def test_a_rebound_key_swap_loads_each_value_where_its_key_says(tmp_path):
     """An editor who also recomputes the bindings writes a new archive: the
     values then go where the (new) keys say, never silently by position."""
@@ -190,6 +200,7 @@ def test_a_bfloat16_model_rolls_loads_as_bfloat16_and_meets_its_tolerance(tmp_pa
     assert all(w.dtype.name == "bfloat16" for w in weights.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_a_keras_quantized_model_round_trips_bit_exactly(tmp_path, mode):
     model, x, _ = _classifier()
@@ -203,6 +214,7 @@ def test_a_keras_quantized_model_round_trips_bit_exactly(tmp_path, mode):
     assert kernel.dtype == np.int8
 
 
+@pytest.mark.slow
 def test_optimizer_state_restores_and_training_resumes_as_from_a_keras_file(tmp_path):
     model, x, y = _classifier()
     model.save(tmp_path / "m.keras")
@@ -218,6 +230,7 @@ def test_optimizer_state_restores_and_training_resumes_as_from_a_keras_file(tmp_
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_archives_leave_the_optimizer_out_by_default(tmp_path):
     model, _, _ = _classifier()
     weightroll.roll(model, tmp_path / "m.wroll")
@@ -277,6 +290,7 @@ def test_load_weights_restores_a_model_built_in_code(tmp_path):
     np.testing.assert_array_equal(fresh.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+@pytest.mark.slow
 def test_load_weights_refuses_an_unbuilt_model(tmp_path):
     model, _, _ = _classifier()
     weightroll.roll(model, tmp_path / "m.wroll")
@@ -284,6 +298,7 @@ def test_load_weights_refuses_an_unbuilt_model(tmp_path):
         weightroll.load_weights(keras.Sequential([keras.layers.Dense(4)]), tmp_path / "m.wroll")
 
 
+@pytest.mark.slow
 def test_a_weights_only_archive_loads_with_load_weights_and_not_as_a_model(tmp_path):
     from weightroll._format import writer  # noqa: F401 - the archive is written as roll writes it
     from weightroll._keras import roll as roll_lib
