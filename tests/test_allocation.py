@@ -8,6 +8,8 @@ import pytest
 import weightroll
 from tests import _models
 
+pytestmark = pytest.mark.slow  # calibration runs the transformer through TensorFlow: minutes
+
 
 @pytest.fixture(scope="module")
 def transformer():

@@ -59,6 +59,7 @@ def test_file_objects_work_both_ways():
     assert isinstance(weightroll.load_rolled(buf), keras.Sequential)
 
 
+@pytest.mark.slow
 def test_same_model_and_options_give_the_same_bytes(tmp_path):
     for decoder in ("codebook", "mlp"):
         a, b = io.BytesIO(), io.BytesIO()

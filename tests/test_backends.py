@@ -14,9 +14,10 @@ import weightroll
 from tests import _models
 
 OTHER = {"tensorflow": "jax", "jax": "tensorflow"}[keras.backend.backend()]
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec(OTHER) is None, reason=f"the {OTHER} backend is not installed"
-)
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec(OTHER) is None, reason=f"the {OTHER} backend is not installed"),
+    pytest.mark.slow,  # each test starts the other backend in a subprocess
+]
 
 _LOAD = """
 import json, sys

@@ -20,6 +20,7 @@ import weightroll
 
 pytest.importorskip("sklearn.datasets")
 tf = pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.slow  # trains under tf.distribute strategies
 
 EPOCHS = 2
 TIMEOUT = 120  # seconds a training subprocess may take before the test fails

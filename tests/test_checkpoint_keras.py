@@ -35,6 +35,8 @@ from keras.src.testing import test_utils
 import weightroll
 from weightroll.callbacks import WeightRollCheckpoint
 
+pytestmark = pytest.mark.slow  # every test trains a model with the callback
+
 TRAIN_SAMPLES = 30
 TEST_SAMPLES = 30
 NUM_CLASSES = 3

@@ -65,6 +65,7 @@ def rolled(saved):
     return result, folder / "model.wroll"
 
 
+@pytest.mark.slow
 def test_roll_writes_the_archive_and_reports_the_roll_value(rolled):
     result, path = rolled
     assert result.returncode == 0, result.stderr
@@ -74,6 +75,7 @@ def test_roll_writes_the_archive_and_reports_the_roll_value(rolled):
     assert result.stderr == ""  # no TensorFlow start-up noise, no progress when not a terminal
 
 
+@pytest.mark.slow
 def test_rolled_archive_predicts_as_its_stored_roll_value_says(saved, rolled):
     model, x, _ = saved
     loaded = weightroll.load_rolled(rolled[1])
@@ -84,6 +86,7 @@ def test_rolled_archive_predicts_as_its_stored_roll_value_says(saved, rolled):
     assert diff == pytest.approx(max(stored["max_abs_diff"], stored["fit"]["max_abs_diff"]), rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.slow
 def test_unroll_output_loads_with_keras_and_predicts_like_the_rolled_model(saved, rolled, tmp_path):
     _, x, _ = saved
     out = tmp_path / "back.keras"
@@ -95,6 +98,7 @@ def test_unroll_output_loads_with_keras_and_predicts_like_the_rolled_model(saved
                                   weightroll.load_rolled(rolled[1]).predict(x, verbose=0))
 
 
+@pytest.mark.slow
 def test_inspect_subcommand_prints_what_the_tool_prints(rolled):
     by_command = _run("inspect", rolled[1], "--json", "--verify")
     by_tool = subprocess.run([sys.executable, TOOL, str(rolled[1]), "--json", "--verify"],
@@ -105,6 +109,7 @@ def test_inspect_subcommand_prints_what_the_tool_prints(rolled):
     assert doc["model"]["name"] == "cli_model" and doc["verify"]["ok"] is True
 
 
+@pytest.mark.slow
 def test_demo_trains_rolls_and_reports_agreement(tmp_path):
     out = tmp_path / "demo.wroll"
     result = _run("demo", "--out", out)
@@ -117,12 +122,14 @@ def test_demo_trains_rolls_and_reports_agreement(tmp_path):
     assert lines[-1] == f"Wrote {out}"
 
 
+@pytest.mark.slow
 def test_roll_reads_a_legacy_h5_model(saved, tmp_path, capsys):
     _, _, folder = saved
     assert cli.main(["roll", str(folder / "model.h5"), str(tmp_path / "h5.wroll")]) == 0
     assert weightroll.unroll(tmp_path / "h5.wroll")
 
 
+@pytest.mark.slow
 def test_roll_options_reach_the_archive(saved, tmp_path):
     _, _, folder = saved
     out = tmp_path / "mlp.wroll"
@@ -132,6 +139,7 @@ def test_roll_options_reach_the_archive(saved, tmp_path):
     assert (decoder["kind"], decoder["bits"]) == ("mlp", 4)
 
 
+@pytest.mark.slow
 def test_an_archive_rolled_against_a_base_unrolls_with_that_base(saved, tmp_path, capsys):
     _, x, folder = saved
     model_file, archive = str(folder / "model.keras"), str(tmp_path / "tuned.wroll")
@@ -143,12 +151,14 @@ def test_an_archive_rolled_against_a_base_unrolls_with_that_base(saved, tmp_path
     np.testing.assert_array_equal(restored.predict(x, verbose=0), saved[0].predict(x, verbose=0))
 
 
+@pytest.mark.slow
 def test_quiet_roll_prints_nothing(saved, tmp_path, capsys):
     _, _, folder = saved
     assert cli.main(["roll", str(folder / "model.keras"), str(tmp_path / "q.wroll"), "--quiet"]) == 0
     assert capsys.readouterr() == ("", "")
 
 
+@pytest.mark.slow
 def test_roll_refuses_a_validation_file_of_python_objects(saved, tmp_path, capsys):
     _, _, folder = saved
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -179,6 +189,7 @@ def test_unroll_of_a_lambda_archive_needs_unsafe(tmp_path, capsys):
     assert (tmp_path / "lambda.keras").exists()
 
 
+@pytest.mark.slow
 def test_unroll_of_a_truncated_archive_is_one_error_line(rolled, tmp_path, capsys):
     data = rolled[1].read_bytes()
     (tmp_path / "cut.wroll").write_bytes(data[: len(data) // 2])
@@ -238,6 +249,7 @@ def _read_all(fd, seconds=1.0):
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 def test_progress_draws_a_bar_on_a_terminal():
     main_fd, terminal_fd = pty.openpty()
     with os.fdopen(terminal_fd, "w", encoding="utf-8") as terminal:
@@ -269,6 +281,7 @@ def test_progress_stays_quiet_off_a_terminal_or_when_disabled():
 # export
 
 
+@pytest.mark.slow
 def test_export_writes_a_saved_model_whose_serve_signature_predicts_as_the_archive(saved, rolled, tmp_path):
     tf = pytest.importorskip("tensorflow")
     model, x, _ = saved
@@ -290,6 +303,7 @@ def test_export_writes_a_saved_model_whose_serve_signature_predicts_as_the_archi
     assert diff == pytest.approx(max(stored["max_abs_diff"], stored["fit"]["max_abs_diff"]), rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_export_refuses_a_file_in_place_of_the_folder_before_loading_anything(rolled, tmp_path, capsys,
                                                                               monkeypatch):
     monkeypatch.setattr(cli._command, "import_keras", _must_not_run)
@@ -301,6 +315,7 @@ def test_export_refuses_a_file_in_place_of_the_folder_before_loading_anything(ro
 # python -m weightroll
 
 
+@pytest.mark.slow
 def test_python_dash_m_weightroll_is_the_weightroll_command(rolled, tmp_path):
     module = [sys.executable, "-m", "weightroll"]
     for args in (["--version"], ["inspect", str(rolled[1]), "--json"], ["roll", "model.keras", "out.zip"],
@@ -319,6 +334,7 @@ def _must_not_run(*args, **kwargs):
     raise AssertionError("the command went on to load Keras")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["roll", "unroll"])
 def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(saved, rolled, tmp_path, capsys,
                                                                           monkeypatch, command):
@@ -336,6 +352,7 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(saved,
     assert capsys.readouterr().err == f"weightroll: error: Is a directory: {str(taken)!r}\n"
 
 
+@pytest.mark.slow
 def test_roll_and_unroll_create_missing_folders(saved, tmp_path):
     _, _, folder = saved
     out = tmp_path / "new" / "deeper" / "model.wroll"
@@ -345,6 +362,7 @@ def test_roll_and_unroll_create_missing_folders(saved, tmp_path):
     assert out.exists() and back.exists()
 
 
+@pytest.mark.slow
 def test_write_errors_name_the_users_path_not_the_temporary_file(saved, tmp_path):
     (tmp_path / "taken.wroll").mkdir()
     with pytest.raises(IsADirectoryError) as info:
@@ -369,6 +387,7 @@ model.save(sys.argv[1])
 '''
 
 
+@pytest.mark.slow
 def test_a_model_with_an_unregistered_custom_layer_is_one_short_line_saying_what_to_register(tmp_path, capsys):
     subprocess.run([sys.executable, "-c", _CUSTOM_MODEL, str(tmp_path / "custom.keras")], check=True,
                    timeout=120, capture_output=True)
@@ -379,6 +398,7 @@ def test_a_model_with_an_unregistered_custom_layer_is_one_short_line_saying_what
     assert "config" not in err
 
 
+@pytest.mark.slow
 def test_the_command_under_jax_prints_no_tensorflow_logging(saved, tmp_path):
     _, _, folder = saved
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
@@ -391,6 +411,7 @@ def test_the_command_under_jax_prints_no_tensorflow_logging(saved, tmp_path):
         assert archive.manifest["producer"]["backend"] == "jax"
 
 
+@pytest.mark.slow
 def test_validation_data_of_the_wrong_shape_names_the_expected_input_shapes(saved, tmp_path, capsys):
     _, x, folder = saved
     np.save(tmp_path / "wide.npy", np.concatenate([x, x], axis=1))
@@ -404,6 +425,7 @@ def test_validation_data_of_the_wrong_shape_names_the_expected_input_shapes(save
     assert not (tmp_path / "v.wroll").exists()
 
 
+@pytest.mark.slow
 def test_progress_counts_each_pass_over_the_tensors_and_never_passes_its_total(saved):
     from weightroll import _encode
     from weightroll._keras import roll as roll_lib

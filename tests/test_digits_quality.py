@@ -7,6 +7,7 @@ import weightroll
 from tests import _models
 
 pytest.importorskip("sklearn.datasets")
+pytestmark = pytest.mark.slow  # trains a CNN
 
 CALIBRATION = 200  # training images; agreement is always measured on test images
 

@@ -4,6 +4,7 @@ import io
 
 import keras
 import numpy as np
+import pytest
 
 import weightroll
 from weightroll._keras.roll import calibration_split
@@ -26,6 +27,7 @@ def _model():
                              keras.layers.Dense(8)])
 
 
+@pytest.mark.slow
 def test_the_roll_value_reports_held_out_and_fit_figures_with_their_counts():
     x = np.random.default_rng(0).normal(size=(40, 16)).astype("float32")
     report = weightroll.roll(_model(), io.BytesIO(), validation_data=x)
@@ -34,6 +36,7 @@ def test_the_roll_value_reports_held_out_and_fit_figures_with_their_counts():
     assert "held-out samples" in str(report)
 
 
+@pytest.mark.slow
 def test_the_output_tolerance_holds_on_the_held_out_samples():
     x = np.random.default_rng(1).normal(size=(48, 16)).astype("float32")
     report = weightroll.roll(_model(), io.BytesIO(), validation_data=x, output_tolerance=0.03)

@@ -293,6 +293,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="needs SIGKILL")
 def test_kills_at_any_moment_of_rewriting_leave_one_whole_archive(tmp_path):
     import random

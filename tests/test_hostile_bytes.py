@@ -54,6 +54,7 @@ def test_every_truncation_is_refused():
     assert outcomes == {"R1"}  # without its end record, nothing is a zip
 
 
+@pytest.mark.slow
 def test_every_single_byte_flip_loads_the_written_weights_or_is_refused():
     outcomes = {}
     for offset in range(len(DATA)):

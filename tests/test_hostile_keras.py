@@ -193,6 +193,7 @@ weightroll.roll(model, sys.argv[1], bits=2)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_a_kill_during_roll_leaves_the_previous_archive_loadable(tmp_path):
     path = tmp_path / "m.wroll"

@@ -229,6 +229,7 @@ def test_image_is_a_png_of_sensible_size(archive, tmp_path):
         assert len(image.getcolors(1 << 16) or []) > 50  # a colour map, not a blank page
 
 
+@pytest.mark.slow
 def test_image_of_many_tensors_stays_within_2000_pixels(tmp_path, rng):
     tensors = []
     for i in range(MANY_TENSORS // 3):

@@ -1651,6 +1651,7 @@ def _adapted_feature_space():
     return fs, data
 
 
+@pytest.mark.slow
 def test_a_model_of_feature_space_encoded_features_round_trips_twice(tmp_path):
     """feature_space_test `test_saving`, for the model it builds from the
     feature space's inputs and encoded features (rolled, loaded, rolled again

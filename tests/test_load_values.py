@@ -76,6 +76,7 @@ def test_a_variable_made_from_a_value_falls_back_to_assignment(tmp_path):
     assert _registry() == []
 
 
+@pytest.mark.slow
 def test_a_compiled_model_loads_ready_to_train(tmp_path):
     model, x = _models.sequential_cnn()
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -105,6 +106,7 @@ def test_a_failed_load_leaves_no_variables_waiting(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_an_adapted_normalization_layer_normalises_as_before(tmp_path):
     x = (np.random.default_rng(0).normal(size=(64, 4)) * 10 + 5).astype("float32")
     norm = keras.layers.Normalization()

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from weightroll.coders import mlp
 
@@ -9,6 +10,7 @@ def test_grid_codes_span_the_global_min_max(rng):
     assert codes.min() == 0 and codes.max() == 255
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic_for_a_seed(rng):
     values = rng.normal(size=2000)
     codes = mlp.grid_codes(values, values.min(), values.max(), bits=8)
@@ -18,6 +20,7 @@ def test_fit_is_deterministic_for_a_seed(rng):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_fitted_mlp_approximates_the_grid_levels(rng):
     values = rng.normal(size=5000)
     lo, hi = values.min(), values.max()

@@ -43,7 +43,7 @@ def heavy_tailed_model(planted=None):
     return model
 
 
-@pytest.fixture(scope="module", params=["codebook", "mlp", "codebook-heavy"])
+@pytest.fixture(scope="module", params=["codebook", pytest.param("mlp", marks=pytest.mark.slow), "codebook-heavy"])
 def archive_path(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param) / "m.wroll"
     if request.param == "codebook-heavy":
@@ -135,6 +135,7 @@ def test_decoder_config_holds_no_code(archive_path):
     assert classes <= allowed, classes - allowed
 
 
+@pytest.mark.slow
 def test_mlp_decoder_reports_its_real_roll_value(tmp_path):
     model = _dense_model()
     codebook = weightroll.roll(model, tmp_path / "c.wroll", bits=8)

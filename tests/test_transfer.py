@@ -45,6 +45,7 @@ def _roll(model, base):
     return buf, report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["model", "keras_file", "weights_file", "dict"])
 def test_frozen_base_tensors_are_stored_as_references(transfer, form):
     base, model, x, folder = transfer
@@ -67,6 +68,7 @@ def test_frozen_base_tensors_are_stored_as_references(transfer, form):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.02)
 
 
+@pytest.mark.slow
 def test_archive_is_far_smaller_than_without_a_base(transfer):
     base, model, _, _ = transfer
     with_base = _roll(model, base)[1].archive_bytes
@@ -74,6 +76,7 @@ def test_archive_is_far_smaller_than_without_a_base(transfer):
     assert with_base * 2.5 < without
 
 
+@pytest.mark.slow
 def test_loading_without_the_base_says_to_pass_it(transfer):
     base, model, _, _ = transfer
     buf, _ = _roll(model, base)
@@ -81,6 +84,7 @@ def test_loading_without_the_base_says_to_pass_it(transfer):
         weightroll.load_rolled(buf)
 
 
+@pytest.mark.slow
 def test_a_base_whose_tensors_differ_is_refused(transfer):
     base, model, _, _ = transfer
     buf, _ = _roll(model, base)
@@ -92,6 +96,7 @@ def test_a_base_whose_tensors_differ_is_refused(transfer):
         weightroll.load_rolled(buf, base=other)
 
 
+@pytest.mark.slow
 def test_unroll_takes_the_base_as_numpy_arrays(transfer):
     base, model, _, _ = transfer
     buf, _ = _roll(model, base)
@@ -99,12 +104,14 @@ def test_unroll_takes_the_base_as_numpy_arrays(transfer):
     assert list(weights) == [v.path for v in model.variables]
 
 
+@pytest.mark.slow
 def test_a_bad_base_argument_is_refused(transfer):
     _, model, _, _ = transfer
     with pytest.raises(weightroll.WrollError, match="`base` must be"):
         weightroll.roll(model, io.BytesIO(), base="weights.bin")
 
 
+@pytest.mark.slow
 def test_calibration_with_a_base_codes_the_head_not_the_base(transfer):
     base, model, x, _ = transfer
     buf = io.BytesIO()

@@ -146,6 +146,7 @@ def test_a_tensor_without_values_codes_to_nothing(shape, axis):
     assert code.measured.error == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "float64"])
 def test_the_tolerance_holds_for_the_values_as_stored(rng, dtype):
     from weightroll import _encode
