@@ -1,11 +1,20 @@
 """What checkpointing every epoch costs `fit`: none, `ModelCheckpoint`, `WeightRollCheckpoint`.
 
-The three are timed in the same run on the same model (a few million
-parameters), each round on a freshly built model. Besides the wall time of
-`fit` (pytest-benchmark's table), the summary gives two figures that other
-work on the machine disturbs less: the time the training thread spent inside
-the checkpoint callback (a stall of training), and the CPU time of the
-process (which includes the roll done in the background).
+Two groups, each timed in the same run, each round on a freshly built model:
+
+- `test_fit_with_a_checkpoint_every_epoch`: a few million parameters, 3
+  epochs; no callback, `ModelCheckpoint`, `WeightRollCheckpoint`.
+- `test_fit_with_calibration_data`: issue 17's case, a small classifier
+  (25k parameters) trained for 10 short epochs on scikit-learn's digits;
+  `ModelCheckpoint`, `WeightRollCheckpoint` and
+  `WeightRollCheckpoint(validation_data=...)` (a calibrated roll at every
+  save, on the 297 held-out digits).
+
+Besides the wall time of `fit` (pytest-benchmark's table), the summary gives
+two figures that other work on the machine disturbs less: the time the
+training thread spent inside the checkpoint callback (a stall of training),
+and the CPU time of the process (which includes the roll done in the
+background); and every ratio against `ModelCheckpoint` in the same run.
 
 Run with `pytest benchmarks/bench_callback.py` (not part of `pytest tests`).
 """
@@ -105,26 +114,99 @@ def test_fit_with_a_checkpoint_every_epoch(benchmark, variant, data, tmp_path, r
     benchmark.extra_info.update(timing)
     results.setdefault("fit", {})[variant] = timing
     if len(results["fit"]) == len(VARIANTS):
-        results["summary"] = _summary(results["fit"])
+        base, keras_ckpt, wroll = (results["fit"][v] for v in VARIANTS)
+        _summarize(results, "fit", f"fit, {EPOCHS} epochs, {_model().count_params():,} parameters, "
+                   f"checkpoint every epoch, {ROUNDS} rounds:", results["fit"], [
+                       ("ModelCheckpoint / no callback", keras_ckpt, base),
+                       ("WeightRollCheckpoint / no callback", wroll, base),
+                       ("WeightRollCheckpoint / ModelCheckpoint", wroll, keras_ckpt),
+                   ])
 
 
-def _summary(times):
-    params = _model().count_params()
-    lines = [
-        f"fit, {EPOCHS} epochs, {params:,} parameters, checkpoint every epoch, {ROUNDS} rounds:",
-        f"  {'':<22}{'wall fastest':>13}{'wall median':>13}{'in callback':>13}{'CPU median':>13}",
-    ]
-    for variant in VARIANTS:
-        t = times[variant]
-        lines.append(f"  {variant:<22}{t['wall_min']:12.2f}s{t['wall_median']:12.2f}s"
+# --- with calibration data (issue 17) ---------------------------------------------------
+
+SMALL_HIDDEN = 128  # 64 -> 128 -> 128 -> 10: 26,122 parameters
+SMALL_EPOCHS = 10
+SMALL_BATCH = 32
+SMALL_TRAIN = 1500  # of the 1797 digits; the other 297 are validation and calibration data
+CALIBRATED = "WeightRollCheckpoint(validation_data)"
+SMALL_VARIANTS = ["ModelCheckpoint", "WeightRollCheckpoint", CALIBRATED]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    datasets = pytest.importorskip("sklearn.datasets")
+    data = datasets.load_digits()
+    x, y = (data.data / 16.0).astype("float32"), data.target
+    _small_model().fit(x[:SMALL_BATCH], y[:SMALL_BATCH], verbose=0)  # start TensorFlow before any timing
+    return (x[:SMALL_TRAIN], y[:SMALL_TRAIN]), (x[SMALL_TRAIN:], y[SMALL_TRAIN:])
+
+
+def _small_model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(SMALL_HIDDEN, activation="relu"),
+        keras.layers.Dense(SMALL_HIDDEN, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.mark.parametrize("variant", SMALL_VARIANTS)
+def test_fit_with_calibration_data(benchmark, variant, digits, tmp_path, results):
+    (x, y), (x_val, y_val) = digits
+    benchmark.group = (f"fit {SMALL_EPOCHS} epochs of a {_small_model().count_params():,}-parameter "
+                       "classifier, a checkpoint every epoch")
+    stalls, cpu = [], []
+
+    def checkpoint():
+        if variant == "ModelCheckpoint":
+            return keras.callbacks.ModelCheckpoint(str(tmp_path / "{epoch}.keras"))
+        if variant == "WeightRollCheckpoint":
+            return WeightRollCheckpoint(tmp_path / "{epoch}.wroll")
+        return WeightRollCheckpoint(tmp_path / "{epoch}-calibrated.wroll", validation_data=x_val)
+
+    def setup():
+        before, after = [], []
+        stalls.append((before, after))
+        return (_small_model(), [_Clock(before), checkpoint(), _Clock(after)]), {}
+
+    def fit(model, callbacks):
+        start = time.process_time()
+        model.fit(x, y, validation_data=(x_val, y_val), epochs=SMALL_EPOCHS, batch_size=SMALL_BATCH,
+                  verbose=0, callbacks=callbacks)
+        cpu.append(time.process_time() - start)
+
+    benchmark.pedantic(fit, setup=setup, rounds=ROUNDS, iterations=1)
+    timing = {
+        "wall_min": benchmark.stats.stats.min,
+        "wall_median": benchmark.stats.stats.median,
+        "stall_median": statistics.median(sum(b - a for a, b in zip(*marks, strict=True)) for marks in stalls),
+        "cpu_median": statistics.median(cpu),
+    }
+    benchmark.extra_info.update(timing)
+    results.setdefault("calibrated", {})[variant] = timing
+    if len(results["calibrated"]) == len(SMALL_VARIANTS):
+        keras_ckpt, wroll, calibrated = (results["calibrated"][v] for v in SMALL_VARIANTS)
+        _summarize(results, "calibrated", f"fit, {SMALL_EPOCHS} epochs of the digits classifier, checkpoint "
+                   f"every epoch, {ROUNDS} rounds:", results["calibrated"], [
+                       ("WeightRollCheckpoint / ModelCheckpoint", wroll, keras_ckpt),
+                       (f"{CALIBRATED} / ModelCheckpoint", calibrated, keras_ckpt),
+                   ])
+
+
+def _summarize(results, group, title, times, ratios):
+    """This group's lines in the summary printed at the end (after the other group's)."""
+    lines = [title, f"  {'':<40}{'wall fastest':>13}{'wall median':>13}{'in callback':>13}{'CPU median':>13}"]
+    for variant, t in times.items():
+        lines.append(f"  {variant:<40}{t['wall_min']:12.2f}s{t['wall_median']:12.2f}s"
                      f"{t['stall_median']:12.2f}s{t['cpu_median']:12.2f}s")
-    base, keras_ckpt, wroll = (times[v] for v in VARIANTS)
-    for name, a, b in [
-        ("ModelCheckpoint / no callback", keras_ckpt, base),
-        ("WeightRollCheckpoint / no callback", wroll, base),
-        ("WeightRollCheckpoint / ModelCheckpoint", wroll, keras_ckpt),
-    ]:
-        lines.append(f"  {name:<40} wall fastest {a['wall_min'] / b['wall_min']:.3f}, "
+    for name, a, b in ratios:
+        lines.append(f"  {name:<58} wall fastest {a['wall_min'] / b['wall_min']:.3f}, "
                      f"wall median {a['wall_median'] / b['wall_median']:.3f}, "
                      f"CPU median {a['cpu_median'] / b['cpu_median']:.3f}")
-    return lines
+    groups = results.setdefault("callback_groups", {})
+    groups[group] = lines
+    results["summary"] = [line for name in ("fit", "calibrated") for line in groups.get(name, [])]

@@ -348,6 +348,41 @@ def test_validation_data_adds_the_output_roll_value_to_the_logs(digits, tmp_path
     assert first["top1_agreement"] >= 0.95
 
 
+def test_weights_only_archives_with_validation_data_carry_the_output_roll_value(digits, tmp_path):
+    # A weight tolerance, so no output allocation (whose model `allocate.calibration_model`
+    # cannot rebuild from a weights-only snapshot yet): the roll value is measured all the same.
+    x_val = digits[1][0]
+    checkpoint = WeightRollCheckpoint(tmp_path / "{epoch}.weights.wroll", save_weights_only=True,
+                                      validation_data=x_val, tolerance=0.02)
+    model, _ = _fit(digits, [checkpoint], epochs=2)
+    outputs = checkpoint.reports[-1].roll_value["outputs"]
+    # Held out: a quarter of the samples, where one disagreement is 6%.
+    assert outputs["fit"]["top1_agreement"] >= 0.95 and outputs["top1_agreement"] >= 0.9
+    fresh = _model(seed=1)
+    weightroll.load_weights(fresh, tmp_path / "2.weights.wroll")
+    diff = np.abs(model.predict(x_val, verbose=0) - fresh.predict(x_val, verbose=0))
+    _, held = roll_lib.calibration_split(VALIDATION)
+    assert outputs["max_abs_diff"] == pytest.approx(diff[held].max(), rel=1e-4, abs=1e-7)
+
+
+def test_nothing_is_predicted_on_the_training_thread(digits, tmp_path, monkeypatch):
+    threads = []
+    real = keras.Model.predict_on_batch, keras.Model.predict
+
+    def on_batch(self, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real[0](self, *args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real[1](self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "predict_on_batch", on_batch)
+    monkeypatch.setattr(keras.Model, "predict", predict)
+    _fit(digits, [WeightRollCheckpoint(tmp_path / "{epoch}.wroll", validation_data=digits[1][0])], epochs=2)
+    assert threads and threading.main_thread().name not in threads
+
+
 def test_output_roll_value_compares_with_the_model_at_the_time_of_the_save(digits, tmp_path):
     x_val = digits[1][0]
     checkpoint = WeightRollCheckpoint(tmp_path / "{epoch}.wroll", validation_data=x_val)

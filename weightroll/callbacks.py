@@ -16,7 +16,7 @@ import warnings
 import keras
 import numpy as np
 
-from weightroll._keras import inputs, model_io
+from weightroll._keras import inputs, model_io, reuse
 from weightroll._keras import roll as roll_lib
 from weightroll.errors import WrollError
 
@@ -104,9 +104,10 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
         decoder, bits, tolerance, quality, validation_data, output_tolerance,
             batch_size, base: `weightroll.roll`'s options, with its defaults;
             they are checked here, before training. With `validation_data`,
-            the reference outputs are predicted on the training thread from
-            the live model at each save, the rolled model's outputs in the
-            background.
+            the reference outputs and the rolled model's are both predicted
+            in the background; the reference in one model of the same
+            architecture, built at the first save, which takes each
+            snapshot's weights (nothing is predicted on the training thread).
         include_optimizer: also store the optimizer's state, as `.keras`
             files and `.weights.h5` files do (to resume training). Defaults
             to `False` (smaller archives).
@@ -184,6 +185,7 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
         # dispatch callbacks asynchronously may do so.
         self.async_safe = self.save_freq == "epoch"
         self._validation_x = self._write_options["validation_data"]
+        self._calibration = None  # a `reuse.Calibration`, with `validation_data`
         self._is_chief = True
         self._executor = None
         self._pending = None  # the roll in flight (a _Roll), if any
@@ -325,18 +327,16 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
             )
         self._wait()  # at most one roll in flight
         snap = roll_lib.snapshot(self.model, **self._snapshot_options())
-        reference = None
-        if self._validation_x is not None:
-            # Every worker predicts: under a multi-worker strategy it is a collective.
-            reference = model_io.predict_outputs(
-                self.model, self._validation_x, self.roll_options.get("batch_size")
-            )
+        if self._validation_x is not None and self._calibration is None:
+            # One measurement model for every roll of this callback, built in the background.
+            architecture = model_io.architecture_json(self.model) if self.save_weights_only else None
+            self._calibration = reuse.Calibration(architecture)
         job = _Roll(epoch=epoch, batch=batch, filepath=filepath if self._is_chief else None)
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="WeightRollCheckpoint"
             )
-        job.future = self._executor.submit(self._roll, snap, job.filepath, reference)
+        job.future = self._executor.submit(self._roll, snap, job.filepath)
         self._pending = self._last = job
 
     def _snapshot_options(self):
@@ -349,14 +349,24 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
             options["include_optimizer"] = True
         return options
 
-    def _roll(self, snap, filepath, reference):
-        """Runs in the background: encode, write, then apply `max_to_keep`."""
+    def _roll(self, snap, filepath):
+        """Runs in the background: measure the reference outputs (with
+        `validation_data`), encode, write, then apply `max_to_keep`."""
         target = io.BytesIO() if filepath is None else filepath
         if filepath is not None:
             folder = os.path.dirname(filepath)
             if folder:
                 os.makedirs(folder, exist_ok=True)
-        report = roll_lib.write_snapshot(snap, target, reference_outputs=reference, **self._write_options)
+        reference = measured_in = None
+        if self._validation_x is not None:
+            # Here, not on the training thread: the snapshot's weights in the
+            # measurement model (its traced predict function reused). That model
+            # changes only here, so rolls may measure in it where they cannot
+            # rebuild one (a weights-only snapshot, a config Keras cannot rebuild).
+            reference = self._calibration.reference(snap, self._validation_x, self.roll_options["batch_size"])
+            measured_in = self._calibration.model
+        report = roll_lib.write_snapshot(snap, target, reference_outputs=reference, model=measured_in,
+                                         **self._write_options)
         if filepath is not None:
             self._keep(os.path.abspath(filepath))
         return report
