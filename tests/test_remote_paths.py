@@ -53,3 +53,23 @@ def test_inspect_reads_ram_paths(folder, capsys):
     weightroll.roll(_model(), f"{folder}/m.wroll")
     assert inspection.main([f"{folder}/m.wroll", "--verify"]) == 0
     assert "m.wroll" in capsys.readouterr().out
+
+
+def test_the_checkpoint_writes_and_prunes_archives_on_ram_paths(folder):
+    model = _model()
+    model.compile("adam", "mse")
+    x, y = np.ones((16, 8), "float32"), np.zeros((16, 3), "float32")
+    checkpoint = weightroll.WeightRollCheckpoint(f"{folder}/ckpt/{{epoch}}.wroll", max_to_keep=2)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[checkpoint])
+    assert sorted(tf.io.gfile.listdir(f"{folder}/ckpt")) == ["2.wroll", "3.wroll"]
+    weightroll.load_rolled(f"{folder}/ckpt/3.wroll")
+
+
+def test_the_command_line_rolls_and_unrolls_ram_paths(folder, tmp_path):
+    from weightroll import cli
+
+    model = _model()
+    model.save(tmp_path / "m.keras")
+    assert cli.main(["roll", str(tmp_path / "m.keras"), f"{folder}/m.wroll", "-q"]) == 0
+    assert cli.main(["unroll", f"{folder}/m.wroll", str(tmp_path / "back.keras"), "-q"]) == 0
+    assert cli.main(["unroll", f"{folder}/absent.wroll", str(tmp_path / "x.keras"), "-q"]) == 1

@@ -99,6 +99,12 @@ def int_from(low, high=None):
 
 def require_file(path):
     """Fail fast, before Keras's slow import, on a path that is not a file."""
+    from weightroll._format import paths
+
+    if paths.is_remote(path):
+        if not paths.exists(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        return
     if not os.path.isfile(path):
         if os.path.isdir(path):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)

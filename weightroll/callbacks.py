@@ -16,6 +16,7 @@ import warnings
 import keras
 import numpy as np
 
+from weightroll._format import paths
 from weightroll._keras import inputs, model_io, reuse
 from weightroll._keras import roll as roll_lib
 from weightroll.errors import WrollError
@@ -318,7 +319,7 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
         filepath = self._get_file_path(epoch, batch, logs)
         if not self._should_save_model(epoch, logs, filepath):
             return
-        if os.path.isdir(filepath):
+        if paths.isdir(filepath):
             raise IsADirectoryError(
                 errno.EISDIR,
                 f"Please specify a non-directory filepath for {self.__class__.__name__}. Filepath used "
@@ -353,10 +354,8 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
         """Runs in the background: measure the reference outputs (with
         `validation_data`), encode, write, then apply `max_to_keep`."""
         target = io.BytesIO() if filepath is None else filepath
-        if filepath is not None:
-            folder = os.path.dirname(filepath)
-            if folder:
-                os.makedirs(folder, exist_ok=True)
+        if filepath is not None:  # a local path, or gs://, ram://, ... (see weightroll/_format/paths.py)
+            paths.makedirs(paths.folder(filepath))
         reference = measured_in = None
         if self._validation_x is not None:
             # Here, not on the training thread: the snapshot's weights in the
@@ -368,7 +367,7 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
         report = roll_lib.write_snapshot(snap, target, reference_outputs=reference, model=measured_in,
                                          **self._write_options)
         if filepath is not None:
-            self._keep(os.path.abspath(filepath))
+            self._keep(paths.absolute(filepath))
         return report
 
     def _keep(self, path):
@@ -378,7 +377,7 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
         self._written.append(path)
         while self.max_to_keep is not None and len(self._written) > self.max_to_keep:
             try:
-                os.remove(self._written.pop(0))
+                paths.remove(self._written.pop(0))
             except FileNotFoundError:
                 pass
 

@@ -96,9 +96,24 @@ def exists(path):
     return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
 
 
-def remove(path):
+def isdir(path):
     path = os.fspath(path)
-    if is_remote(path):
-        _gfile().remove(path)
-    else:
+    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def absolute(path):
+    """`path` made absolute (a remote path already is)."""
+    path = os.fspath(path)
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def remove(path):
+    """Delete `path`; `FileNotFoundError` if it is not there (remote paths too)."""
+    path = os.fspath(path)
+    if not is_remote(path):
         os.remove(path)
+        return
+    gfile = _gfile()
+    if not gfile.exists(path):
+        raise FileNotFoundError(2, "No such file or directory", path)
+    gfile.remove(path)
