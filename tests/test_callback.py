@@ -19,6 +19,7 @@ import weightroll
 from weightroll._keras import roll as roll_lib
 from weightroll.callbacks import WeightRollCheckpoint
 
+pytestmark = pytest.mark.slow  # every test trains a model with the callback
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 HIDDEN = 64
