@@ -41,3 +41,19 @@ def test_the_output_tolerance_holds_on_the_held_out_samples():
     x = np.random.default_rng(1).normal(size=(48, 16)).astype("float32")
     report = weightroll.roll(_model(), io.BytesIO(), validation_data=x, output_tolerance=0.03)
     assert report.roll_value["outputs"]["relative_rmse"] <= 0.03
+
+
+def test_embedding_rows_no_calibration_sample_looks_up_are_coded_as_finely_as_without_data():
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(64, 32),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(4)])
+    x = np.random.default_rng(2).integers(0, 8, size=(40, 6)).astype("int32")  # tokens 0..7 only
+    buf = io.BytesIO()
+    report = weightroll.roll(model, buf, validation_data=x)
+    table = model.layers[0].embeddings.numpy()
+    decoded = weightroll.unroll(io.BytesIO(buf.getvalue()))[model.layers[0].embeddings.path]
+    unseen = slice(8, None)
+    error = np.linalg.norm(decoded[unseen] - table[unseen], axis=1) / np.linalg.norm(table[unseen], axis=1)
+    data_free = 0.04 / 4  # the balanced preset's weight tolerance without data
+    assert report.settings.get("quality") == "balanced"
+    assert float(np.sqrt(np.mean(error ** 2))) <= 1.25 * data_free, error

@@ -19,6 +19,7 @@ import pytest
 import zstandard
 
 import weightroll
+from weightroll._format.digest import binding_sha256
 from tests.test_hostile_archives import TINY, _manifest, _repack
 from weightroll._keras import model_io
 from weightroll.errors import UnsafeArchiveError, WrollError
@@ -138,7 +139,9 @@ def test_finds_unsafe_constructs_in_a_config_without_keras():
 
 def test_a_variable_of_another_kind_of_dtype_is_refused_by_name():
     manifest = _manifest()
-    next(t for t in manifest["tensors"] if t["path"] == "dense/bias")["dtype"] = "int32"  # same bytes
+    bias = next(t for t in manifest["tensors"] if t["path"] == "dense/bias")
+    bias["dtype"] = "int32"  # same bytes, and bound again (an unbound edit is R40)
+    bias["binding_sha256"] = binding_sha256(bias)
     data = _repack(manifest)
     assert weightroll.unroll(data)["dense/bias"].dtype == np.int32  # unroll trusts the manifest
     with pytest.raises(WrollError, match="Variable 'dense/bias' is float32") as info:

@@ -365,7 +365,7 @@ class WeightRollCheckpoint(keras.callbacks.Callback):
             reference = self._calibration.reference(snap, self._validation_x, self.roll_options["batch_size"])
             measured_in = self._calibration.model
         report = roll_lib.write_snapshot(snap, target, reference_outputs=reference, model=measured_in,
-                                         **self._write_options)
+                                         calibration=self._calibration, **self._write_options)
         if filepath is not None:
             self._keep(paths.absolute(filepath))
         return report

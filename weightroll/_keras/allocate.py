@@ -162,6 +162,8 @@ def calibration_model(snap):
     by_path = {path: _encode.read_tensor(source) for path, source in snap.tensors}
     tensors = {snap.keys.get(path, path): {"path": path} for path in by_path}
     try:
+        if snap.architecture is None:  # a weights-only snapshot: measured in the given model
+            raise WrollError("A weights-only snapshot has no architecture to rebuild.")
         model = model_io.rebuild_with_state(snap.architecture, tensors, lambda e: by_path[e["path"]],
                                             snap.assets, compile=False, safe_mode=False)
     except WrollError:
@@ -195,11 +197,17 @@ def _candidates(originals, base_keys):
 
 
 class _Grid:
-    """One tensor coded on its Fisher grid: `code(k)` scales every step by `k * multiplier`."""
+    """One tensor coded on its Fisher grid: `code(k)` scales every step by `k * multiplier`.
 
-    def __init__(self, path, array, axis, steps, hessian=None, shape=None, transpose=False):
+    Channels the calibration data does not exercise at all (an embedding row
+    of a token no sample holds: zero Fisher) are never coded coarser than the
+    data-free setting codes them: their steps stay within `free_steps`.
+    """
+
+    def __init__(self, path, array, axis, steps, hessian=None, shape=None, transpose=False, free_steps=None):
         self.path, self.array, self.axis, self.steps = path, array, axis, steps
         self.hessian, self.shape, self.transpose = hessian, shape, transpose
+        self.free_steps = free_steps
         self.multiplier = 1.0
         self.cap = np.inf
         self.alternative = select.choose(array, 0.0, array.dtype.itemsize)  # exact or lossless
@@ -212,7 +220,10 @@ class _Grid:
         """
         factor = min(k * self.multiplier, self.cap)
         for _ in range(20):
-            c = gptq.code(self.array, self.axis, self.steps * factor, self.hessian, self.shape, self.transpose)
+            steps = self.steps * factor
+            if self.free_steps is not None:
+                steps = np.minimum(steps, self.free_steps)
+            c = gptq.code(self.array, self.axis, steps, self.hessian, self.shape, self.transpose)
             t = select.relative_rmse(self.array, c.decoded)
             if t <= MAX_TOLERANCE:
                 break
@@ -223,7 +234,29 @@ class _Grid:
         return c, c.decoded.astype(self.array.dtype)
 
 
-def _grids(originals, indices, found):
+def data_free_tolerance(output_tolerance):
+    """The weight tolerance of the preset that matches `output_tolerance`
+    without data (output presets 0.01 / 0.04 / 0.12 against weight presets
+    0.003 / 0.01 / 0.04): what calibration never codes an unexercised
+    weight coarser than."""
+    return output_tolerance / 4
+
+
+def _free_steps(array, axis, fisher, tolerance):
+    """Per-channel steps that code a channel at `tolerance` relative RMSE on
+    its own (uniform rounding: RMSE = step / sqrt(12)), for the channels
+    with zero Fisher; `inf` for the others. None when there are none."""
+    if axis is None:
+        return None
+    other = tuple(a for a in range(array.ndim) if a != axis)
+    unexercised = np.asarray(fisher, np.float64).mean(axis=other) <= 0
+    if not unexercised.any():
+        return None
+    rms = np.sqrt(np.mean(np.square(np.asarray(array, np.float64)), axis=other))
+    return np.where(unexercised, np.sqrt(12.0) * tolerance * np.maximum(rms, np.finfo(np.float32).tiny), np.inf)
+
+
+def _grids(originals, indices, found, data_free):
     """`_Grid`s of the tensors with some sensitivity, and the paths of those without."""
     grids, insensitive = {}, []
     for i in indices:
@@ -233,13 +266,15 @@ def _grids(originals, indices, found):
             insensitive.append(path)
             continue
         axis, steps = choice
+        free = _free_steps(array, axis, found.fisher[i], data_free)
         if i in found.embedding:
-            grids[i] = _Grid(path, array, axis, steps, found.embedding[i], array.shape, transpose=True)
+            grids[i] = _Grid(path, array, axis, steps, found.embedding[i], array.shape, transpose=True,
+                             free_steps=free)
         elif i in found.inputs:
             hessian, shape = found.inputs[i]
-            grids[i] = _Grid(path, array, axis, steps, hessian, shape)
+            grids[i] = _Grid(path, array, axis, steps, hessian, shape, free_steps=free)
         else:
-            grids[i] = _Grid(path, array, axis, steps)
+            grids[i] = _Grid(path, array, axis, steps, free_steps=free)
     return grids, insensitive
 
 
@@ -322,12 +357,14 @@ def _estimated_bytes(snap, plan, base_keys):
 def _search(model, x, reference, originals, indices, found, output_tolerance, batch_size, progress):
     """Steps 1 and 2 of the module docstring: `(plan, measured, capped)`, `capped`
     counting the values of tensors whose steps the weight-error cap shrank."""
-    grids, insensitive = _grids(originals, indices, found)
-    fixed = {path: MAX_TOLERANCE for path in insensitive}
+    data_free = data_free_tolerance(output_tolerance)
+    grids, insensitive = _grids(originals, indices, found, data_free)
+    # Tensors the calibration data does not exercise at all are coded as without data.
+    fixed = {path: data_free for path in insensitive}
     fixed_decoded = {}
     for path in insensitive:
         array = dict(originals)[path]
-        choice = select.choose(array, MAX_TOLERANCE, array.dtype.itemsize)
+        choice = select.choose(array, data_free, array.dtype.itemsize)
         fixed_decoded[path] = (choice.code.decoded.astype(array.dtype) if choice.kind == "uniform" else array)
     variables = model.variables
     ref_flat = flatten_outputs(reference)

@@ -89,7 +89,7 @@ def snapshot(model, copy=True, weights_only=False, include_optimizer=False, obje
 
 def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None, quality=None,
                    reference_outputs=None, validation_data=None, batch_size=None, base_keys=None,
-                   output_tolerance=None, model=None, max_shard_size=None):
+                   output_tolerance=None, model=None, max_shard_size=None, calibration=None):
     """Encode a snapshot, measure its roll value and write the archive.
 
     Args:
@@ -103,6 +103,8 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
             are measured in it, and its own weights put back after.
         max_shard_size: write a sharded archive (see `roll`), shards of at
             most this many bytes of raw weights each.
+        calibration: a `reuse.Calibration` (the checkpoint's): it allocates
+            and measures in its one model, reusing earlier allocations.
     """
     if snap.quantized:  # already quantized by Keras: store it as it is, bit for bit
         decoder, bits, tolerance, quality, output_tolerance = "codebook", None, {}, None, None
@@ -126,10 +128,12 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
             if output_tolerance is not None:
                 from weightroll._keras.allocate import allocate
 
+                allocate = allocate if calibration is None else calibration.allocate
                 tolerance, _ = allocate(snap, fit_x, target, batch_size, base_keys=base_keys, model=model)
                 bits = quality = None
             encoded = encode(tolerance, bits, quality)
-            rolled = _rolled_outputs(snap, encoded.decoded, validation_data, batch_size, model)
+            measure = _rolled_outputs if calibration is None else calibration.outputs
+            rolled = measure(snap, encoded.decoded, validation_data, batch_size, model)
             outputs_fit = outputs_roll_value(_rows(reference_outputs, fit), _rows(rolled, fit))
             if held is None:
                 outputs = outputs_fit
@@ -365,6 +369,10 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
                               validation_data=validation_data, output_tolerance=output_tolerance,
                               batch_size=batch_size, base=base)
     # Without calibration data nothing needs every tensor at once: stream them.
+    if options["validation_data"] is not None:
+        from weightroll._keras.inputs import check_inputs
+
+        check_inputs(model, options["validation_data"])  # a WrollError naming the expected shapes
     snap = snapshot(model, copy=options["validation_data"] is not None, include_optimizer=include_optimizer)
     reference = None
     if options["validation_data"] is not None:
