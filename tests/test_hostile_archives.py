@@ -319,3 +319,10 @@ def test_kills_at_any_moment_of_rewriting_leave_one_whole_archive(tmp_path):
             child.stdout.close()
         assert path.read_bytes() in whole
         weightroll.unroll(path)
+
+
+def test_decoder_array_names_are_informative_a_reader_does_not_need_them():
+    manifest = _manifest()
+    for entry in manifest["decoder"]["weights"]:
+        del entry["name"]
+    assert weightroll.unroll(_repack(manifest)).keys() == weightroll.unroll(TINY).keys()

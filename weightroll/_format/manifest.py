@@ -248,7 +248,7 @@ def _check_decoder_weights(decoder, kind, members):
     shapes = []
     for i, entry in enumerate(arrays):
         where = f"decoder.weights[{i}]"
-        get(entry, "name", "str", where)
+        get(entry, "name", "str", where, optional=True)  # informative (spec §4.7)
         shape, size = get_shape(entry, where)
         dtype = get(entry, "dtype", "str", where)
         if dtype not in ("float32", "float64"):
