@@ -160,7 +160,7 @@ def calibration_model(snap):
     from weightroll._keras import state
 
     by_path = {path: _encode.read_tensor(source) for path, source in snap.tensors}
-    tensors = {snap.keys.get(path, path): {"path": path} for path in by_path}
+    tensors = snap.keyed(by_path)
     try:
         if snap.architecture is None:  # a weights-only snapshot: measured in the given model
             raise WrollError("A weights-only snapshot has no architecture to rebuild.")
@@ -290,7 +290,7 @@ def allocate(snap, x, output_tolerance, batch_size=None, progress=None, base_key
     finally:
         _live.reset(token)
         if live["used"]:
-            tensors = {snap.keys.get(path, path): {"path": path} for path, _ in snap.tensors}
+            tensors = snap.keyed(path for path, _ in snap.tensors)
             originals = {path: _encode.read_tensor(source) for path, source in snap.tensors}
             state.load(model, tensors, lambda e: originals[e["path"]], optimizer=False)
 

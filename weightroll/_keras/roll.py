@@ -40,6 +40,12 @@ class Snapshot:
     assets: dict = dataclasses.field(default_factory=dict)  # relative path -> bytes
     quantized: bool = False  # a Keras-quantized model: every tensor is stored losslessly
 
+    def keyed(self, paths):
+        """`{key: {"path": path}}` for `paths`: what `state.load` and
+        `model_io.rebuild_with_state` take, with a `decode` that looks the
+        path up."""
+        return {self.keys.get(path, path): {"path": path} for path in paths}
+
 
 def snapshot(model, copy=True, weights_only=False, include_optimizer=False, objects_to_skip=()):
     """A model's state as Keras would save it, and its architecture (cheap; no encoding).
@@ -247,7 +253,7 @@ def _rolled_outputs(snap, decoded, validation_data, batch_size, model):
     decoded state put in for the prediction and its own put back after."""
     from weightroll._keras import state
 
-    tensors = {snap.keys.get(path, path): {"path": path} for path in decoded}
+    tensors = snap.keyed(decoded)
     rebuilt = None
     if snap.architecture is not None:
         try:
