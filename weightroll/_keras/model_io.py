@@ -41,9 +41,7 @@ def named_variables(model):
 
     variables = model.variables
     backend = keras.backend.backend()
-    # One copy each, from the backend's buffer (`numpy()` would copy, then this).
-    return [(path, np.array(_reader(v, backend)(), copy=True))
-            for path, v in zip(_unique_paths(variables), variables)]
+    return [(path, _source(v, backend, copy=True)) for path, v in zip(_unique_paths(variables), variables)]
 
 
 def variable_sources(model):
@@ -55,15 +53,9 @@ def variable_sources(model):
     steps costs 60-300 us (its dispatch code gone cold) against 16."""
     import keras
 
-    from weightroll._encode import Lazy
-
     variables = model.variables
     backend = keras.backend.backend()
-    sources = []
-    for path, v in zip(_unique_paths(variables), variables):
-        read = _reader(v, backend)
-        sources.append((path, read() if _on_cpu(v, backend) else Lazy(math.prod(v.shape), read)))
-    return sources
+    return [(path, _source(v, backend, copy=False)) for path, v in zip(_unique_paths(variables), variables)]
 
 
 def state_sources(model, copy, include_optimizer=False, assets=True, objects_to_skip=()):
@@ -78,7 +70,6 @@ def state_sources(model, copy, include_optimizer=False, assets=True, objects_to_
     """
     import keras
 
-    from weightroll._encode import Lazy
     from weightroll._keras import state
 
     entries, files = state.collect(model, include_optimizer=include_optimizer, assets=assets,
@@ -89,11 +80,7 @@ def state_sources(model, copy, include_optimizer=False, assets=True, objects_to_
     tensors, keys, seen = [], {}, set()
     for key, value in entries:
         if state.is_variable(value):
-            path, read = next(unique), _reader(value, backend)
-            if copy:
-                source = np.array(read(), copy=True)
-            else:
-                source = read() if _on_cpu(value, backend) else Lazy(math.prod(value.shape), read)
+            path, source = next(unique), _source(value, backend, copy)
         else:
             path, source = key, state.as_array(value)
         while path in seen:  # a key that is also a variable's path
@@ -102,6 +89,19 @@ def state_sources(model, copy, include_optimizer=False, assets=True, objects_to_
         tensors.append((path, source))
         keys[path] = key
     return tensors, keys, files
+
+
+def _source(variable, backend, copy):
+    """What the encoder reads of `variable`: with `copy`, a copy made now (one,
+    from the backend's buffer: `numpy()` would copy, then this); else a view
+    read now where `_reader` gives one of CPU memory, or an `_encode.Lazy`
+    that reads it when the encoder gets to it."""
+    from weightroll._encode import Lazy
+
+    read = _reader(variable, backend)
+    if copy:
+        return np.array(read(), copy=True)
+    return read() if _on_cpu(variable, backend) else Lazy(math.prod(variable.shape), read)
 
 
 def _on_cpu(variable, backend):
