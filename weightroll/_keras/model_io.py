@@ -101,7 +101,10 @@ def _source(variable, backend, copy):
     read = _reader(variable, backend)
     if copy:
         return np.array(read(), copy=True)
-    return read() if _on_cpu(variable, backend) else Lazy(math.prod(variable.shape), read)
+    if _on_cpu(variable, backend):
+        return read()
+    shape = tuple(int(d) for d in variable.shape)
+    return Lazy(math.prod(shape), read, shape, variable.dtype)
 
 
 def _on_cpu(variable, backend):
