@@ -98,3 +98,55 @@ def test_the_image_bytes_are_zlib_ngs_and_the_same_on_every_machine(n, digest):
     if zlib_ng.ZLIBNG_VERSION != "2.3.3":
         pytest.skip(f"zlib-ng {zlib_ng.ZLIBNG_VERSION} may write other bytes than 2.3.3")
     assert hashlib.sha256(png).hexdigest() == digest
+
+
+def _tall_png(rng, pieces=5):
+    n = pieces * image._PIECE_ROWS * 4096 + 12345
+    codes = rng.integers(0, 40, size=n).astype(np.uint8)
+    return codes, *image.encode_png(codes)
+
+
+def _count_parts(monkeypatch):
+    """Counts the parts `_inflate_range` inflates (work, not time)."""
+    calls = []
+    inflate_range = image._inflate_range
+
+    def counted(stream, first, stop, *args, **kwargs):
+        calls.append((first, stop))
+        return inflate_range(stream, first, stop, *args, **kwargs)
+
+    monkeypatch.setattr(image, "_inflate_range", counted)
+    monkeypatch.setattr(image, "_PARALLEL_INFLATE_BYTES", 0)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    return calls
+
+
+def test_a_tall_image_is_inflated_in_parts_cut_at_its_pieces(rng, monkeypatch):
+    codes, png, width, height = _tall_png(rng)
+    parts = _count_parts(monkeypatch)
+    np.testing.assert_array_equal(image.decode_png(png, width, height, codes.size), codes)
+    assert len(parts) == -(-height // image._PIECE_ROWS)  # one per piece: a cut after each flush, none refused
+    assert [stop for _, stop in parts[:-1]] == [first for first, _ in parts[1:]]
+
+
+def test_wrong_cuts_fall_back_to_one_part_with_the_same_pixels(rng, monkeypatch):
+    codes, png, width, height = _tall_png(rng)
+    parts = _count_parts(monkeypatch)
+    stream = image._Stream.of_png(png)
+    real = stream.cut_after_flushes(8)
+    monkeypatch.setattr(image._Stream, "cut_after_flushes", lambda self, count: [real[0] - 1000, *real[1:]])
+    np.testing.assert_array_equal(image.decode_png(png, width, height, codes.size), codes)
+    assert parts[-1] == (2, stream.size)  # the whole stream, after the parts failed
+
+
+def test_a_stream_that_refers_back_across_a_cut_is_inflated_as_one(monkeypatch):
+    width, height = 4096, 600
+    row = np.arange(width + 1, dtype=np.uint8) % 7
+    row[0] = 0
+    raw = np.tile(row, height)
+    png = bytes(image._png_from_stream([zlib.compress(raw.tobytes(), 9)], width, height))  # LZ77 across rows
+    parts = _count_parts(monkeypatch)
+    monkeypatch.setattr(image._Stream, "cut_after_flushes", lambda self, count: [self.size // 2])
+    pixels = image.decode_png(png, width, height, width * height)
+    np.testing.assert_array_equal(pixels, raw.reshape(height, width + 1)[:, 1:].reshape(-1))
+    assert len(parts) >= 2 and parts[-1][0] == 2  # tried in parts, then inflated whole

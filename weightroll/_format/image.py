@@ -5,6 +5,7 @@ column `i % width`. Pixels after the last code are padding and must be 0.
 """
 
 import io
+import os
 import struct
 import zlib
 
@@ -14,7 +15,7 @@ from zlib_ng import zlib_ng
 
 from weightroll._entropy import bits_per_code
 from weightroll._format import limits, rules
-from weightroll._parallel import parallel_map
+from weightroll._parallel import MAX_WORKERS, parallel_map
 from weightroll.errors import ArchiveError, LimitError
 
 # Rows of 4096 pixels keep a 100M-parameter model's image at 4096 x 24415:
@@ -263,46 +264,246 @@ def _decode_plain(data, width, height):
 
     A PNG made of IHDR, IDAT chunks and IEND only, every chunk's CRC right,
     one zlib stream of exactly the image's size, every row filtered with
-    type 0: inflated by zlib-ng straight into the pixel array, chunk by
-    chunk (bounded by the image's size). Anything else, valid or not,
-    returns None and goes to Pillow, which decodes every PNG or says why not.
+    type 0: inflated by zlib-ng straight into the pixel array (bounded by
+    the image's size), in parts on the cores there are where the stream has
+    the cuts `_deflate_rows` leaves (`_inflate`). Anything else, valid or
+    not, returns None and goes to Pillow, which decodes every PNG or says
+    why not.
     """
-    raw_size = height * (width + 1)
-    out = np.empty(raw_size, np.uint8)
-    inflater = zlib_ng.decompressobj()
-    view = memoryview(data)
-    pos, filled, after_idat = 33, 0, False  # 33: signature and IHDR, checked by the caller
-    while True:
-        if pos + 12 > len(data):
-            return None
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        end = pos + 12 + length
-        if end > len(data) or zlib_ng.crc32(view[pos + 4: end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
-            return None
-        if kind == b"IEND":
-            if end != len(data) or length:
+    stream = _Stream.of_png(data)
+    if stream is None or stream.size < 6 or not _zlib_header_ok(*stream.head(2)):
+        return None
+    out = np.empty(height * width, np.uint8)
+    return out if _inflate(stream, out, width, height * (width + 1)) else None
+
+
+class _Stream:
+    """A zlib stream held in a PNG's IDAT chunks, read by stream offset."""
+
+    def __init__(self, data, spans):
+        self.data, self.spans = data, spans  # [(stream offset, start in data, stop in data)]
+        self.size = spans[-1][0] + spans[-1][2] - spans[-1][1]
+
+    @classmethod
+    def of_png(cls, data):
+        """The stream of a PNG whose chunks after IHDR are IDATs then IEND,
+        each with its right CRC; else None."""
+        view, spans, at = memoryview(data), [], 0
+        pos = 33  # signature and IHDR, checked by the caller
+        while True:
+            if pos + 12 > len(data):
                 return None
-            break
-        if kind != b"IDAT" or after_idat:
-            return None
+            length, kind = struct.unpack_from(">I4s", data, pos)
+            end = pos + 12 + length
+            if end > len(data) or zlib_ng.crc32(view[pos + 4: end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
+                return None
+            if kind == b"IEND":
+                return cls(data, spans) if end == len(data) and not length and spans else None
+            if kind != b"IDAT":
+                return None
+            spans.append((at, pos + 8, end - 4))
+            at, pos = at + length, end
+
+    def head(self, count):
+        """The stream's first `count` bytes."""
+        return b"".join(self.views(0, count))
+
+    def views(self, first, stop):
+        """Memoryviews of stream bytes `[first, stop)`, chunk by chunk."""
+        view = memoryview(self.data)
+        return [view[start + max(first - at, 0): start + min(stop - at, end - start)]
+                for at, start, end in self.spans if at < stop and at + end - start > first]
+
+    def cut_after_flushes(self, count):
+        """Stream offsets just after a full-flush mark, the first at or after
+        each of `count - 1` equal shares of the stream (fewer where none is)."""
+        cuts = []
+        for share in range(1, count):
+            target = share * self.size // count
+            for at, start, end in self.spans:
+                if at + end - start <= target:
+                    continue
+                found = self.data.find(_FULL_FLUSH_MARK, start + max(target - at, 0), end)
+                if found >= 0:
+                    cut = at + found - start + len(_FULL_FLUSH_MARK)
+                    if (not cuts or cut > cuts[-1]) and cut < self.size - 4:
+                        cuts.append(cut)
+                    break
+        return cuts
+
+
+_FULL_FLUSH_MARK = b"\x00\x00\xff\xff"  # the empty stored block that ends a full flush
+# Two ways to end a deflate stream at once: a final fixed-Huffman block with
+# no symbol, and a final empty stored block. An inflater ends exactly on
+# both, giving nothing, only from between two blocks, byte-aligned.
+_ENDINGS = (b"\x03\x00", b"\x01\x00\x00\xff\xff")
+# Images of fewer raw bytes than this are inflated as one part.
+_PARALLEL_INFLATE_BYTES = 8 << 20
+# Parts per core: the cores stay busy when parts differ, and each part's
+# bytes wait little for the part before it to say where they go.
+_PARTS_PER_CORE = 4
+
+
+def _zlib_header_ok(cmf, flg):
+    """What zlib checks of a stream's 2-byte header: deflate, a window of at
+    most 32 KiB, the check bits, no preset dictionary."""
+    return cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf * 256 + flg) % 31 == 0 and not flg & 0x20
+
+
+def _between_blocks(inflater):
+    """Whether `inflater` stands between two deflate blocks, byte-aligned,
+    with no bit pending: where a fresh inflater can take over."""
+    for ending in _ENDINGS:
+        probe = inflater.copy()
         try:
-            piece = inflater.decompress(view[pos + 8: end - 4], raw_size - filled + 1)
+            if probe.decompress(ending) or not probe.eof or probe.unused_data:
+                return False
         except zlib_ng.error:
-            return None
-        if inflater.unconsumed_tail or filled + len(piece) > raw_size:
-            return None
-        out[filled: filled + len(piece)] = np.frombuffer(piece, np.uint8)
-        filled += len(piece)
-        after_idat = inflater.eof
-        pos = end
-    if not inflater.eof or inflater.unused_data or filled != raw_size:
+            return False
+    return True
+
+
+class _Budget:
+    """Raw bytes the parts may still produce together (no more than the image)."""
+
+    def __init__(self, size):
+        import threading
+
+        self.left, self._lock = size, threading.Lock()
+
+    def take(self, count):
+        with self._lock:
+            self.left -= count
+            return self.left >= -1
+
+
+class _Rows:
+    """Scanline bytes written in order from raw offset `start` into the
+    pixels `out`, their filter bytes dropped; `ok` turns False on a filter
+    byte other than 0 (type None) or bytes beyond the image."""
+
+    def __init__(self, out, width, start):
+        self.out, self.width, self.at, self.ok = out, width, start, True
+
+    def write(self, piece):
+        raw, width, stride = np.frombuffer(piece, np.uint8), self.width, self.width + 1
+        row, column = divmod(self.at, stride)
+        self.at += raw.size
+        if self.at > (self.out.size // width) * stride:
+            self.ok = False
+            return
+        i = 0
+        if column:  # the rest of a row begun in an earlier piece
+            i = min(stride - column, raw.size)
+            self.out[row * width + column - 1: row * width + column - 1 + i] = raw[:i]
+            row += 1
+        full = (raw.size - i) // stride
+        if full:
+            rows = raw[i: i + full * stride].reshape(full, stride)
+            self.ok &= not rows[:, 0].any()
+            self.out[row * width: (row + full) * width].reshape(full, width)[...] = rows[:, 1:]
+            i, row = i + full * stride, row + full
+        if i < raw.size:  # the start of a row
+            self.ok &= not raw[i]
+            self.out[row * width: row * width + raw.size - i - 1] = raw[i + 1:]
+
+
+def _inflate_range(stream, first, stop, write, budget, last):
+    """Inflate stream bytes `[first, stop)` with a raw inflater that has no
+    history, passing each output piece to `write`.
+
+    Returns `(length, adler32, trailer)`, or None if the bytes do not inflate
+    within the budget, or do not end as asked: `last`, at the stream's end
+    (the bytes after it are the trailer); else between two blocks.
+    """
+    inflater = zlib_ng.decompressobj(-15)
+    length, adler, trailer = 0, 1, []
+    try:
+        for chunk in stream.views(first, stop):
+            if inflater.eof:
+                trailer.append(bytes(chunk))
+                continue
+            piece = inflater.decompress(chunk, max(budget.left, 0) + 1)
+            if inflater.unconsumed_tail or not budget.take(len(piece)):
+                return None
+            length, adler = length + len(piece), zlib_ng.adler32(piece, adler)
+            write(piece)
+            del piece
+            if inflater.eof:
+                trailer.append(inflater.unused_data)
+    except zlib_ng.error:
         return None
-    if np.any(out[:: width + 1]):  # every row's filter byte must be 0
-        return None
-    # Drop the filter bytes in place, row by row (no second image in memory).
-    for row in range(height):
-        out[row * width: (row + 1) * width] = out[row * (width + 1) + 1: (row + 1) * (width + 1)]
-    return out[: height * width]
+    if last:
+        return (length, adler, b"".join(trailer)) if inflater.eof else None
+    return (length, adler, None) if not inflater.eof and _between_blocks(inflater) else None
+
+
+def _inflate(stream, out, width, raw_size):
+    """Inflate `stream` into the pixels `out`; whether it is one zlib stream
+    of `raw_size` bytes, every row of filter type 0.
+
+    A big image's stream is cut after full flushes (as `_deflate_rows`
+    leaves them between its pieces) into parts near equal in size, and each
+    part is inflated on its own, on the cores there are, by an inflater with
+    no history. That gives the bytes a whole inflater gives, and it is
+    checked: every part but the last must end between two blocks
+    (`_between_blocks`), exactly where the next part starts one, and a part
+    that refers back into the one before it fails (it has no history); the
+    last must end the stream, followed by the Adler-32 of all the parts'
+    bytes. Where a cut is wrong (four bytes that look like a flush but are
+    not one) the stream is inflated as one part.
+    """
+    workers = min(os.cpu_count() or 1, MAX_WORKERS)
+    cuts = stream.cut_after_flushes(workers * _PARTS_PER_CORE) if raw_size >= _PARALLEL_INFLATE_BYTES else []
+    if workers > 1 and cuts:
+        parts = _inflate_parts(stream, [2, *cuts, stream.size], out, width, raw_size)
+    else:
+        parts = None
+    if parts is None:  # one part
+        rows = _Rows(out, width, 0)
+        part = _inflate_range(stream, 2, stream.size, rows.write, _Budget(raw_size), last=True)
+        parts = None if part is None else [(*part, rows.ok)]
+    if parts is None or not all(ok for *_, ok in parts):
+        return False
+    adler, length = 1, 0
+    for part_length, part_adler, _, _ in parts:
+        adler, length = _adler32_concat(adler, part_adler, part_length), length + part_length
+    return length == raw_size and parts[-1][2] == struct.pack(">I", adler)
+
+
+def _inflate_parts(stream, bounds, out, width, raw_size):
+    """`[(length, adler32, trailer, ok)]` of each part `[bounds[i],
+    bounds[i + 1])` inflated on its own, its bytes placed in `out` once the
+    parts before it say where; None if a part does not inflate as one."""
+    import threading
+
+    count = len(bounds) - 1
+    starts = [0] + [None] * count  # raw offset where each part starts, once known
+    known = [threading.Event() for _ in starts]
+    known[0].set()
+    budget = _Budget(raw_size)
+
+    def run(i):
+        pieces, got = [], None
+        rows = _Rows(out, width, 0) if i == 0 else None
+        try:
+            got = _inflate_range(stream, bounds[i], bounds[i + 1], rows.write if rows else pieces.append, budget,
+                                 last=i == count - 1)
+        finally:
+            known[i].wait()  # set by part i - 1, which started before this one
+            if got is not None and starts[i] is not None:
+                starts[i + 1] = starts[i] + got[0]
+            known[i + 1].set()
+        if got is None or starts[i] is None:
+            return None
+        if rows is None:
+            rows = _Rows(out, width, starts[i])
+            while pieces:
+                rows.write(pieces.pop(0))
+        return (*got, rows.ok)
+
+    parts = parallel_map(run, range(count))
+    return None if any(part is None for part in parts) else parts
 
 
 def _decode_with_pillow(data, width, height):
