@@ -4,12 +4,15 @@ The codebook decoder is table look-ups and per-channel scales; the paper's
 MLP decoder is evaluated once on every code (`mlp_decoder.evaluate`).
 """
 
+import itertools
+
 import numpy as np
 
 from weightroll._format import rules
 from weightroll._format import manifest as mf
 from weightroll._format.digest import coding_sha256, reference_key, tensor_digest
 from weightroll._format.mlp_decoder import evaluate as evaluate_mlp
+from weightroll._parallel import parallel_map
 from weightroll._format.schema import CODED_INTEGER_DTYPES, itemsize, numpy_dtype
 from weightroll.errors import ArchiveError, short
 
@@ -68,57 +71,127 @@ def coding_digest(entry, codes, table, scales, exact_bytes):
 
 def decode_tensor(entry, codes, table, scales, exact_bytes, kind):
     """Decode one tensor described by its (validated) manifest entry."""
-    with np.errstate(all="ignore"):  # float16 overflow is defined (§7.1): inf, no warning
-        return _decode_tensor(entry, codes, table, scales, exact_bytes, kind)
+    job = _Job(entry, codes, table, scales, exact_bytes, kind)
+    for part in job.parts:
+        job.fill(part)
+    return job.finish()
 
 
+# Values looked up at once: np.take widens each code to an 8-byte index,
+# which for a whole tensor would be twice its float32 values.
 _DECODE_BLOCK = 1 << 16
+# Values a part of a coded tensor holds (1 MiB of float32): parts share a
+# big tensor between the cores, and each part is scaled and cast while it
+# is still in cache.
+_PART_VALUES = 1 << 18
 
 
-def _decode_tensor(entry, codes, table, scales, exact_bytes, kind):
-    dtype = numpy_dtype(entry["dtype"])
-    shape = entry["shape"]
-    if entry["storage"] == "exact":
-        start, size = entry["bytes"]["offset"], entry["bytes"]["size"]
-        array = np.frombuffer(exact_bytes, dtype=dtype.newbyteorder("<"), count=size // dtype.itemsize,
-                              offset=start)
-        if dtype == np.bool_ and np.any(array.view(np.uint8) > 1):
+class _Job:
+    """One tensor's decoding: `fill(part)` for each of `parts` (in any order,
+    on any thread), then `finish()` gives the array.
+
+    A coded tensor's values are written straight into the array it returns,
+    a part at a time: looked up, scaled, then cast to its dtype (through a
+    part-sized float buffer where that dtype is not the table's). Each value
+    goes through the same float operations as when the whole tensor was
+    looked up, scaled and cast at once, so the bits are the same.
+    """
+
+    def __init__(self, entry, codes, table, scales, exact_bytes, kind):
+        self.entry, self.exact_bytes, self.parts = entry, exact_bytes, []
+        dtype, shape = numpy_dtype(entry["dtype"]), entry["shape"]
+        self.dtype = dtype
+        if entry["storage"] == "exact":
+            self.array = _exact(entry, exact_bytes, dtype, shape)
+            return
+        span = codes[entry["codes"]["offset"]: entry["codes"]["offset"] + entry["codes"]["count"]]
+        if kind == "codebook":
+            offset, size = entry["table"]["offset"], entry["table"]["size"]
+        else:
+            offset, size = 0, table.size
+        top = int(span.max()) if span.size else -1  # an empty tensor has no code to check
+        if top >= size:
             raise ArchiveError(
-                f"Tensor '{short(entry['path'])}' is bool but its bytes in '{mf.EXACT_MEMBER}' hold "
-                "values other than 0x00 and 0x01.",
-                rule=rules.BOOL_BYTES,
+                f"Tensor '{short(entry['path'])}' has code {top}, outside its {size}-entry table.",
+                rule=rules.CODE_OUTSIDE_TABLE,
             )
-        return array.astype(dtype).reshape(shape)
-    span = codes[entry["codes"]["offset"]: entry["codes"]["offset"] + entry["codes"]["count"]]
-    if kind == "codebook":
-        offset, size = entry["table"]["offset"], entry["table"]["size"]
-    else:
-        offset, size = 0, table.size
-    top = int(span.max()) if span.size else -1  # an empty tensor has no code to check
-    if top >= size:
+        self.span, self.lookup = span, table[offset: offset + size]
+        if entry["dtype"] in CODED_INTEGER_DTYPES:
+            _check_integer_table(entry, self.lookup, dtype)
+        self.scales, self.axis = None, None
+        if "scales" in entry and kind == "codebook":
+            s = entry["scales"]
+            self.scales, self.axis = scales[s["offset"]: s["offset"] + s["count"]], s["axis"]
+        self.shape = tuple(shape) or (1,)  # a scalar is decoded as one value
+        self.array = np.empty(self.shape, dtype)
+        self.parts = _parts(self.shape)
+
+    def fill(self, part):
+        """Decode one part: `(prefix, first, stop)`, the values whose indices
+        start with `prefix`, then lie in `[first, stop)` on the next axis."""
+        prefix, first, stop = part
+        depth = len(prefix)
+        inner = int(np.prod(self.shape[depth + 1:], dtype=np.int64))
+        start = (int(np.ravel_multi_index(prefix, self.shape[:depth])) * self.shape[depth] if depth else 0) + first
+        begin, end = start * inner, (start + stop - first) * inner
+        flat = self.array.reshape(-1)[begin:end]
+        values = flat if flat.dtype == self.lookup.dtype else np.empty(end - begin, self.lookup.dtype)
+        codes = self.span[begin:end]
+        with np.errstate(all="ignore"):  # float16 overflow is defined (§7.1): inf, no warning
+            for at in range(0, end - begin, _DECODE_BLOCK):
+                np.take(self.lookup, codes[at: at + _DECODE_BLOCK], out=values[at: at + _DECODE_BLOCK],
+                        mode="clip")  # codes < size, checked
+            if self.scales is not None:
+                box = (stop - first, *self.shape[depth + 1:])
+                values.reshape(box)[...] *= self._scale_view(prefix, first, stop)
+            if values is not flat:
+                np.copyto(flat, values, casting="unsafe")
+
+    def _scale_view(self, prefix, first, stop):
+        """The scales that multiply part `(prefix, first, stop)`, shaped to broadcast over it."""
+        depth, axis = len(prefix), self.axis
+        if axis < depth:
+            return self.scales[prefix[axis]]
+        view = [1] * (len(self.shape) - depth)
+        view[axis - depth] = self.scales.size
+        scales = self.scales.reshape(view)
+        return scales[first:stop] if axis == depth else scales
+
+    def finish(self):
+        """The tensor's array, once every part is filled."""
+        array = self.array
+        if self.entry["storage"] == "coded":
+            array = array.reshape(self.entry["shape"])
+            if "outliers" in self.entry:
+                index, exact = _read_outliers(self.exact_bytes, self.entry, self.dtype, array.size)
+                array.reshape(-1)[index] = exact
+        return array
+
+
+def _parts(shape):
+    """A coded tensor's parts (see `_Job.fill`): ranges on the first axis
+    whose rows hold at most `_PART_VALUES` values, under the indices of the
+    axes before it; one part for a small tensor."""
+    depth = 0
+    while depth < len(shape) - 1 and int(np.prod(shape[depth + 1:], dtype=np.int64)) > _PART_VALUES:
+        depth += 1
+    inner = int(np.prod(shape[depth + 1:], dtype=np.int64))
+    step = max(1, _PART_VALUES // max(inner, 1))
+    return [(prefix, first, min(first + step, shape[depth]))
+            for prefix in np.ndindex(*shape[:depth]) for first in range(0, shape[depth], step)]
+
+
+def _exact(entry, exact_bytes, dtype, shape):
+    """A tensor stored exact, from its little-endian bytes."""
+    start, size = entry["bytes"]["offset"], entry["bytes"]["size"]
+    array = np.frombuffer(exact_bytes, dtype=dtype.newbyteorder("<"), count=size // dtype.itemsize, offset=start)
+    if dtype == np.bool_ and np.any(array.view(np.uint8) > 1):
         raise ArchiveError(
-            f"Tensor '{short(entry['path'])}' has code {top}, outside its {size}-entry table.",
-            rule=rules.CODE_OUTSIDE_TABLE,
+            f"Tensor '{short(entry['path'])}' is bool but its bytes in '{mf.EXACT_MEMBER}' hold "
+            "values other than 0x00 and 0x01.",
+            rule=rules.BOOL_BYTES,
         )
-    # Looked up a block at a time: np.take widens each code to an 8-byte
-    # index, which for a whole tensor would be twice its float32 values.
-    lookup, values = table[offset: offset + size], np.empty(span.size, table.dtype)
-    if entry["dtype"] in CODED_INTEGER_DTYPES:
-        _check_integer_table(entry, lookup, dtype)
-    for start in range(0, span.size, _DECODE_BLOCK):
-        stop = start + _DECODE_BLOCK
-        np.take(lookup, span[start:stop], out=values[start:stop], mode="clip")  # codes < size, checked
-    values = values.reshape(shape)
-    if "scales" in entry and kind == "codebook":
-        s = entry["scales"]
-        view = [1] * len(shape)
-        view[s["axis"]] = s["count"]
-        values *= scales[s["offset"]: s["offset"] + s["count"]].reshape(view)
-    array = values.astype(dtype, copy=False)
-    if "outliers" in entry:
-        index, exact = _read_outliers(exact_bytes, entry, dtype, array.size)
-        array.reshape(-1)[index] = exact
-    return array
+    return array.astype(dtype).reshape(shape)
 
 
 def _check_integer_table(entry, lookup, dtype):
@@ -186,34 +259,90 @@ class TensorDecoder:
 
     def decode(self, t):
         """The array of tensor entry `t`, of its recorded shape and dtype."""
-        if t["storage"] == "reference":
-            key = (t["dtype"], tuple(t["shape"]), t["sha256"])
-            if self._base is None or key not in self._base:
-                raise ArchiveError(
-                    f"Tensor '{short(t['path'])}' references a base tensor ({t['dtype']} "
-                    f"{short(t['shape'])}, SHA-256 {t['sha256'][:12]}...) that the given base does not "
-                    "hold bit for bit; pass the exact base model the archive was rolled against.",
-                    rule=rules.REFERENCE,
+        return self.decode_many([t])[0]
+
+    def decode_many(self, entries):
+        """The arrays of tensor entries `entries`, in order, decoded on the
+        cores there are: the parts of every tensor (a big one is shared
+        between the cores) and the digests are the work of one pool. The
+        error raised is the one decoding them one by one would raise first.
+        """
+        jobs, failures = [None] * len(entries), [None] * len(entries)
+        for i, t in enumerate(entries):
+            if t["storage"] != "reference":
+                jobs[i] = _attempt(failures, i, _Job, t, self._codes, self._table, self._scales, self._exact,
+                                   self._kind)
+        tasks = [(job.fill, part) for job in jobs if job is not None for part in job.parts]
+        codings = [i for i, t in enumerate(entries) if jobs[i] is not None and "coding_sha256" in t]
+        tasks += [(self._coding_matches, i, entries[i]) for i in codings]
+        done = _run(tasks, sum(job.array.size for job in jobs if job is not None))
+        matches = dict(zip(codings, done[len(done) - len(codings):]))
+        arrays = [None] * len(entries)
+        for i, t in enumerate(entries):
+            if failures[i] is None:
+                if jobs[i] is None:
+                    arrays[i] = _attempt(failures, i, self._reference, t)
+                else:
+                    arrays[i] = _attempt(failures, i, jobs[i].finish)
+            if failures[i] is None and not matches.get(i, True):
+                failures[i] = ArchiveError(
+                    f"Tensor '{short(t['path'])}': its codes, table, scales or outliers differ from those "
+                    "recorded (coding_sha256) when it was rolled; the manifest or data was altered.",
+                    rule=rules.CODING_DIGEST,
                 )
-            return np.array(self._base[key], copy=True)
-        codes, table, scales, exact = self._codes, self._table, self._scales, self._exact
-        array = decode_tensor(t, codes, table, scales, exact, self._kind)
-        if "coding_sha256" in t and coding_digest(t, codes, table, scales, exact) != t["coding_sha256"]:
+        hashed = [i for i, t in enumerate(entries) if failures[i] is None and t["storage"] != "reference"
+                  and ("coding_sha256" not in t or self._check_values)]
+        digests = _run([(tensor_digest, arrays[i]) for i in hashed], sum(arrays[i].size for i in hashed))
+        for i, digest in zip(hashed, digests):
+            if digest != entries[i]["sha256"]:
+                failures[i] = ArchiveError(
+                    f"Tensor '{short(entries[i]['path'])}' decodes to values whose SHA-256 differs from the "
+                    "one recorded when it was rolled; the manifest or data was altered.",
+                    rule=rules.TENSOR_DIGEST,
+                )
+        for failure in failures:
+            if failure is not None:
+                raise failure
+        return arrays
+
+    def _reference(self, t):
+        key = (t["dtype"], tuple(t["shape"]), t["sha256"])
+        if self._base is None or key not in self._base:
             raise ArchiveError(
-                f"Tensor '{short(t['path'])}': its codes, table, scales or outliers differ from those "
-                "recorded (coding_sha256) when it was rolled; the manifest or data was altered.",
-                rule=rules.CODING_DIGEST,
+                f"Tensor '{short(t['path'])}' references a base tensor ({t['dtype']} "
+                f"{short(t['shape'])}, SHA-256 {t['sha256'][:12]}...) that the given base does not "
+                "hold bit for bit; pass the exact base model the archive was rolled against.",
+                rule=rules.REFERENCE,
             )
-        if ("coding_sha256" not in t or self._check_values) and tensor_digest(array) != t["sha256"]:
-            raise ArchiveError(
-                f"Tensor '{short(t['path'])}' decodes to values whose SHA-256 differs from the "
-                "one recorded when it was rolled; the manifest or data was altered.",
-                rule=rules.TENSOR_DIGEST,
-            )
-        return array
+        return np.array(self._base[key], copy=True)
+
+    def _coding_matches(self, i, t):
+        return coding_digest(t, self._codes, self._table, self._scales, self._exact) == t["coding_sha256"]
 
     def close(self):
         pass
+
+
+# Below this many values, decoding runs on the calling thread: a pool would
+# cost more than it saves.
+_PARALLEL_VALUES = 1 << 20
+
+
+def _run(tasks, values):
+    """`[function(*args) for function, *args in tasks]`, on the cores there
+    are when `values` are worth it."""
+    if values < _PARALLEL_VALUES or len(tasks) < 2:
+        return [function(*args) for function, *args in tasks]
+    return parallel_map(lambda task: task[0](*task[1:]), tasks)
+
+
+def _attempt(failures, i, function, *args):
+    """`function(*args)`, or None with its `ArchiveError` kept as `failures[i]`."""
+    try:
+        return function(*args)
+    except ArchiveError as e:
+        failures[i] = e
+        return None
 
 
 class ShardedDecoder:
@@ -230,12 +359,23 @@ class ShardedDecoder:
         self.entries = self._shards.entries
         self._position = {id(entry): i for i, entry in enumerate(self.entries)}
 
-    def decode(self, t):
+    def _decoder(self, t):
         shard = self._shards.owner(self._position[id(t)])
         decoder = self._decoders.get(id(shard))
         if decoder is None:
             decoder = self._decoders[id(shard)] = TensorDecoder(shard, *self._options)
-        return decoder.decode(t)
+        return decoder
+
+    def decode(self, t):
+        return self._decoder(t).decode(t)
+
+    def decode_many(self, entries):
+        """`TensorDecoder.decode_many`, shard by shard."""
+        arrays = []
+        for _, group in itertools.groupby(entries, key=lambda t: id(self._shards.owner(self._position[id(t)]))):
+            group = list(group)
+            arrays += self._decoder(group[0]).decode_many(group)
+        return arrays
 
     def close(self):
         self._decoders = {}
@@ -281,10 +421,30 @@ def iter_decoded(archive, base=None, skip_references=False, check_values=False, 
         decoder.close()
 
 
+# Values `decode` decodes together (1 GiB of float32): consecutive tensors
+# share the cores, and progress is reported batch by batch.
+_BATCH_VALUES = 1 << 28
+
+
 def decode(archive, base=None, progress=None):
     """Decode every tensor of an open archive and verify its digest.
 
     Returns:
         A dict mapping variable path to a numpy array of the recorded shape and dtype.
     """
-    return dict(iter_decoded(archive, base, progress=progress))
+    decoder = decoder_for(archive, base)
+    decoded = {}
+    try:
+        batch, values = [], 0
+        for i, t in enumerate(decoder.entries):
+            batch.append(t)
+            values += int(np.prod(t["shape"], dtype=np.int64))
+            if values >= _BATCH_VALUES or i == len(decoder.entries) - 1:
+                for entry, array in zip(batch, decoder.decode_many(batch)):
+                    decoded[entry["path"]] = array
+                    if progress is not None:
+                        progress(array.size, entry["path"])
+                batch, values = [], 0
+    finally:
+        decoder.close()
+    return decoded
