@@ -1,4 +1,4 @@
-"""An independent reader of `.wroll` archives, written from spec/wroll-v2.md alone.
+"""An independent reader of `.wroll` archives, written from spec/wroll-v3.md alone.
 
 It shares no code with the `weightroll` package: it is an oracle that the package's
 reader is tested against (tests/test_reference_reader.py). It decodes valid archives
@@ -20,6 +20,7 @@ import numpy as np
 import zstandard
 
 PNG_SIGNATURE = bytes.fromhex("89504e470d0a1a0a")
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # §14
 
 
 def _strict_json(data):  # §3: UTF-8 (no BOM), no repeated key, finite numbers only
@@ -41,12 +42,44 @@ def _strict_json(data):  # §3: UTF-8 (no BOM), no repeated key, finite numbers 
                       parse_constant=constant)
 
 
-def _zstd_json(data, size):  # §10.1: one frame decompressing to exactly `size` bytes
+def _zstd(data, size):  # §10.1, §2.3: one frame decompressing to exactly `size` bytes
     reader = zstandard.ZstdDecompressor().decompressobj()
-    text = reader.decompress(data)
+    try:
+        text = reader.decompress(data)  # libzstd checks the frame's content size and checksum
+    except zstandard.ZstdError as e:
+        raise ValueError(f"zstd member does not decompress ({e})") from None
     if len(text) != size or not reader.eof or reader.unused_data:
         raise ValueError("zstd member is not one frame of the declared size")
-    return _strict_json(text)
+    return text
+
+
+def _zstd_json(data, size):
+    return _strict_json(_zstd(data, size))
+
+
+def _manifest(archive):
+    """§2.3: the manifest and the member it came from: `manifest.json.zst` (3.x), one zstd
+    frame that declares its size, within MAX_MANIFEST_BYTES; `manifest.json` (1.x, 2.x)."""
+    names = set(archive.namelist())
+    if {"manifest.json", "manifest.json.zst"} <= names:
+        raise ValueError("the archive has two manifests")
+    if "manifest.json.zst" in names:
+        member = "manifest.json.zst"
+        frame = archive.read(member)
+        size = zstandard.frame_content_size(frame)  # -1 when the header does not say
+        if not 0 <= size <= MAX_MANIFEST_BYTES:
+            raise ValueError("manifest.json.zst declares no content size, or more than MAX_MANIFEST_BYTES")
+        text = _zstd(frame, size)
+    else:
+        member = "manifest.json"
+        text = archive.read(member)  # a KeyError when there is none
+    manifest = _strict_json(text)
+    major = manifest["format_version"].split(".")[0]
+    if manifest["format"] != "wroll" or major not in ("1", "2", "3"):
+        raise ValueError(f"unsupported format {manifest['format']} {manifest['format_version']}")
+    if (member == "manifest.json.zst") != (int(major) >= 3):
+        raise ValueError(f"a format {manifest['format_version']} manifest in {member}")
+    return manifest, member
 
 
 def _unfilter(raw, width, height):
@@ -188,10 +221,8 @@ def read(path, base=None):
         for info in archive.infolist():
             if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
                 raise ValueError(f"member {info.filename} is compressed or encrypted")
-        manifest = _strict_json(archive.read("manifest.json"))
-        if manifest["format"] != "wroll" or manifest["format_version"].split(".")[0] not in ("1", "2"):
-            raise ValueError(f"unsupported format {manifest['format']} {manifest['format_version']}")
-        if set(archive.namelist()) != {"manifest.json", *manifest["members"]}:
+        manifest, manifest_member = _manifest(archive)
+        if set(archive.namelist()) != {manifest_member, *manifest["members"]}:
             raise ValueError("the zip's members are not those the manifest lists")
         members = {}
         for name, entry in manifest["members"].items():  # zipfile checks each CRC-32

@@ -1,15 +1,16 @@
 """The archive as a file: paths, file objects, determinism, atomic writes, refusals."""
 
 import io
-import json
 import zipfile
 
 import keras
 import numpy as np
 import pytest
 
+import _manifests
 import weightroll
-from weightroll._format import container
+from weightroll._format import container, manifest_member
+from weightroll._format.json_text import dumps
 from weightroll.errors import ArchiveError, VersionError
 
 UNITS = 40
@@ -73,7 +74,7 @@ def test_members_are_stored_in_a_fixed_order_with_a_fixed_timestamp():
     weightroll.roll(_model(), buf)
     infos = zipfile.ZipFile(buf).infolist()
     assert [i.filename for i in infos][:5] == [
-        "manifest.json", "weights.png", "decoder.json.zst", "decoder.bin", "architecture.json.zst"]
+        "manifest.json.zst", "weights.png", "decoder.json.zst", "decoder.bin", "architecture.json.zst"]
     assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
     assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED}
 
@@ -176,16 +177,23 @@ def test_a_member_that_changed_is_named_in_the_error():
 def test_a_newer_major_version_says_which_weightroll_reads_it():
     buf = io.BytesIO()
     weightroll.roll(_model(), buf)
+    newer = _with_manifest(buf, lambda m: m.update(format_version="4.0"))
+    with pytest.raises(VersionError, match="format 4.0.*Upgrade weightroll"):
+        weightroll.unroll(newer)
 
-    def bump(name, data):
-        if name != "manifest.json":
-            return data
-        manifest = json.loads(data)
-        manifest["format_version"] = "3.0"
-        return json.dumps(manifest).encode()
 
-    with pytest.raises(VersionError, match="format 3.0.*Upgrade weightroll"):
-        weightroll.unroll(_rewrite(buf, bump))
+@pytest.mark.parametrize("version", ["2.0", "3.0"])
+def test_a_manifest_in_the_other_versions_member_is_refused(version):
+    buf = io.BytesIO()
+    weightroll.roll(_model(), buf)
+    manifest = _manifests.read(buf)
+    manifest["format_version"] = version
+    moved = "manifest.json" if version == "3.0" else "manifest.json.zst"
+    out = io.BytesIO()
+    container.write_members(out, [(moved, manifest_member.pack(dumps(manifest), moved))] + _manifests.members(buf)[1:])
+    with pytest.raises(ArchiveError, match="the member and the version disagree") as info:
+        weightroll.unroll(io.BytesIO(out.getvalue()))
+    assert info.value.rule == "R44"
 
 
 def test_report_of_a_tiny_model_says_larger_not_0_point_something_smaller():
@@ -196,20 +204,16 @@ def test_report_of_a_tiny_model_says_larger_not_0_point_something_smaller():
 
 
 def _with_manifest(buf, edit):
-    def apply(name, data):
-        if name != "manifest.json":
-            return data
-        manifest = json.loads(data)
-        edit(manifest)
-        return json.dumps(manifest).encode()
-    return _rewrite(buf, apply)
+    """The archive in `buf` with its manifest edited in place by `edit`, in the
+    member its (edited) version names."""
+    return io.BytesIO(_manifests.edit(buf, edit))
 
 
-def test_coded_tensors_carry_a_coding_digest_and_archives_say_2_0():
+def test_coded_tensors_carry_a_coding_digest_and_archives_say_3_0():
     buf = io.BytesIO()
     weightroll.roll(_model(), buf)
-    manifest = json.loads(zipfile.ZipFile(io.BytesIO(buf.getvalue())).read("manifest.json"))
-    assert manifest["format_version"] == "2.0"
+    manifest = _manifests.read(buf)
+    assert manifest["format_version"] == "3.0"
     assert all(t["key"].startswith("layers/") and len(t["binding_sha256"]) == 64 for t in manifest["tensors"])
     coded = [t for t in manifest["tensors"] if t["storage"] == "coded"]
     assert coded and all(len(t["coding_sha256"]) == 64 for t in coded)

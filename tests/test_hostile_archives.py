@@ -1,6 +1,6 @@
 """Hand-made hostile and broken archives that the test vectors cannot hold
 (too large, or about the reader's behaviour rather than a file), each refused
-with the error and rule the spec names (spec/wroll-v2.md, "Threat model",
+with the error and rule the spec names (spec/wroll-v3.md, "Threat model",
 "Limits", "What a reader MUST reject"). numpy only, no Keras.
 
 The one-file-per-rule corpus is `spec/vectors/invalid/`, run by
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import zstandard
 
+import _manifests
 import weightroll
 from weightroll._format import reader
 from weightroll._format.digest import binding_sha256
@@ -33,26 +34,17 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 def _members(data=TINY):
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        return [(info.filename, zf.read(info)) for info in zf.infolist()]
+    return _manifests.members(data)
 
 
 def _manifest(data=TINY):
-    return json.loads(dict(_members(data))["manifest.json"])
+    return _manifests.read(data)
 
 
 def _repack(manifest=None, replace=None, add=(), fix=True, data=TINY):
     """The tiny archive with the given manifest and member edits, checksums repaired."""
-    replace = replace or {}
     manifest = _manifest(data) if manifest is None else manifest
-    payload = [(n, replace.get(n, d)) for n, d in _members(data) if n != "manifest.json"] + list(add)
-    if fix:
-        for name, member in payload:
-            if name in manifest["members"]:
-                manifest["members"][name] = {"size": len(member), "sha256": hashlib.sha256(member).hexdigest()}
-    buffer = io.BytesIO()
-    container.write_members(buffer, [("manifest.json", mf.dumps(manifest))] + payload)
-    return buffer.getvalue()
+    return _manifests.write(data, manifest, replace=replace, add=add, fix=fix)
 
 
 # --- errors ----------------------------------------------------------------------
@@ -87,7 +79,7 @@ def test_rejects_a_version_that_is_not_ascii_major_dot_minor(version):
 
 
 def test_rejects_a_newer_major_version_naming_the_release_that_wrote_it():
-    manifest = {"format": "wroll", "format_version": "3.1",
+    manifest = {"format": "wroll", "format_version": "4.1",
                 "producer": {"name": "weightroll", "version": "1.4.0"}}
     with pytest.raises(VersionError, match=r"Upgrade weightroll .* written by weightroll 1\.4\.0, which does\."):
         mf.check_version(manifest)
@@ -125,10 +117,53 @@ def test_rejects_json_that_does_not_parse_one_way(text, fragment):
 
 
 def test_rejects_a_manifest_larger_than_the_limit_before_reading_it(monkeypatch):
-    monkeypatch.setattr(limits, "MAX_MANIFEST_BYTES", 1000)  # the tiny manifest is 1741 bytes
-    with pytest.raises(LimitError, match="more than the 1000 bytes allowed") as info:
+    assert len(_manifests.text(TINY)) == 1998 and len(dict(_members())["manifest.json.zst"]) < 1000
+    raw = _manifests.write(TINY, _manifests.read(TINY) | {"format_version": "2.0"})  # a 2.0 manifest.json
+    monkeypatch.setattr(limits, "MAX_MANIFEST_BYTES", 1000)
+    with pytest.raises(LimitError, match="declares 1998 bytes, more than the 1000 bytes allowed") as info:
         weightroll.unroll(TINY)
+    assert info.value.rule == "R44"
+    with pytest.raises(LimitError, match="more than the 1000 bytes allowed") as info:
+        weightroll.unroll(raw)
     assert info.value.rule == "R2"
+
+
+def _with_manifest_frame(frame):
+    others = [(n, d) for n, d in _members() if n != "manifest.json.zst"]
+    buffer = io.BytesIO()
+    container.write_members(buffer, [("manifest.json.zst", frame)] + others)
+    return buffer.getvalue()
+
+
+def test_a_manifest_frame_declaring_more_than_the_limit_is_refused_unread(monkeypatch):
+    monkeypatch.setattr(zstandard.ZstdDecompressor, "stream_reader", None)  # nothing may be inflated
+    frame = zstandard.ZstdCompressor(level=19).compress(bytes(limits.MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(LimitError, match=f"declares {limits.MAX_MANIFEST_BYTES + 1} bytes") as info:
+        weightroll.unroll(_with_manifest_frame(frame))
+    assert info.value.rule == "R44"
+
+
+def test_a_manifest_frame_without_its_size_is_refused_unread(monkeypatch):
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(_manifests.text(TINY))
+    monkeypatch.setattr(zstandard.ZstdDecompressor, "stream_reader", None)
+    with pytest.raises(ArchiveError, match="does not declare its content size") as info:
+        weightroll.unroll(_with_manifest_frame(frame))
+    assert info.value.rule == "R44"
+
+
+@pytest.mark.parametrize("cut", [1, 8])
+def test_a_truncated_manifest_frame_is_refused(cut):
+    frame = dict(_members())["manifest.json.zst"][:-cut]
+    with pytest.raises(ArchiveError, match="manifest.json.zst") as info:
+        weightroll.unroll(_with_manifest_frame(frame))
+    assert info.value.rule == "R44"
+
+
+def test_a_second_frame_after_the_manifest_is_refused():
+    frame = dict(_members())["manifest.json.zst"]
+    with pytest.raises(ArchiveError, match="bytes after its zstd frame") as info:
+        weightroll.unroll(_with_manifest_frame(frame + frame))
+    assert info.value.rule == "R44"
 
 
 # --- R1: the zip -----------------------------------------------------------------

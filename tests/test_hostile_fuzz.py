@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the reader (spec/wroll-v2.md, "Threat model").
+"""Property-based fuzzing of the reader (spec/wroll-v3.md, "Threat model").
 
 A bounded number of cases on every run (`WROLL_FUZZ_EXAMPLES`, default 500,
 the same cases each time); `python tests/fuzz_reader.py --examples 100000`
@@ -26,6 +26,6 @@ def test_damaged_bytes_load_the_written_weights_or_are_refused(seed, edits):
 
 @pytest.mark.slow
 @BOUNDED
-@given(fuzz_reader.seeds, fuzz_reader.manifest_edits)
+@given(fuzz_reader.bound_seeds, fuzz_reader.manifest_edits)
 def test_edited_manifests_never_yield_values_that_were_not_written(seed, edits):
     fuzz_reader.check_manifest(seed, edits)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -91,11 +92,24 @@ def test_summary_names_format_producer_model_members_and_ratio(archive):
     assert "wroll 1.1, written by weightroll 0.1.0, Keras 3.15.1 (tensorflow backend)" in out
     assert "tiny (Sequential)" in out
     assert f"{32 * HIDDEN + HIDDEN + HIDDEN * 10 + 2:,} in 4 tensors" in out
-    for member in (mf.MANIFEST_MEMBER, mf.IMAGE_MEMBER, mf.DECODER_CONFIG_MEMBER, mf.DECODER_WEIGHTS_MEMBER,
+    for member in (mf.RAW_MANIFEST_MEMBER, mf.IMAGE_MEMBER, mf.DECODER_CONFIG_MEMBER, mf.DECODER_WEIGHTS_MEMBER,
                    mf.ARCHITECTURE_MEMBER, mf.EXACT_MEMBER):
         assert member in out
     assert "float32 weights" in out and "relative RMSE 0.003" in out
     assert "not checked (use --verify)" in out
+
+
+def test_the_compressed_manifest_is_shown_with_its_size_and_its_decompressed_size():
+    vector = os.path.join(os.path.dirname(__file__), "..", "spec", "vectors", "dense_codebook_2bit.wroll")
+    doc = json.loads(_tool(vector, "--json").stdout)
+    manifest = doc["members"][0]
+    with zipfile.ZipFile(vector) as zf:
+        size = zf.getinfo("manifest.json.zst").file_size
+    assert manifest == {"name": "manifest.json.zst", "size": size, "sha256": None, "content_size": 1998}
+    assert size < 1998
+    sizes = {m["name"]: m["content_size"] for m in doc["members"]}
+    assert sizes["architecture.json.zst"] == 1341 and sizes["weights.png"] is None
+    assert re.search(rf"manifest\.json\.zst +{size:,} bytes \(1,998 decompressed\)", _tool(vector).stdout)
 
 
 def test_tensors_flag_adds_one_row_per_tensor(archive):
@@ -114,7 +128,7 @@ def test_json_has_the_documented_keys(archive):
     assert set(doc["model"]) == {"name", "class_name", "parameters"}
     assert set(doc["decoder"]) == {"kind", "bits", "activation", "table_entries", "parameters"}
     assert set(doc["roll_value"]) == {"weights", "outputs"}
-    assert all(set(m) == {"name", "size", "sha256"} for m in doc["members"])
+    assert all(set(m) == {"name", "size", "sha256", "content_size"} for m in doc["members"])
     assert all(set(t) == TENSOR_KEYS for t in doc["tensors"])
     assert doc["verify"] is None and doc["picture"] is None
 

@@ -38,7 +38,7 @@ models, data and assertions, with these adaptations:
   saving a `FeatureSpace` (a layer, not a model: `roll` takes models only).
 - What `test_saved_module_paths_and_class_names` and `test_metadata` read
   from the `.keras` zip (`config.json`, `metadata.json`) is read from the
-  archive's `architecture.json.zst` and `manifest.json` (its `producer`).
+  archive's `architecture.json.zst` and manifest (its `producer`).
 - Backend skips are Keras's own (string inputs need TensorFlow; the
   multiprocessing case skips JAX); `requires_trainable_backend` holds for both
   backends the suite runs. Cases that train are marked `slow`.
@@ -94,6 +94,7 @@ import pytest
 import zstandard
 from keras import ops
 
+import _manifests
 import weightroll
 
 BACKEND = keras.backend.backend()
@@ -473,7 +474,7 @@ def test_the_archive_records_the_keras_version(tmp_path):
     temp_filepath = tmp_path / "my_model.wroll"
     model = CompileOverridingModel()
     _roll(model, temp_filepath)
-    metadata = json.loads(_member(temp_filepath, "manifest.json"))
+    metadata = _manifests.read(temp_filepath)
     assert "keras_version" in metadata["producer"]
     assert metadata["producer"]["keras_version"] == keras.__version__
 
@@ -741,7 +742,7 @@ def test_sharded_weights_load_into_a_new_model(max_shard_size, files, tmp_path):
     # 1 sharded file + 1 index = 2; 3 sharded files + 1 index = 4.
     assert len(os.listdir(tmp_path)) == files
 
-    sharding_config = json.loads(_member(temp_filepath, "manifest.json"))
+    sharding_config = _manifests.read(temp_filepath)
     assert len(sharding_config["shards"]) == files - 1
 
     # Instantiate new model and load the sharded files.

@@ -4,15 +4,14 @@ Keras-quantized models, optimizer state, models Keras saves that are unbuilt,
 variable-free or wrapped around built layers, and weights-only loading."""
 
 import io
-import json
 import warnings
-import zipfile
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import _manifests
 import weightroll
 from weightroll._format.digest import binding_sha256
 from weightroll.errors import ArchiveError, WrollError
@@ -64,17 +63,7 @@ class Refuser(keras.layers.Layer):
 
 def _manifest_edit(data, edit):
     """The archive `data` with its manifest edited (members left as they are)."""
-    source = zipfile.ZipFile(io.BytesIO(data))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
-        for info in source.infolist():
-            body = source.read(info.filename)
-            if info.filename == "manifest.json":
-                manifest = json.loads(body)
-                edit(manifest)
-                body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode() + b"\n"
-            target.writestr(info.filename, body)
-    return out.getvalue()
+    return _manifests.edit(data, edit)
 
 
 STRINGS = pytest.mark.skipif(keras.backend.backend() != "tensorflow",

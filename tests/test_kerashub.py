@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import pytest
 
+import _manifests
 import weightroll
 from weightroll._format import reader
 
@@ -171,8 +172,7 @@ def _bits(x):
 
 
 def _manifest(path):
-    with zipfile.ZipFile(path) as z:
-        return json.loads(z.read("manifest.json"))
+    return _manifests.read(path)
 
 
 def _assert_same_variables(original, loaded):

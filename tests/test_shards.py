@@ -1,15 +1,14 @@
 """Sharded archives (spec §4.13): an index beside self-checking shard files."""
 
 import hashlib
-import json
 import os
 import types
-import zipfile
 
 import keras
 import numpy as np
 import pytest
 
+import _manifests
 import weightroll
 from weightroll._format import limits, reader, shards, writer
 from weightroll._format.decode import decoder_for
@@ -100,8 +99,7 @@ def _reference_shard(folder, name, values, index):
                                     exact_bytes=b"")
     members, _ = writer.build_members(encoded, b"{}", None, {}, {}, {}, keyed=True)
     writer.write(os.path.join(folder, name), members)
-    return {"file": name, "manifest_sha256": hashlib.sha256(dict(members)["manifest.json"]).hexdigest(),
-            "tensors": 1}
+    return {"file": name, "manifest_sha256": writer.manifest_sha256(members), "tensors": 1}
 
 
 def _index(folder, listed):
@@ -141,19 +139,22 @@ def test_a_shard_path_outside_the_index_folder_is_refused(tmp_path):
 
 def test_an_index_with_tensors_of_its_own_is_refused(sharded):
     _, folder = sharded
-    with zipfile.ZipFile(folder / "m-00001-of-00003.wroll") as zf:
-        shard_manifest = json.loads(zf.read("manifest.json"))
-    with zipfile.ZipFile(folder / "m.wroll") as zf:
-        members = [(i.filename, zf.read(i)) for i in zf.infolist()]
-    manifest = json.loads(dict(members)["manifest.json"])
+    shard_manifest = _manifests.read(folder / "m-00001-of-00003.wroll")
+    manifest = _manifests.read(folder / "m.wroll")
     manifest["tensors"] = shard_manifest["tensors"][:1]
-    text = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode() + b"\n"
-    with zipfile.ZipFile(folder / "bad.wroll", "w") as zf:
-        for name, data in members:
-            zf.writestr(name, text if name == "manifest.json" else data)
+    (folder / "bad.wroll").write_bytes(_manifests.write(folder / "m.wroll", manifest))
     with pytest.raises(ArchiveError, match="holds no tensors of its own") as info:
         weightroll.unroll(folder / "bad.wroll")
     assert info.value.rule == "R43"
+
+
+def test_the_index_records_the_sha256_of_each_shards_manifest_text(sharded):
+    _, folder = sharded
+    index = _manifests.read(folder / "m.wroll")
+    for listed in index["shards"]:
+        members = _manifests.members(folder / listed["file"])
+        assert members[0][0] == "manifest.json.zst"  # compressed; the digest is of the text it holds
+        assert listed["manifest_sha256"] == hashlib.sha256(_manifests.text(members)).hexdigest()
 
 
 def test_groups_keep_each_shard_within_the_size_and_a_large_tensor_alone():

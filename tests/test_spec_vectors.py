@@ -1,4 +1,4 @@
-"""The format specification's test vectors (spec/wroll-v2.md, spec/vectors/).
+"""The format specification's test vectors (spec/wroll-v3.md, spec/vectors/).
 
 (a) every valid vector unrolls to exactly the expected tensors, bit for bit;
 (b) every invalid vector is refused with the listed exception, message and rule, and every rule
@@ -27,7 +27,7 @@ from weightroll._format import limits, rules  # noqa: E402
 
 SPEC_DIR = pathlib.Path(__file__).resolve().parents[1] / "spec"
 VECTORS = SPEC_DIR / "vectors"
-SPEC = SPEC_DIR / "wroll-v2.md"
+SPEC = SPEC_DIR / "wroll-v3.md"
 VALID = sorted(p.name[: -len(".wroll")] for p in VECTORS.glob("*.wroll"))
 INDEX = json.loads((VECTORS / "invalid" / "index.json").read_text())
 
@@ -58,7 +58,8 @@ def _base(name):
 
 def test_the_vectors_are_there():
     assert {"dense_codebook_2bit", "dense_dropout_exact", "dense_mlp_8bit", "dense_float16_1bit",
-            "dense_codebook_8bit", "dense_tolerance", "dense_reference", "minor_version_2_9"} <= set(VALID)
+            "dense_codebook_8bit", "dense_tolerance", "dense_reference", "minor_version_3_9",
+            "v2_dense_tolerance", "v1_dense_codebook_2bit"} <= set(VALID)
     for name in VALID:
         assert (VECTORS / f"{name}.expected.json").is_file()
         assert (VECTORS / f"{name}.wroll").stat().st_size < 16 * 1024
@@ -190,9 +191,25 @@ def test_worked_example_matches_the_vector():
 def test_worked_example_manifest_is_the_vector_manifest():
     import zipfile
 
+    import zstandard
+
     with zipfile.ZipFile(VECTORS / "dense_codebook_2bit.wroll") as zf:
-        manifest = zf.read("manifest.json")
+        manifest = zstandard.ZstdDecompressor().decompress(zf.read("manifest.json.zst"))
     assert _spec_blocks()["manifest"].encode("ascii") + b"\n" == manifest
+
+
+@pytest.mark.parametrize("name, version, member", [
+    ("dense_codebook_2bit", "3.0", "manifest.json.zst"),
+    ("minor_version_3_9", "3.9", "manifest.json.zst"),
+    ("v2_dense_tolerance", "2.0", "manifest.json"),
+    ("v1_dense_codebook_2bit", "1.1", "manifest.json"),
+])
+def test_each_major_version_has_a_valid_vector_with_its_manifest_member(name, version, member):
+    import _manifests
+
+    members = _manifests.members(VECTORS / f"{name}.wroll")
+    assert members[0][0] == member and not {member} ^ ({n for n, _ in members} & set(_manifests.NAMES))
+    assert _manifests.read(members)["format_version"] == version
 
 
 def test_every_rule_in_the_index_is_in_the_spec():

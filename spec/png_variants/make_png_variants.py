@@ -1,7 +1,7 @@
 """Make a valid `.wroll` vector whose code image uses every PNG row filter and extra chunks.
 
 weightroll writes `weights.png` with filter type 0 on every row, one IDAT chunk per MiB and no
-ancillary chunk, so its own vectors never show a reader the rest of what spec/wroll-v2.md §5
+ancillary chunk, so its own vectors never show a reader the rest of what spec/wroll-v3.md §5
 requires readers to handle: "all five PNG row filters and any number of IDAT chunks", and
 ancillary chunks, which readers may ignore. This script takes a valid vector and re-encodes
 its code image with the same codes:
@@ -17,14 +17,15 @@ its code image with the same codes:
   safe-to-copy chunk type unknown to any reader.
 
 The manifest's `image.width`, `image.height` and `members["weights.png"]` are updated and the
-manifest written canonically (§3); every other member is copied byte for byte, and the zip is
-written as the reference writer does (§2.1). The decoded tensors are the source's, so the
+manifest written canonically (§3) and compressed into `manifest.json.zst` as weightroll does
+(§2.3: one zstd frame with its content size and checksum, level 15); every other member is
+copied byte for byte, and the zip is written as the reference writer does (§2.1). The decoded tensors are the source's, so the
 `.expected.json` is the source's, copied.
 
     python spec/png_variants/make_png_variants.py [SOURCE.wroll [OUT.wroll]] [--width W]
 
 The defaults regenerate spec/png_variants/png_filters_and_chunks.wroll from
-spec/vectors/dense_codebook_8bit.wroll. Only the standard library and numpy are used.
+spec/vectors/dense_codebook_8bit.wroll. Only the standard library, numpy and zstandard are used.
 """
 
 import argparse
@@ -37,12 +38,14 @@ import zipfile
 import zlib
 
 import numpy as np
+import zstandard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "..", "vectors", "dense_codebook_8bit.wroll")
 OUT = os.path.join(HERE, "png_filters_and_chunks.wroll")
 SIGNATURE = bytes.fromhex("89504e470d0a1a0a")
-ORDER = ["manifest.json", "weights.png", "decoder.json.zst", "decoder.bin",
+MANIFEST = "manifest.json.zst"
+ORDER = [MANIFEST, "weights.png", "decoder.json.zst", "decoder.bin",
          "architecture.json.zst", "exact.bin"]
 
 
@@ -116,6 +119,11 @@ def canonical_json(value):
                        allow_nan=False) + "\n").encode("ascii")
 
 
+def compress(text):
+    """The manifest's zstd frame as weightroll writes one of up to 1 MiB (§2.3)."""
+    return zstandard.ZstdCompressor(level=15, write_checksum=True, write_content_size=True).compress(text)
+
+
 def write_zip(members):
     """A zip as the reference writer makes it (§2.1): stored, 1980-01-01, mode 0644, in order."""
     buffer = io.BytesIO()
@@ -134,13 +142,15 @@ def variant(source, width):
         members = {name: archive.read(name) for name in names}
     assert names == [n for n in ORDER if n in names], "members out of the writer's order"
     assert write_zip(members) == source, "the source is not as the reference writer makes it"
-    manifest = json.loads(members["manifest.json"])
-    assert canonical_json(manifest) == members["manifest.json"], "the manifest is not canonical"
+    text = zstandard.ZstdDecompressor().decompress(members[MANIFEST])
+    manifest = json.loads(text)
+    assert canonical_json(manifest) == text, "the manifest is not canonical"
+    assert compress(text) == members[MANIFEST], "the manifest is not compressed as weightroll does"
     image = manifest["image"]
     png, height = encode_png(unfiltered_codes(members["weights.png"], image["codes"]), width)
     image["width"], image["height"] = width, height
     manifest["members"]["weights.png"] = {"sha256": hashlib.sha256(png).hexdigest(), "size": len(png)}
-    members["weights.png"], members["manifest.json"] = png, canonical_json(manifest)
+    members["weights.png"], members[MANIFEST] = png, compress(canonical_json(manifest))
     return write_zip(members)
 
 

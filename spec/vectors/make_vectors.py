@@ -1,4 +1,4 @@
-"""Regenerate the `.wroll` format test vectors (spec/wroll-v2.md, "Test vectors").
+"""Regenerate the `.wroll` format test vectors (spec/wroll-v3.md, "Test vectors").
 
 Usage:
 
@@ -6,7 +6,7 @@ Usage:
     TF_CPP_MIN_LOG_LEVEL=2 python spec/vectors/make_vectors.py --example [ARCHIVE]
 
 The first form writes every vector into OUTDIR (default: the folder of this
-script). The second prints the byte-level worked example of spec/wroll-v2.md
+script). The second prints the byte-level worked example of spec/wroll-v3.md
 for ARCHIVE (default: the committed `dense_codebook_2bit.wroll`).
 
 Valid vectors are written by `weightroll.roll` from tiny Keras models whose
@@ -41,6 +41,7 @@ from weightroll._format import limits  # noqa: E402  (numpy only: no Keras yet)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = "dense_codebook_2bit"
+MANIFEST, RAW_MANIFEST = "manifest.json.zst", "manifest.json"  # 3.x; 1.x and 2.x
 
 # --- valid vectors -------------------------------------------------------------
 
@@ -278,8 +279,34 @@ def zip_bytes(members):
     return buf.getvalue()
 
 
+def manifest_text(members):
+    """The manifest's JSON text: `manifest.json.zst` decompressed (3.x), or `manifest.json` (1.x, 2.x)."""
+    from weightroll._format import manifest_member
+
+    found = dict(members)
+    if MANIFEST in found:
+        return manifest_member.unpack(found[MANIFEST])
+    return found[RAW_MANIFEST]
+
+
 def manifest_of(members):
-    return json.loads(dict(members)["manifest.json"])
+    return json.loads(manifest_text(members))
+
+
+def _manifest_first(members, text, member=None):
+    """`members` with the manifest replaced by `text`, compressed as the writer
+    does into `member` (default: the one the text's version names, or
+    `manifest.json.zst` when it names none)."""
+    from weightroll._format import manifest_member
+
+    if member is None:
+        try:
+            version = json.loads(text).get("format_version")
+        except (ValueError, AttributeError):
+            version = None
+        member = manifest_member.member_for(version)
+    others = [(n, d) for n, d in members if n not in (MANIFEST, RAW_MANIFEST)]
+    return [(member, manifest_member.pack(text, member))] + others
 
 
 def repack(members, manifest=None, replace=None, drop=(), add=(), fix=True, rebind=True):
@@ -300,7 +327,7 @@ def repack(members, manifest=None, replace=None, drop=(), add=(), fix=True, rebi
 
     replace = replace or {}
     manifest = manifest_of(members) if manifest is None else manifest
-    payload = [(n, replace.get(n, d)) for n, d in members if n != "manifest.json" and n not in drop]
+    payload = [(n, replace.get(n, d)) for n, d in members if n not in (MANIFEST, RAW_MANIFEST) and n not in drop]
     payload += list(add)
     if fix:
         for name, data in payload:
@@ -314,12 +341,13 @@ def repack(members, manifest=None, replace=None, drop=(), add=(), fix=True, rebi
                     t["binding_sha256"] = binding_sha256(t)
                 except (KeyError, TypeError, ValueError):  # an entry the edit left unhashable
                     pass
-    return zip_bytes([("manifest.json", dumps(manifest))] + payload)
+    return zip_bytes(_manifest_first(payload, dumps(manifest)))
 
 
 def repack_manifest_bytes(members, manifest_bytes):
-    """An archive whose manifest.json is exactly `manifest_bytes`."""
-    return zip_bytes([("manifest.json", manifest_bytes)] + [(n, d) for n, d in members if n != "manifest.json"])
+    """An archive whose manifest text is exactly `manifest_bytes`, compressed
+    into `manifest.json.zst` as the writer does."""
+    return zip_bytes(_manifest_first(members, manifest_bytes, MANIFEST))
 
 
 def _central_entries(data):
@@ -374,10 +402,27 @@ def png_bytes(pixels, bit_depth=8, color_type=0, interlace=0, idat=None, size=No
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
-def _zstd(data, content_size=True):
+def _zstd(data, content_size=True, level=19):
     import zstandard
 
-    return zstandard.ZstdCompressor(level=19, write_checksum=True, write_content_size=content_size).compress(data)
+    return zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=content_size).compress(data)
+
+
+def _frame_header(frame):
+    """`(header length, offset of the content size field, its length)` of a zstd frame (RFC 8878 §3.1.1.1)."""
+    descriptor = frame[4]
+    single_segment = descriptor >> 5 & 1
+    fcs_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+    dictionary_bytes = (0, 1, 2, 4)[descriptor & 3]
+    fcs_at = 5 + (0 if single_segment else 1) + dictionary_bytes
+    return fcs_at + fcs_bytes, fcs_at, fcs_bytes
+
+
+def _declare_size(frame, size):
+    """`frame` with the content size of its header set to `size` (same field width)."""
+    _, at, width = _frame_header(frame)
+    value = size - 256 if width == 2 else size  # a 2-byte field holds size - 256
+    return frame[:at] + value.to_bytes(width, "little") + frame[at + width:]
 
 
 def _unzstd(data):
@@ -420,6 +465,8 @@ def invalid_vectors(bases):
     uman = manifest_of(um)
     udict = dict(um)
 
+    from weightroll._format.manifest import dumps
+
     def man(fn, members=tm):
         return repack(members, _edit(fn)(manifest_of(members)))
 
@@ -432,7 +479,7 @@ def invalid_vectors(bases):
     def tol_tensor(path, fn):
         return man(lambda m: fn(_tensor(m, path)), um)
 
-    manifest_text = tdict["manifest.json"]
+    text = manifest_text(tm)
 
     # R1: the zip container
     yield ("not_a_zip", b"This is not a .wroll archive, nor any zip.\n", "R1", "ArchiveError",
@@ -462,41 +509,75 @@ def invalid_vectors(bases):
            "The central-directory entry of decoder.bin points at weights.png's local header "
            f"(offset {png_header}).")
 
-    # R2: manifest.json present and strict JSON
-    yield ("manifest_missing", zip_bytes([(n, d) for n, d in tm if n != "manifest.json"]), "R2",
-           "ArchiveError", "has no 'manifest.json'", "unroll", "manifest.json left out of the zip.")
-    yield ("manifest_not_json", repack_manifest_bytes(tm, manifest_text[:-40]), "R2", "ArchiveError",
-           "manifest.json is not valid JSON", "unroll", "The last 40 bytes of manifest.json cut off.")
-    yield ("manifest_not_utf8", repack_manifest_bytes(tm, manifest_text.replace(b'"tiny"', b'"t\xffny"')),
+    # R2: a manifest present and strict JSON (the edited text compressed again)
+    yield ("manifest_missing", zip_bytes([(n, d) for n, d in tm if n != MANIFEST]), "R2",
+           "ArchiveError", "The archive has no manifest", "unroll", "manifest.json.zst left out of the zip.")
+    yield ("manifest_not_json", repack_manifest_bytes(tm, text[:-40]), "R2", "ArchiveError",
+           "manifest.json is not valid JSON", "unroll", "The last 40 bytes of the manifest text cut off.")
+    yield ("manifest_not_utf8", repack_manifest_bytes(tm, text.replace(b'"tiny"', b'"t\xffny"')),
            "R2", "ArchiveError", "manifest.json is not UTF-8", "unroll",
            "Byte 0xFF inside the model name string.")
     yield ("manifest_duplicate_key",
-           repack_manifest_bytes(tm, manifest_text.replace(b"{", b'{"format": "wroll",', 1)),
+           repack_manifest_bytes(tm, text.replace(b"{", b'{"format": "wroll",', 1)),
            "R2", "ArchiveError", "has the key 'format' twice", "unroll",
            "A second \"format\" key inserted at the top of the manifest object.")
     yield ("manifest_nan",
-           repack_manifest_bytes(tm, re.sub(rb'"relative_rmse":( ?)0\.0', rb'"relative_rmse":\1NaN', manifest_text, 1)),
+           repack_manifest_bytes(tm, re.sub(rb'"relative_rmse":( ?)0\.0', rb'"relative_rmse":\1NaN', text, 1)),
            "R2", "ArchiveError", "JSON holds NaN", "unroll",
            "The first relative_rmse (an informative field) written as the bare token NaN.")
     yield ("manifest_not_object", repack_manifest_bytes(tm, b"[]\n"), "R2", "ArchiveError",
-           "must hold a JSON object", "unroll", "manifest.json holds an empty array.")
+           "must hold a JSON object", "unroll", "The manifest text is an empty array.")
     deep = limits.MAX_JSON_DEPTH - 1  # inside the manifest object and "settings": one level too many
     yield ("manifest_too_deep", man(lambda m: m["settings"].update(x=json.loads("[" * deep + "]" * deep))),
            "R2", "LimitError", f"nested {limits.MAX_JSON_DEPTH + 1} levels deep", "unroll",
            f"settings.x (an informative field) set to {deep} nested empty arrays: the manifest is "
            f"{limits.MAX_JSON_DEPTH + 1} levels deep.")
     yield ("manifest_number_not_finite",
-           repack_manifest_bytes(tm, manifest_text.replace(b'"bits":2}', b'"bits":1e999}')),
+           repack_manifest_bytes(tm, text.replace(b'"bits":2}', b'"bits":1e999}')),
            "R2", "ArchiveError", "holds the number 1e999, which is not finite", "unroll",
            "settings.bits (an informative field) written as 1e999, which overflows binary64.")
+
+    # R44 (3.0): the manifest's member, one zstd frame declaring its size
+    frame = tdict[MANIFEST]
+    plain = [(n, d) for n, d in tm if n != MANIFEST]
+    yield ("manifest_frame_without_size",
+           zip_bytes([(MANIFEST, _zstd(text, content_size=False))] + plain), "R44", "ArchiveError",
+           "does not declare its content size", "unroll",
+           "manifest.json.zst written as a zstd frame without a content size in its header.")
+    padded = text + b" " * (limits.MAX_MANIFEST_BYTES + 1 - len(text))  # JSON whitespace
+    yield ("manifest_frame_too_large",
+           zip_bytes([(MANIFEST, _zstd(padded, level=1))] + plain), "R44", "LimitError",
+           f"declares {limits.MAX_MANIFEST_BYTES + 1} bytes, more than the {limits.MAX_MANIFEST_BYTES}",
+           "unroll", f"The manifest text followed by spaces to MAX_MANIFEST_BYTES + 1 = "
+           f"{limits.MAX_MANIFEST_BYTES + 1} bytes (still one JSON text), compressed to one frame that "
+           "declares that size.")
+    yield ("manifest_frame_trailing_data", zip_bytes([(MANIFEST, frame + b"\x00")] + plain), "R44",
+           "ArchiveError", "has 1 bytes after its zstd frame", "unroll",
+           "One zero byte appended to manifest.json.zst after its frame.")
+    yield ("manifest_frame_size_mismatch", zip_bytes([(MANIFEST, _declare_size(frame, len(text) + 1))] + plain),
+           "R44", "ArchiveError", "'manifest.json.zst' cannot be decompressed", "unroll",
+           f"The frame header's content size set to {len(text) + 1}, one byte more than the frame holds.")
+    relabelled = _edit(lambda m: m.update(format_version="2.0"))(tman)
+    yield ("manifest_both_members",
+           zip_bytes(tm + [(RAW_MANIFEST, dumps(relabelled))]), "R44", "ArchiveError",
+           "has both 'manifest.json.zst' and 'manifest.json'", "unroll",
+           "The manifest, relabelled \"2.0\", also stored raw as manifest.json at the end of the zip.")
+    yield ("manifest_3_0_uncompressed", zip_bytes(_manifest_first(tm, text, RAW_MANIFEST)), "R44",
+           "ArchiveError", "the member and the version disagree", "unroll",
+           "The 3.0 manifest text stored raw as manifest.json instead of manifest.json.zst.")
+    yield ("manifest_2_0_compressed", zip_bytes(_manifest_first(tm, dumps(relabelled), MANIFEST)), "R44",
+           "ArchiveError", "the member and the version disagree", "unroll",
+           "The manifest relabelled \"2.0\", still compressed in manifest.json.zst (a 2.0 manifest is "
+           "manifest.json).")
 
     # R3, R4: format name and version
     yield ("format_name", man(lambda m: m.update(format="zip")), "R3", "ArchiveError",
            "'format' must be 'wroll'", "unroll", "format set to \"zip\".")
-    yield ("version_3_0", man(lambda m: m.update(format_version="3.0")), "R4", "VersionError",
-           "reads formats 1.x and 2.x only", "unroll", "format_version set to \"3.0\".")
+    yield ("version_4_0", man(lambda m: m.update(format_version="4.0")), "R4", "VersionError",
+           "reads formats 1.x, 2.x and 3.x only", "unroll", "format_version set to \"4.0\".")
     yield ("version_0_9", man(lambda m: m.update(format_version="0.9")), "R4", "VersionError",
-           "reads formats 1.x and 2.x only", "unroll", "format_version set to \"0.9\".")
+           "reads formats 1.x, 2.x and 3.x only", "unroll",
+           "format_version set to \"0.9\" (in manifest.json, as a version before 3.0 is stored).")
     yield ("version_malformed", man(lambda m: m.update(format_version="1.0.0")), "R4", "ArchiveError",
            "must look like 'MAJOR.MINOR'", "unroll", "format_version set to \"1.0.0\".")
     yield ("version_number", man(lambda m: m.update(format_version=1.0)), "R4", "ArchiveError",
@@ -920,14 +1001,42 @@ def _keras_loader_vectors(tm, arch_json, man, bases=None):
 
 
 def forward_compatible(bases):
-    """A valid archive from a future minor version: 2.9, with unknown fields."""
+    """A valid archive from a future minor version: 3.9, with unknown fields."""
     members = read_members(bases[EXAMPLE])
     manifest = manifest_of(members)
-    manifest["format_version"] = "2.9"
+    manifest["format_version"] = "3.9"
     manifest["x_future_section"] = {"note": "unknown fields are ignored"}
     manifest["tensors"][0]["x_future_field"] = [1, 2, 3]
     manifest["decoder"]["x_future_field"] = True
     return repack(members, manifest)
+
+
+def as_2_0(data):
+    """A 3.0 archive as format 2.0 wrote it: the same members, the manifest
+    relabelled "2.0" and stored raw as `manifest.json` (3.0 changed nothing else)."""
+    members = read_members(data)
+    manifest = manifest_of(members)
+    manifest["format_version"] = "2.0"
+    return repack(members, manifest, fix=False, rebind=False)
+
+
+def as_1_1(data):
+    """A 3.0 archive as format 1.1 wrote it: tensors without `key` and
+    `binding_sha256` (assigned by position), the manifest raw in `manifest.json`."""
+    members = read_members(data)
+    manifest = manifest_of(members)
+    manifest["format_version"] = "1.1"
+    for t in manifest["tensors"]:
+        del t["key"], t["binding_sha256"]
+    return repack(members, manifest, fix=False, rebind=False)
+
+
+# Valid vectors of older MAJOR versions, derived from the vectors above: a 3.x
+# reader reads them as their own readers did.
+OLDER = [
+    ("v2_dense_tolerance", "dense_tolerance", as_2_0),
+    ("v1_dense_codebook_2bit", EXAMPLE, as_1_1),
+]
 
 
 # --- generation ------------------------------------------------------------------
@@ -976,10 +1085,14 @@ def generate(outdir):
             bases[name] = f.read()
         written.append(name + ".wroll")
 
-    future = "minor_version_2_9"
+    future = "minor_version_3_9"
     with open(os.path.join(outdir, future + ".wroll"), "wb") as f:
         f.write(forward_compatible(bases))
     written.append(future + ".wroll")
+    for name, source, convert in OLDER:
+        with open(os.path.join(outdir, name + ".wroll"), "wb") as f:
+            f.write(convert(bases[source]))
+        written.append(name + ".wroll")
 
     for rel in [r for r in written if r.endswith(".wroll")]:
         stem = rel[: -len(".wroll")]
@@ -1029,12 +1142,15 @@ def worked_example(archive_path):
         rows.append(f"central directory      {cd_offset:>6}        {eocd - cd_offset:>5}")
         rows.append(f"end of central dir     {eocd:>6}        {len(data) - eocd:>5}")
     blocks["members"] = "\n".join(rows)
-    first = _central_entries(data)["manifest.json"][0]
-    blocks["zip-local-header"] = _hex(data[:30 + len("manifest.json")])
-    blocks["zip-central-entry"] = _hex(data[first: first + 46 + len("manifest.json")])
+    first = _central_entries(data)[MANIFEST][0]
+    blocks["zip-local-header"] = _hex(data[:30 + len(MANIFEST)])
+    blocks["zip-central-entry"] = _hex(data[first: first + 46 + len(MANIFEST)])
     blocks["zip-end-record"] = _hex(data[eocd:])
-    blocks["manifest"] = members["manifest.json"].decode("ascii").rstrip("\n")
-    blocks["manifest-indented"] = json.dumps(json.loads(members["manifest.json"]), indent=1, sort_keys=True)
+    frame = members[MANIFEST]
+    blocks["manifest-frame-header"] = _hex(frame[:_frame_header(frame)[0]])
+    text = manifest_text(list(members.items()))
+    blocks["manifest"] = text.decode("ascii").rstrip("\n")
+    blocks["manifest-indented"] = json.dumps(json.loads(text), indent=1, sort_keys=True)
     png = members["weights.png"]
     blocks["png-ihdr"] = _hex(png[:33])
     idat_len = struct.unpack(">I", png[33:37])[0]

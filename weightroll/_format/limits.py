@@ -1,13 +1,15 @@
 """Resource limits a reader enforces before it allocates anything.
 
 Each constant is referenced by the numbered rejection rules in
-`spec/wroll-v2.md` ("Limits"). A legitimate archive written by weightroll stays
+`spec/wroll-v3.md` ("Limits"). A legitimate archive written by weightroll stays
 far inside every one of them; they exist so that a hostile file cannot make a
 reader allocate or inflate without bound.
 """
 
 # The manifest is read whole into memory before anything else is checked; a
-# 100M-parameter model with thousands of tensors needs a few MiB. (R2)
+# 100M-parameter model with thousands of tensors needs a few MiB. Bounds the
+# size a 3.x manifest's zstd frame declares (checked before it is inflated) and
+# the member itself, or a 1.x/2.x `manifest.json`. (R2, R44)
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 # The architecture JSON of very large Keras models is a few MiB; 256 MiB leaves

@@ -6,7 +6,7 @@ further checks: the version (`check_version`), the members, the image, the
 decoder and the architecture here, each tensor in `tensor_rules`. Every
 refusal is an `ArchiveError` (or `LimitError`, `VersionError`) whose `rule`
 is the number of the rule it enforces in "What a reader MUST reject" of
-`spec/wroll-v2.md` (`weightroll._format.rules`).
+`spec/wroll-v3.md` (`weightroll._format.rules`).
 
 The names the format defines are in `schema`, JSON reading and writing in
 `json_text`; both are re-exported here for the modules that build or read a
@@ -55,9 +55,10 @@ def check_version(manifest):
             hint += "."
         else:
             hint = "It predates the first published format."
+        readable = [f"{m}.x" for m in READABLE_MAJORS]
         raise VersionError(
             f"This archive uses .wroll format {version}; this weightroll reads formats "
-            f"{' and '.join(f'{m}.x' for m in READABLE_MAJORS)} only. {hint}",
+            f"{', '.join(readable[:-1])} and {readable[-1]} only. {hint}",
             rule=rules.FORMAT_VERSION,
         )
     return major, minor

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import zstandard
 
-from weightroll._format import container, image, limits, paths, rules
+from weightroll._format import container, image, manifest_member, paths, rules
 from weightroll._format import manifest as mf
 from weightroll.errors import ArchiveError, LimitError, short
 
@@ -15,10 +15,11 @@ from weightroll.errors import ArchiveError, LimitError, short
 class RolledArchive:
     """An opened archive whose manifest has been validated.
 
-    Opening reads the zip directory and `manifest.json` only, and checks
-    R1 to R21. Members are read on demand; `verify_members()` checks the
-    SHA-256 of every one of them, and the decoding functions below call it
-    before they use any member.
+    Opening reads the zip directory and the manifest only (`manifest.json.zst`,
+    or `manifest.json` before format 3.0), and checks R1 to R21 and R44.
+    Members are read on demand; `verify_members()` checks the SHA-256 of
+    every one of them, and the decoding functions below call it before they
+    use any member.
 
     Args:
         source: a path, a binary file object or bytes.
@@ -35,14 +36,14 @@ class RolledArchive:
             source = self._file
         try:
             self._members = container.open_members(source)
-            names = self._members.names
-            if mf.MANIFEST_MEMBER not in names:
-                raise ArchiveError("The archive has no 'manifest.json'; it is not a .wroll archive.",
-                                   rule=rules.MANIFEST_JSON)
-            raw = self._members.read(mf.MANIFEST_MEMBER, limits.MAX_MANIFEST_BYTES, rule=rules.MANIFEST_JSON)
-            self.manifest_sha256 = hashlib.sha256(raw).hexdigest()  # what a sharded index records of a shard
-            manifest = mf.loads(raw, "manifest.json", rule=rules.MANIFEST_JSON)
-            sizes = {n: self._members.size(n) for n in names if n != mf.MANIFEST_MEMBER}
+            # The JSON text, from manifest.json.zst (3.x) or manifest.json (1.x, 2.x).
+            text, self.manifest_member = manifest_member.read(self._members)
+            self.manifest_text_size = len(text)
+            self.manifest_sha256 = hashlib.sha256(text).hexdigest()  # what a sharded index records of a shard
+            manifest = mf.loads(text, "manifest.json", rule=rules.MANIFEST_JSON)
+            major, _ = mf.check_version(manifest)
+            manifest_member.check_version(major, self.manifest_member)
+            sizes = {n: self._members.size(n) for n in self._members.names if n != self.manifest_member}
             self.manifest = mf.validate(manifest, sizes)
         except BaseException:
             self.close()

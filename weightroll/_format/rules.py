@@ -1,4 +1,4 @@
-"""The numbered rejection rules of `spec/wroll-v2.md` ("What a reader MUST reject").
+"""The numbered rejection rules of `spec/wroll-v3.md` ("What a reader MUST reject").
 
 One constant per rule, with the reason for the rule. Every error the reader
 raises for a broken rule passes the constant as `rule=`, so the error carries
@@ -114,7 +114,13 @@ INTEGER_TABLE = "R42"
 # weights-only archive whose manifest has the recorded digest; together within limits.
 SHARDS = "R43"
 
-# Every rule, in order: ("R1", ..., "R43").
+# §2.1, §4.2 (3.0): the manifest is one zstd frame that declares its size, so
+# that a reader bounds it before inflating anything; an archive has one
+# manifest, in the member its version names, so that no two readers of the
+# same file read two manifests.
+MANIFEST_MEMBER = "R44"
+
+# Every rule, in order: ("R1", ..., "R44").
 ALL = tuple(sorted(
     (value for name, value in globals().items() if name.isupper() and isinstance(value, str)),
     key=lambda rule: int(rule[1:]),

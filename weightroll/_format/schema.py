@@ -2,14 +2,16 @@
 and decoder kinds (spec §2, §4)."""
 
 FORMAT_NAME = "wroll"
-FORMAT_MAJOR = 2
+FORMAT_MAJOR = 3
 FORMAT_MINOR = 0
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 # The MAJOR versions this reader reads: 1.x archives (tensors assigned by
-# position, no keys) load as they always did.
-READABLE_MAJORS = (1, 2)
+# position, no keys) and 2.x ones (their manifest stored raw) load as they
+# always did.
+READABLE_MAJORS = (1, 2, 3)
 
-MANIFEST_MEMBER = "manifest.json"
+MANIFEST_MEMBER = "manifest.json.zst"  # 3.x: the manifest, one zstd frame (see `manifest_member`)
+RAW_MANIFEST_MEMBER = "manifest.json"  # 1.x and 2.x: the manifest as plain JSON
 IMAGE_MEMBER = "weights.png"
 DECODER_CONFIG_MEMBER = "decoder.json.zst"
 DECODER_WEIGHTS_MEMBER = "decoder.bin"
@@ -26,8 +28,11 @@ FLOAT_DTYPES = FLOAT_DTYPES_1 + ("bfloat16",)
 CODED_INTEGER_DTYPES = ("int8", "uint8")
 INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 # What each MAJOR version may code, and may store exactly.
+# (3.0 changed only how the manifest is stored.)
 CODED_DTYPES = {1: FLOAT_DTYPES_1, 2: FLOAT_DTYPES + CODED_INTEGER_DTYPES}
+CODED_DTYPES[3] = CODED_DTYPES[2]
 EXACT_DTYPES = {1: FLOAT_DTYPES_1 + INTEGER_DTYPES + ("bool",), 2: FLOAT_DTYPES + INTEGER_DTYPES + ("bool",)}
+EXACT_DTYPES[3] = EXACT_DTYPES[2]
 DECODER_KINDS = ("codebook", "mlp")
 MLP_ACTIVATIONS = ("relu",)  # tanh would depend on the platform's libm
 

@@ -10,7 +10,7 @@ import os
 
 import zstandard
 
-from weightroll._format import container, image, paths
+from weightroll._format import container, image, manifest_member, paths
 from weightroll._format import manifest as mf
 from weightroll._format.digest import binding_sha256, little_endian_bytes
 
@@ -53,12 +53,13 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
     they are freed as soon as the PNG no longer needs them.
 
     With `keyed`, every tensor entry carries its Keras `key` and the archive
-    is 2.0: each entry gets its `binding_sha256`, the architecture may be
-    None (a weights-only archive) and `assets` (`{relative path: bytes}`)
-    become members. Without it the archive is 1.x (tensors assigned by
-    position), as numpy-only writers of older archives made it. `shards`
-    (2.0, with no tensors) makes the archive a sharded archive's index: a
-    list of `{"file", "manifest_sha256", "tensors"}`, one per shard.
+    is 3.0 (its manifest compressed, `manifest.json.zst`): each entry gets
+    its `binding_sha256`, the architecture may be None (a weights-only
+    archive) and `assets` (`{relative path: bytes}`) become members. Without
+    it the archive is 1.x (tensors assigned by position, the manifest raw in
+    `manifest.json`), as numpy-only writers of older archives made it.
+    `shards` (with no tensors) makes the archive a sharded archive's index:
+    a list of `{"file", "manifest_sha256", "tensors"}`, one per shard.
 
     Returns:
         `(members, manifest)`.
@@ -71,7 +72,7 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
         encoded.decoder_arrays, decoder_array_names(kind, len(encoded.decoder_arrays))
     )
     if not keyed and (architecture_json is None or assets):
-        raise ValueError("weights-only archives and assets need keyed tensors (format 2.0)")
+        raise ValueError("weights-only archives and assets need keyed tensors (format 2.0 and later)")
     payload = [
         (mf.IMAGE_MEMBER, png),
         (mf.DECODER_CONFIG_MEMBER, _zstd(decoder_config_json)),
@@ -112,7 +113,16 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
         manifest["assets"] = [{"path": path, "size": len(data)} for path, data in assets.items()]
     if shards is not None:
         manifest["shards"] = shards
-    return [(mf.MANIFEST_MEMBER, mf.dumps(manifest))] + payload, manifest
+    member = manifest_member.member_for(version)
+    return [(member, manifest_member.pack(mf.dumps(manifest), member))] + payload, manifest
+
+
+def manifest_sha256(members):
+    """The SHA-256 (hex) of the manifest text of `members` as `build_members`
+    returns them: what a sharded archive's index records of a shard (§4.13)."""
+    name, data = members[0]
+    text = manifest_member.unpack(data) if name == mf.MANIFEST_MEMBER else data
+    return hashlib.sha256(text).hexdigest()
 
 
 def write(target, members):

@@ -1,7 +1,6 @@
 """`weightroll.roll`: write a Keras model as a `.wroll` archive."""
 
 import dataclasses
-import hashlib
 import os
 
 import numpy as np
@@ -214,8 +213,7 @@ def _write_shards(filepath, encoded, snap, roll_value, settings, max_shard_size)
     for name, indices in zip(names, parts):
         members = _members(shards.subset(encoded, indices), snap, roll_value, settings, architecture=False)
         writer.write(paths.join(folder, name), members)
-        manifest = dict(members)["manifest.json"]
-        listed.append({"file": name, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+        listed.append({"file": name, "manifest_sha256": writer.manifest_sha256(members),
                        "tensors": len(indices)})
         sizes[name] = _zip_size(members)
     index = shards.subset(encoded, [])

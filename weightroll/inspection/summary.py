@@ -54,8 +54,10 @@ def describe(archive, filepath):
     tensors = [_tensor_row(t, decoder) for t in entries]
     parameters = sum(t["parameters"] for t in tensors)
     # The zip's own directory, in file order; the manifest lists every member but itself.
+    expanded = _content_sizes(archive)
     members = [
-        {"name": name, "size": size, "sha256": manifest["members"].get(name, {}).get("sha256")}
+        {"name": name, "size": size, "sha256": manifest["members"].get(name, {}).get("sha256"),
+         "content_size": expanded.get(name)}
         for name, size in archive.member_sizes().items()
     ]
     return {
@@ -86,6 +88,20 @@ def describe(archive, filepath):
         "verify": None,
         "picture": None,
     }
+
+
+def _content_sizes(archive):
+    """`{member: bytes it decompresses to}` of the zstd members whose size the
+    manifest declares (or, for the manifest's own member, its frame header)."""
+    manifest = archive.manifest
+    sizes = {mf.DECODER_CONFIG_MEMBER: manifest["decoder"]["config_size"]}
+    if archive.manifest_member == mf.MANIFEST_MEMBER:
+        sizes[mf.MANIFEST_MEMBER] = archive.manifest_text_size
+    if "architecture" in manifest:
+        sizes[mf.ARCHITECTURE_MEMBER] = manifest["architecture"]["size"]
+    for asset in manifest.get("assets", []):
+        sizes[mf.ASSETS_PREFIX + asset["path"]] = asset["size"]
+    return sizes
 
 
 def _tensor_row(entry, decoder):
@@ -201,7 +217,10 @@ def format_summary(doc):
     names = [_clean(m["name"]) for m in doc["members"]]
     width = max(map(len, names))
     for i, (name, member) in enumerate(zip(names, doc["members"])):
-        rows.append(("members" if i == 0 else "", f"{name:<{width}}  {member['size']:>12,} bytes"))
+        text = f"{name:<{width}}  {member['size']:>12,} bytes"
+        if member.get("content_size") is not None:
+            text += f" ({member['content_size']:,} decompressed)"
+        rows.append(("members" if i == 0 else "", text))
     verify = doc["verify"]
     if verify is None:
         rows.append(("checksums", "not checked (use --verify)"))
