@@ -118,3 +118,23 @@ def test_an_adapted_normalization_layer_normalises_as_before(tmp_path):
     for compile in (False, True):
         loaded = weightroll.load_rolled(path, compile=compile)
         np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_big_decoded_array_becomes_the_variables_storage_without_a_copy(dtype):
+    """Under TensorFlow, `load_rolled` hands a decoded array to its variable
+    through DLPack: the variable's storage is the array, not a copy."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the DLPack hand-over is TensorFlow's; other backends take the array as it is")
+    from weightroll._format import decode
+    from weightroll._format.schema import numpy_dtype
+    from weightroll._keras import deferred
+
+    array = decode._aligned_empty((1024, 1024), numpy_dtype(dtype))
+    array[...] = 1.5
+    variable = keras.Variable(initializer=lambda shape, dtype=None: deferred._shared_tensor(array),
+                              shape=array.shape, dtype=dtype)
+    array[0, 0] = 7.0
+    assert float(variable.numpy()[0, 0]) == 7.0 and float(variable.numpy()[0, 1]) == 1.5
+    unaligned = array.reshape(-1)[1:]
+    assert deferred._shared_tensor(unaligned) is unaligned  # TensorFlow aborts on less than 64-byte alignment

@@ -123,7 +123,7 @@ class _Job:
             s = entry["scales"]
             self.scales, self.axis = scales[s["offset"]: s["offset"] + s["count"]], s["axis"]
         self.shape = tuple(shape) or (1,)  # a scalar is decoded as one value
-        self.array = np.empty(self.shape, dtype)
+        self.array = _aligned_empty(self.shape, dtype)
         self.parts = _parts(self.shape)
 
     def fill(self, part):
@@ -166,6 +166,19 @@ class _Job:
                 index, exact = _read_outliers(self.exact_bytes, self.entry, self.dtype, array.size)
                 array.reshape(-1)[index] = exact
         return array
+
+
+# Start of every decoded array: what TensorFlow's CPU kernels need to use
+# one as it is (see `_keras/deferred.py`), and a cache line.
+_ALIGNMENT = 64
+
+
+def _aligned_empty(shape, dtype):
+    """`np.empty(shape, dtype)` starting at a multiple of `_ALIGNMENT` bytes."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT
+    return raw[start: start + nbytes].view(dtype).reshape(shape)
 
 
 def _parts(shape):
