@@ -61,6 +61,12 @@ class RealModel:
     # (reference outputs, outputs) -> {metric: value}, on the held-out inputs
     task_metrics: object = None
     diagnostics: dict = dataclasses.field(default_factory=dict)
+    # more calibration inputs of the same kind, `calibration` first (for
+    # `bench_samples.py`); None: `calibration` is all there is
+    calibration_pool: np.ndarray = None
+    # model -> Keras's quantization structure (`pre_block_layers`,
+    # `sequential_blocks`) for `quantize("gptq")`; None where it does not apply
+    quantization_structure: object = None
 
 
 def predict(model, x, batch_size=16):
@@ -265,6 +271,7 @@ LM_FFN = 512
 LM_STEPS = 300  # ~0.5-0.7 s each on 2 cores: about 3 minutes, once (the weights are cached)
 LM_BATCH = 32
 LM_CALIBRATION = 32  # sequences of the training text
+LM_CALIBRATION_POOL = 128  # for bench_samples.py: how many calibration needs
 LM_HELD_OUT = 64  # sequences of the held-out modules' text
 LM_HELD_OUT_EVERY = 8  # packages whose name's CRC-32 is 0 modulo 8 are held out (~1 in 8)
 # Importing these has side effects (a browser, a window, the terminal) or they
@@ -455,7 +462,8 @@ def stdlib_lm():
     model = lm_model()
     model.load_weights(weights)
 
-    calibration, _ = _windows(train, LM_CALIBRATION, seed=5)
+    pool, _ = _windows(train, LM_CALIBRATION_POOL, seed=5)
+    calibration = pool[:LM_CALIBRATION]  # the first draws: the same windows as a draw of LM_CALIBRATION
     held_out, held_targets = _windows(held, LM_HELD_OUT, seed=6)
 
     # Diagnostic: embedding rows that no calibration token selects get no
@@ -506,7 +514,16 @@ def stdlib_lm():
                f"windows of {LM_SEQ} held-out tokens; outputs compared: the logits",
                f"task metrics: held-out next-token cross-entropy in nats (the original's: {original_loss:.3f}; "
                f"a unigram model's: {_unigram_loss(train, held_targets):.3f}) and next-token top-1 agreement"],
-        task_metrics=task, diagnostics=diagnostics)
+        task_metrics=task, diagnostics=diagnostics, calibration_pool=pool, quantization_structure=_lm_blocks)
+
+
+def _lm_blocks(model):
+    """The language model's layers before its blocks, and each block as a
+    model of its own (sharing the layers), as Keras's GPTQ takes them."""
+    blocks = [keras.Model(model.get_layer(f"block{b}_ln1").input, model.get_layer(f"block{b}_residual2").output)
+              for b in range(LM_BLOCKS)]
+    return {"pre_block_layers": [model.get_layer("token_embedding"), model.get_layer("position_embedding")],
+            "sequential_blocks": blocks}
 
 
 def _cross_entropy(logits, targets):
