@@ -8,6 +8,7 @@ import pytest
 
 import weightroll
 from weightroll._keras.roll import calibration_split
+from weightroll.report import worse_roll_value
 
 
 def test_every_fourth_sample_is_held_out_of_the_fit():
@@ -57,3 +58,22 @@ def test_embedding_rows_no_calibration_sample_looks_up_are_coded_as_finely_as_wi
     data_free = 0.04 / 4  # the balanced preset's weight tolerance without data
     assert report.settings.get("quality") == "balanced"
     assert float(np.sqrt(np.mean(error ** 2))) <= 1.25 * data_free, error
+
+
+def test_the_stored_figures_are_never_better_than_on_the_fit_samples():
+    held = {"samples": 3, "max_abs_diff": 0.1, "mean_abs_diff": 0.01, "relative_rmse": 0.02, "cosine": 0.9995,
+            "top1_agreement": 1.0}
+    fit = {"samples": 9, "max_abs_diff": 0.05, "mean_abs_diff": 0.02, "relative_rmse": 0.03, "cosine": 0.999,
+           "top1_agreement": 0.9}
+    assert worse_roll_value(held, fit) == {"samples": 3, "max_abs_diff": 0.1, "mean_abs_diff": 0.02,
+                                           "relative_rmse": 0.03, "cosine": 0.999, "top1_agreement": 0.9}
+    assert worse_roll_value(dict(held, relative_rmse=None), fit)["relative_rmse"] is None
+
+
+@pytest.mark.slow
+def test_the_report_keeps_the_held_out_and_fit_figures_beside_the_worse_of_them():
+    x = np.random.default_rng(0).normal(size=(40, 16)).astype("float32")
+    outputs = weightroll.roll(_model(), io.BytesIO(), validation_data=x).roll_value["outputs"]
+    assert outputs["held_out"]["samples"] == 10 and outputs["fit"]["samples"] == 30
+    assert outputs["relative_rmse"] == max(outputs["held_out"]["relative_rmse"], outputs["fit"]["relative_rmse"])
+    assert outputs["cosine"] == min(outputs["held_out"]["cosine"], outputs["fit"]["cosine"])

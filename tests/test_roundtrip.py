@@ -79,7 +79,7 @@ def test_loaded_model_predicts_like_the_original(rolled):
     # The stored roll value is exactly what a user will see after loading, on
     # the samples held out of the fit, and on the fit samples.
     diff = np.abs(original[held] - restored[held]).max()
-    assert diff == pytest.approx(report.roll_value["outputs"]["max_abs_diff"], rel=1e-5, abs=1e-7)
+    assert diff == pytest.approx(report.roll_value["outputs"]["held_out"]["max_abs_diff"], rel=1e-5, abs=1e-7)
     diff_fit = np.abs(original[fit] - restored[fit]).max()
     assert diff_fit == pytest.approx(report.roll_value["outputs"]["fit"]["max_abs_diff"], rel=1e-5, abs=1e-7)
     # The default preset, given calibration data, bounds the outputs' relative RMSE there.

@@ -9,7 +9,7 @@ from weightroll import _encode
 from weightroll._format import paths, writer
 from weightroll._keras import model_io, network
 from weightroll.errors import WrollError
-from weightroll.report import RollReport, outputs_roll_value, weights_roll_value
+from weightroll.report import RollReport, outputs_roll_value, weights_roll_value, worse_roll_value
 
 
 def check_filepath(filepath):
@@ -143,14 +143,14 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
             if held is None:
                 outputs = outputs_fit
                 break
-            outputs = outputs_roll_value(_rows(reference_outputs, held), _rows(rolled, held))
+            outputs_held = outputs_roll_value(_rows(reference_outputs, held), _rows(rolled, held))
+            outputs = dict(worse_roll_value(outputs_held, outputs_fit), held_out=outputs_held, fit=outputs_fit)
             err = outputs["relative_rmse"]
             # An output tolerance is a promise about inputs the allocation did not see:
             # while the held-out samples miss it, allocate again for a tighter target.
             if output_tolerance is None or err is None or err <= output_tolerance:
                 break
             target *= 0.97 * output_tolerance / err
-        outputs = dict(outputs, fit=outputs_fit) if held is not None else outputs
     storage = {t["path"]: t["storage"] for t in encoded.tensors}
     sizes = {path: _encode.tensor_size(t) for path, t in snap.tensors}
     per_tensor, overall = weights_roll_value(encoded.stats, storage, sizes)
