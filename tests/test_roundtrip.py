@@ -201,3 +201,13 @@ def test_a_copied_snapshot_does_not_follow_the_model():
         variable.assign(np.zeros(variable.shape, variable.dtype) + 3)
     for (_, copied), original in zip(copies, before):
         np.testing.assert_array_equal(copied, original)
+
+
+def test_a_refused_roll_creates_no_folder(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    target = tmp_path / "new" / "folder" / "model.wroll"
+    with pytest.raises(weightroll.WrollError, match="quality"):
+        weightroll.roll(model, target, quality="tiny")
+    assert not (tmp_path / "new").exists()
+    weightroll.roll(model, target)
+    assert target.exists()

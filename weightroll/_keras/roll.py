@@ -13,8 +13,7 @@ from weightroll.report import RollReport, outputs_roll_value, weights_roll_value
 
 
 def check_filepath(filepath):
-    """Accept a path ending in `.wroll`, or a writable binary file object.
-    A path's missing folders are created (as `WeightRollCheckpoint` does)."""
+    """Accept a path ending in `.wroll`, or a writable binary file object."""
     if hasattr(filepath, "write"):
         return filepath
     if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath).endswith(".wroll"):
@@ -22,9 +21,15 @@ def check_filepath(filepath):
             "Invalid filepath extension for saving. Please add a `.wroll` extension (or pass a binary "
             f"file object). Received: filepath={filepath!r}"
         )
-    paths.makedirs(os.path.dirname(os.fspath(filepath)) if not paths.is_remote(filepath)
-                   else paths.folder(filepath))
     return filepath
+
+
+def make_folders(filepath):
+    """Create a path's missing folders (as `WeightRollCheckpoint` does); once
+    every argument has been checked, so a refused call leaves none behind."""
+    if not hasattr(filepath, "write"):
+        paths.makedirs(os.path.dirname(os.fspath(filepath)) if not paths.is_remote(filepath)
+                       else paths.folder(filepath))
 
 
 @dataclasses.dataclass
@@ -333,8 +338,11 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
             a lossless table, or entropy-coded uniform codes with per-tensor,
             per-channel or per-row scales and outliers stored exactly.
         quality: a preset: `"lossless-ish"`, `"balanced"` (the default) or
-            `"small"`. Without `validation_data` it sets a weight tolerance
-            (0.003, 0.01, 0.04); with it, an output tolerance (0.01, 0.04, 0.12).
+            `"small"`. Without `validation_data` it sets a budget of weight
+            error (0.003, 0.01, 0.04): the root mean square of the weight
+            matrices' relative RMSEs, shared out by size at the fewest bits
+            (at most 2x the value per tensor; vectors get the value itself);
+            with it, an output tolerance (0.01, 0.04, 0.12).
         validation_data: optional inputs for the model (what `model.predict`
             takes; for a tuple `(x, y)` the `x` is used). When given, the
             outputs of the original and the rolled model are compared and
@@ -377,6 +385,7 @@ def roll(model, filepath, *, decoder="codebook", bits=None, tolerance=None, qual
         from weightroll._keras.inputs import check_inputs
 
         check_inputs(model, options["validation_data"])  # a WrollError naming the expected shapes
+    make_folders(filepath)
     snap = snapshot(model, copy=options["validation_data"] is not None, include_optimizer=include_optimizer)
     reference = None
     if options["validation_data"] is not None:
