@@ -231,7 +231,8 @@ def read(path, base=None):
                 raise ValueError(f"member {name}: size or SHA-256 differs from the manifest")
     decoder = manifest["decoder"]
     _zstd_json(members["decoder.json.zst"], decoder["config_size"])
-    _zstd_json(members["architecture.json.zst"], manifest["architecture"]["size"])
+    if manifest.get("architecture") is not None:  # optional from 2.0: absent in a weights-only archive (§4.8)
+        _zstd_json(members["architecture.json.zst"], manifest["architecture"]["size"])
     codes = decode_png(members["weights.png"], manifest["image"])
     table, scales = _value_table(decoder, members["decoder.bin"])
     exact = members.get("exact.bin", b"")

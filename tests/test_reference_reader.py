@@ -228,3 +228,20 @@ def test_png_variant_loads_into_keras():
     assert len(model.variables) == len(expected)
     for variable, entry in zip(model.variables, expected.values()):
         assert np.asarray(variable.numpy()).tobytes() == _expected_array(entry).tobytes(), variable.path
+
+
+def test_reference_reader_reads_a_weights_only_archive(tmp_path):
+    """A weights-only archive (what `WeightRollCheckpoint(save_weights_only=True)` writes) has no
+    architecture member (§4.8)."""
+    import keras
+
+    from weightroll._keras import roll as roll_lib
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(3)])
+    path = tmp_path / "model.weights.wroll"
+    roll_lib.write_snapshot(roll_lib.snapshot(model, weights_only=True), path)
+    with zipfile.ZipFile(path) as archive:
+        assert "architecture.json.zst" not in archive.namelist()
+    ours, theirs = reference_reader.read(path), weightroll.unroll(path)
+    assert {p: a.tobytes() for p, a in ours.items()} == {p: a.tobytes() for p, a in theirs.items()}
