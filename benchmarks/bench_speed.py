@@ -375,7 +375,7 @@ def report():
                          f"{c['wall_median']:.3f} ({c['wall_min']:.3f})",
                          f"**{r['ratio_wall_median']:.2f}x** ({r['ratio_wall_min']:.2f}x)",
                          f"{b['cpu_median']:.3f} / {c['cpu_median']:.3f} = {r['ratio_cpu_median']:.2f}x",
-                         f"<= {goal:.1f}x: {_status(r['ratio_wall_median'] <= goal)}"])
+                         f"<= {goal:g}x: {_status(r['ratio_wall_median'] <= goal)}"])
     if rows:
         parts.append("#### Time: weightroll against Keras (seconds; median, fastest in brackets)\n\n" + bl.markdown_table(
             ["model", "candidate / baseline", "rounds", "baseline s", "candidate s", "ratio, wall",
