@@ -44,3 +44,32 @@ def test_empty_and_constant_tensors():
     assert table.size == 0 and codes.size == 0
     table, codes = codebook.fit_codebook(np.full(10, 0.5), bits=8)
     np.testing.assert_array_equal(table[codes], np.full(10, 0.5, np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("case", ["few", "grid", "many", "zeros", "negative_zeros", "both_zeros"])
+def test_16_bit_lossless_codes_by_bit_pattern_equal_the_general_path(dtype, case):
+    """`select._lossless` counts a 16-bit tensor's bit patterns instead of sorting a
+    float64 copy; its table and codes are `fit_codebook`'s, bit for bit."""
+    import ml_dtypes
+
+    from weightroll.coders import select
+
+    dt = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+    rng = np.random.default_rng(0)
+    x = {
+        "few": lambda: rng.choice(np.array([0.5, -1.25, 3.0, 0.0, 2.0**-20], np.float32), size=(300, 70)),
+        "grid": lambda: rng.integers(-100, 100, size=(1000, 50)) / 64,
+        "many": lambda: rng.normal(size=(64, 64)),
+        "zeros": lambda: np.zeros((50, 50)),
+        "negative_zeros": lambda: np.full((50, 50), -0.0),
+        "both_zeros": lambda: rng.choice(np.array([0.0, -0.0, 1.0]), size=(100, 10)),
+    }[case]().astype(dt)
+    table, codes = select._lossless(x)
+    flat = x.reshape(-1)
+    if np.unique(flat.astype(np.float32)).size > 256:
+        assert table is None and codes is None
+        return
+    expected_table, expected_codes = codebook.fit_codebook(flat, 8)
+    assert table.tobytes() == expected_table.tobytes()
+    assert codes.tobytes() == expected_codes.tobytes()

@@ -179,12 +179,37 @@ def _lossless(x):
     # (a sort of 512, the usual case for weights), or among the first 4096.
     if flat.size == 0 or _more_distinct(flat[:512], 256) or _more_distinct(flat[:4096], 256):
         return None, None
+    if flat.dtype.itemsize == 2:
+        found = _lossless_16(flat)
+        if found is not None:
+            return found
     if flat.dtype.itemsize > 4 and not np.array_equal(flat, flat.astype(np.float32)):
         return None, None
     distinct = np.unique(flat.astype(np.float32))
     if distinct.size > 256:
         return None, None
     return codebook.fit_codebook(flat, 8)
+
+
+def _lossless_16(flat):
+    """`_lossless` of a 16-bit float tensor (bfloat16, float16) by counting its
+    bit patterns: one pass and a 65,536-entry table, where sorting a float64
+    copy cost 16 bytes a value (5 GB for a 205M-value bfloat16 embedding).
+    Gives `codebook.fit_codebook`'s table and codes, or `(None, None)` for
+    more than 256 distinct values; None (use the general path) when both
+    zeros are present, whose one table entry the general path picks by sort
+    order."""
+    bits = flat.view(np.uint16)
+    patterns = np.flatnonzero(np.bincount(bits, minlength=1 << 16)).astype(np.uint16)
+    if patterns.size > 256:
+        return None, None
+    if 0x0000 in patterns and 0x8000 in patterns:
+        return None
+    values = patterns.view(flat.dtype).astype(np.float32)
+    table = np.unique(values)
+    lookup = np.zeros(1 << 16, np.uint8)
+    lookup[patterns] = np.searchsorted(table, values)
+    return table, lookup[bits]
 
 
 def _more_distinct(values, limit):
