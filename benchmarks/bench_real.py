@@ -345,15 +345,16 @@ def _summary():
 
 
 def _claimed(claimed):
-    """The stored output roll value (measured by weightroll on calibration samples; with
-    a `fit` entry when part of them were held out of the fit) as "rmse (n) / rmse (n)"."""
+    """The stored output roll value (measured by weightroll on calibration samples; the
+    worse of the held-out and the fit samples' figures when part of them were held out
+    of the fit) as "rmse [held-out rmse (n) / fit rmse (n)]"."""
     if not claimed:
         return ""
-    text = f"{claimed['relative_rmse']:.4g} ({claimed['samples']})"
-    fit = claimed.get("fit")
-    if fit:
-        text += f" / {fit['relative_rmse']:.4g} ({fit['samples']})"
-    return text
+    held, fit = claimed.get("held_out"), claimed.get("fit")
+    if not (held and fit):
+        return f"{claimed['relative_rmse']:.4g} ({claimed['samples']})"
+    return (f"{claimed['relative_rmse']:.4g} [{held['relative_rmse']:.4g} ({held['samples']}) / "
+            f"{fit['relative_rmse']:.4g} ({fit['samples']})]")
 
 
 def _table(real, rows):
@@ -362,7 +363,7 @@ def _table(real, rows):
     lines.append("")
     task_keys = sorted({k for r in rows.values() for k in r["task"]})
     header = ["method", "bytes", "bits per weight", "of .weights.h5", "held-out rel. RMSE",
-              "held-out cosine (min)", "claimed rel. RMSE (samples): stored / on the fit samples",
+              "held-out cosine (min)", "stored rel. RMSE [held-out samples' (n) / fit samples' (n)]",
               "weight rel. RMSE"]
     header += task_keys + ["encode s", "note"]
     table = []
