@@ -122,3 +122,15 @@ def test_calibration_with_a_base_codes_the_head_not_the_base(transfer):
     head = next(p for p in storage if p.endswith("head/kernel"))
     assert storage[head] == "coded"  # the output budget goes to the head
     assert report.roll_value["outputs"]["relative_rmse"] <= 0.04
+
+
+@pytest.mark.slow
+def test_the_default_preset_shares_its_budget_among_the_coded_tensors_not_the_base(transfer):
+    """The base's tensors, stored as references, take no share of the preset's error
+    budget: the head's kernel, the only matrix coded, gets the preset itself (with the
+    base's matrices counted, its share was 0.22x of it)."""
+    base, model, _, _ = transfer
+    _, report = _roll(model, base)
+    head = next(p for p in report.roll_value["tensors"] if p.endswith("head/kernel"))
+    error = report.roll_value["tensors"][head]["relative_rmse"]
+    assert 0.5 * 0.01 < error <= 0.01

@@ -262,8 +262,8 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
     preset = decoder == "codebook" and bits is None and tolerance is None
     bits, tolerance = resolve_quality(decoder, bits, tolerance, quality)
     named = list(named_tensors)
-    if preset:
-        tolerance = spread_tolerance(named, tolerance, exclude=lossless)
+    if preset:  # lossless tensors and a base's (stored as references) take no share
+        tolerance = spread_tolerance(named, tolerance, exclude=set(lossless) | _references(named, base_keys))
     if decoder == "mlp":
         results, section, arrays = _mlp(named, bits, seed, base_keys, keep_decoded)
     else:
@@ -278,6 +278,20 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
         parallel_map(run, _batches([tensor_size(t) for _, t in named]))
         section, arrays = _codebook_tables(results)
     return _assemble(results, dict(section, bits=bits if bits is not None else 8), arrays)
+
+
+def _references(named_tensors, base_keys):
+    """Paths of the tensors that will be stored as references to `base_keys`
+    (hashing only those whose dtype and shape some base tensor has)."""
+    if not base_keys:
+        return set()
+    kinds = {key[:2] for key in base_keys}
+    found = set()
+    for path, source in named_tensors:
+        shape = tuple(int(d) for d in tensor_shape(source))
+        if (tensor_dtype(source), shape) in kinds and reference_key(read_tensor(source)) in base_keys:
+            found.add(path)
+    return found
 
 
 # Tensors below this many values are coded in batches of about this many

@@ -150,9 +150,10 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
                 break
             outputs_held = outputs_roll_value(_rows(reference_outputs, held), _rows(rolled, held))
             outputs = dict(worse_roll_value(outputs_held, outputs_fit), held_out=outputs_held, fit=outputs_fit)
-            err = outputs["relative_rmse"]
+            err = outputs_held["relative_rmse"]
             # An output tolerance is a promise about inputs the allocation did not see:
             # while the held-out samples miss it, allocate again for a tighter target.
+            # (The fit samples' error is the allocation's own target, met by its search.)
             if output_tolerance is None or err is None or err <= output_tolerance:
                 break
             target *= 0.97 * output_tolerance / err
