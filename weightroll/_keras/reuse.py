@@ -148,14 +148,17 @@ class Calibration:
         self._assign_decoded(decoded)
         return self._predict(x, batch_size)
 
-    def allocate(self, snap, x, output_tolerance, batch_size=None, progress=None, base_keys=None, model=None):
+    def allocate(self, snap, x, output_tolerance, batch_size=None, progress=None, base_keys=None, model=None,
+                 reference=None):
         """`allocate.allocate`'s result for `snap`: the last allocation's
-        grids for these weights, or a full allocation when they do not serve."""
+        grids for these weights, or a full allocation when they do not serve.
+        `reference`, when given, is the snapshot's own outputs on `x` (as
+        `reference` gives them), which the reuse then need not predict again."""
         self._bind(snap)
         self._saves_since_refresh += 1
         if self._plan is not None and (self._drift(snap) <= REFRESH_DRIFT
                                        or self._saves_since_refresh < MIN_SAVES_BETWEEN):
-            found = self._reuse(snap, x, output_tolerance, batch_size)
+            found = self._reuse(snap, x, output_tolerance, batch_size, reference)
             if found is not None:
                 self.reused_allocations += 1
                 return found
@@ -184,13 +187,14 @@ class Calibration:
             total += float(np.sum(np.asarray(before, np.float64) ** 2))
         return np.sqrt(moved / total) if total > 0 else 0.0
 
-    def _reuse(self, snap, x, output_tolerance, batch_size):
+    def _reuse(self, snap, x, output_tolerance, batch_size, reference=None):
         """`(plan, measured)` from the plan's grids scaled by a searched factor,
         or None when no trial meets the target."""
-        xs = model_io.input_rows(x, 0, allocate_lib.CALIBRATION_SAMPLES)
+        count = allocate_lib.CALIBRATION_SAMPLES
+        xs = model_io.input_rows(x, 0, count)
         by_path = {path: _encode.read_tensor(source) for path, source in snap.tensors}
         self._load(snap)
-        reference = self._predict(xs, batch_size)
+        reference = self._predict(xs, batch_size) if reference is None else [r[:count] for r in reference]
         hessians = self._hessians(xs, batch_size)
         fixed = self._fixed(by_path)
         classifier = allocate_lib._is_classifier(reference)

@@ -138,8 +138,11 @@ def write_snapshot(snap, filepath, decoder="codebook", bits=None, tolerance=None
             if output_tolerance is not None:
                 from weightroll._keras.allocate import allocate
 
-                allocate = allocate if calibration is None else calibration.allocate
-                tolerance, _ = allocate(snap, fit_x, target, batch_size, base_keys=base_keys, model=model)
+                if calibration is None:
+                    tolerance, _ = allocate(snap, fit_x, target, batch_size, base_keys=base_keys, model=model)
+                else:  # it reuses the reference outputs measured already
+                    tolerance, _ = calibration.allocate(snap, fit_x, target, batch_size, base_keys=base_keys,
+                                                        reference=_rows(reference_outputs, fit))
                 bits = quality = None
             encoded = encode(tolerance, bits, quality)
             measure = _rolled_outputs if calibration is None else calibration.outputs
