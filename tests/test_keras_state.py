@@ -14,6 +14,7 @@ import tensorflow as tf
 import _manifests
 import weightroll
 from weightroll._format.digest import binding_sha256
+from weightroll._keras import state
 from weightroll.errors import ArchiveError, WrollError
 
 SAMPLES = 32
@@ -340,3 +341,25 @@ def test_the_state_of_an_optimizer_never_built_loads_as_keras_loads_it(tmp_path)
         warnings.simplefilter("ignore")  # Keras's own "Skipping variable loading for optimizer"
         loaded = weightroll.load_rolled(tmp_path / "m.wroll")
     assert loaded.optimizer is not None
+
+
+def test_keras_skip_lists_are_built_once_and_keras_is_left_as_it_was(monkeypatch):
+    """Keras's `get_attr_skipset` rebuilds a throw-away object on every call (it caches
+    under another name than it reads); weightroll's walks remember its answers while
+    they run, and leave Keras's function in place after."""
+    from keras.src.saving import saving_lib
+
+    calls = []
+    original = saving_lib.get_attr_skipset
+
+    def counting(obj_type):
+        calls.append(obj_type)
+        return original(obj_type)
+
+    monkeypatch.setattr(saving_lib, "get_attr_skipset", counting)
+    monkeypatch.setattr(state, "_SKIPSETS", {})
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
+    weightroll.roll(model, io.BytesIO())
+    weightroll.roll(model, io.BytesIO())
+    assert len(calls) == len(set(calls))  # each type asked of Keras once
+    assert saving_lib.get_attr_skipset is counting
