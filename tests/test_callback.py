@@ -517,6 +517,8 @@ model.fit(x, y, epochs=50, batch_size=64, verbose=0,
 
 @pytest.mark.parametrize("name", ["model.wroll", "{epoch:02d}.wroll"])
 def test_a_training_killed_during_a_save_leaves_only_complete_archives(tmp_path, name):
+    if keras.backend.backend() == "jax":  # ~17 s; what a killed write leaves is the format layer's, backend-free
+        pytest.skip("an atomic write does not depend on the backend: run under TensorFlow")
     script = tmp_path / "train.py"
     script.write_text(_KILLED_SCRIPT)
     folder = tmp_path / "ckpt"
