@@ -104,13 +104,7 @@ def test_fit_with_a_checkpoint_every_epoch(benchmark, variant, data, tmp_path, r
         cpu.append(time.process_time() - start)
 
     benchmark.pedantic(fit, setup=setup, rounds=ROUNDS, iterations=1)
-    stall = statistics.median(sum(b - a for a, b in zip(*marks, strict=True)) for marks in stalls)
-    timing = {
-        "wall_min": benchmark.stats.stats.min,
-        "wall_median": benchmark.stats.stats.median,
-        "stall_median": stall,
-        "cpu_median": statistics.median(cpu),
-    }
+    timing = _timing(benchmark, stalls, cpu)
     benchmark.extra_info.update(timing)
     results.setdefault("fit", {})[variant] = timing
     if len(results["fit"]) == len(VARIANTS):
@@ -180,12 +174,7 @@ def test_fit_with_calibration_data(benchmark, variant, digits, tmp_path, results
         cpu.append(time.process_time() - start)
 
     benchmark.pedantic(fit, setup=setup, rounds=ROUNDS, iterations=1)
-    timing = {
-        "wall_min": benchmark.stats.stats.min,
-        "wall_median": benchmark.stats.stats.median,
-        "stall_median": statistics.median(sum(b - a for a, b in zip(*marks, strict=True)) for marks in stalls),
-        "cpu_median": statistics.median(cpu),
-    }
+    timing = _timing(benchmark, stalls, cpu)
     benchmark.extra_info.update(timing)
     results.setdefault("calibrated", {})[variant] = timing
     if len(results["calibrated"]) == len(SMALL_VARIANTS):
@@ -195,6 +184,17 @@ def test_fit_with_calibration_data(benchmark, variant, digits, tmp_path, results
                        ("WeightRollCheckpoint / ModelCheckpoint", wroll, keras_ckpt),
                        (f"{CALIBRATED} / ModelCheckpoint", calibrated, keras_ckpt),
                    ])
+
+
+def _timing(benchmark, stalls, cpu):
+    """A variant's figures: wall time (fastest, median), the training thread's
+    median stall in the callback (summed over each round's saves), median CPU."""
+    return {
+        "wall_min": benchmark.stats.stats.min,
+        "wall_median": benchmark.stats.stats.median,
+        "stall_median": statistics.median(sum(b - a for a, b in zip(*marks, strict=True)) for marks in stalls),
+        "cpu_median": statistics.median(cpu),
+    }
 
 
 def _summarize(results, group, title, times, ratios):

@@ -234,11 +234,7 @@ def build_parser():
     unroll.add_argument("archive", metavar="IN.wroll", help="the archive to read")
     unroll.add_argument("out", metavar="OUT.keras", type=_command.path_ending(".keras", ".h5"),
                         help="the model file to write (.keras, or legacy .h5)")
-    unroll.add_argument("--base", metavar="BASE.keras",
-                        help="the base model the archive was rolled against with --base")
-    unroll.add_argument("--unsafe", action="store_true",
-                        help="allow an architecture that carries code (e.g. a Lambda layer); "
-                             "only for archives from a source you trust")
+    _add_archive_loading_options(unroll)
     unroll.set_defaults(func=_unroll)
 
     export = commands.add_parser(
@@ -247,11 +243,7 @@ def build_parser():
                     "own model.export(OUT_DIR): ready for TensorFlow Serving, or tf.saved_model.load.")
     export.add_argument("archive", metavar="IN.wroll", help="the archive to read")
     export.add_argument("out", metavar="OUT_DIR", help="the SavedModel folder to write (created if missing)")
-    export.add_argument("--base", metavar="BASE.keras",
-                        help="the base model the archive was rolled against with --base")
-    export.add_argument("--unsafe", action="store_true",
-                        help="allow an architecture that carries code (e.g. a Lambda layer); "
-                             "only for archives from a source you trust")
+    _add_archive_loading_options(export)
     export.set_defaults(func=_export)
 
     look = commands.add_parser("inspect", help="see inside an archive (same as tools/inspect_wroll)",
@@ -270,6 +262,15 @@ def build_parser():
     for command in (roll, unroll, export, look, demo):
         _command.add_common_arguments(command, inherited=True)
     return parser
+
+
+def _add_archive_loading_options(parser):
+    """`--base` and `--unsafe`, as every command that reads an archive into a model takes them."""
+    parser.add_argument("--base", metavar="BASE.keras",
+                        help="the base model the archive was rolled against with --base")
+    parser.add_argument("--unsafe", action="store_true",
+                        help="allow an architecture that carries code (e.g. a Lambda layer); "
+                             "only for archives from a source you trust")
 
 
 def main(argv=None):
