@@ -1,8 +1,9 @@
-"""Builds the optional C extension: the uniform coder's kernel
-(weightroll/coders/_kernel.c).
+"""Builds the optional C extensions: the uniform coder's kernel
+(weightroll/coders/_kernel.c) and the trellis coder's loops
+(weightroll/coders/_trellis.c).
 
-Everything else is declared in pyproject.toml. The kernel is optional: where
-it cannot be compiled, the install goes on and the coder uses numpy, which
+Everything else is declared in pyproject.toml. Both are optional: where
+they cannot be compiled, the install goes on and the coders use numpy, which
 computes the same codes, error sums and so the same archives, more slowly.
 """
 
@@ -22,6 +23,7 @@ class BuildExt(build_ext):
 setup(
     ext_modules=[
         Extension("weightroll.coders._kernel", ["weightroll/coders/_kernel.c"], optional=True),
+        Extension("weightroll.coders._trellis", ["weightroll/coders/_trellis.c"], optional=True),
     ],
     cmdclass={"build_ext": BuildExt},
 )

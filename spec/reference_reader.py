@@ -1,10 +1,12 @@
-"""An independent reader of `.wroll` archives, written from spec/wroll-v3.md alone.
+"""An independent reader of `.wroll` archives, written from spec/wroll-v4.md alone.
 
 It shares no code with the `weightroll` package: it is an oracle that the package's
-reader is tested against (tests/test_reference_reader.py). It decodes valid archives
-and checks every checksum and digest that the spec defines (zip CRC-32, member
-SHA-256s, the JSON members' sizes, tensor `sha256` and `coding_sha256`), but it
-implements only some of the rejection rules of §15.
+reader is tested against (tests/test_reference_reader.py). It reads formats 1.x to 4.x:
+4.x's trellis codes (§6.2) and compressed decoder arrays (`decoder.bin.zst`, §4.7) as
+well as the raw `decoder.bin` of earlier versions. It decodes valid archives and checks
+every checksum and digest that the spec defines (zip CRC-32, member SHA-256s, the zstd
+members' sizes, tensor `sha256` and `coding_sha256`), but it implements only some of the
+rejection rules of §15.
 
     import reference_reader
     tensors = reference_reader.read("model.wroll")        # {path: numpy array}
@@ -21,6 +23,8 @@ import zstandard
 
 PNG_SIGNATURE = bytes.fromhex("89504e470d0a1a0a")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # §14
+MAX_DECODER_BYTES = 256 * 1024 * 1024  # §14: what decoder.bin.zst (4.x) may decompress to
+TRELLIS_NEXT = np.array([[0, 2], [2, 0], [1, 3], [3, 1]])  # §6.2: next[state][k mod 2]
 
 
 def _strict_json(data):  # §3: UTF-8 (no BOM), no repeated key, finite numbers only
@@ -42,14 +46,31 @@ def _strict_json(data):  # §3: UTF-8 (no BOM), no repeated key, finite numbers 
                       parse_constant=constant)
 
 
-def _zstd(data, size):  # §10.1, §2.3: one frame decompressing to exactly `size` bytes
-    reader = zstandard.ZstdDecompressor().decompressobj()
+def _zstd(data, size):
+    """§2.3, §4.7, §10.1 (R35): one zstd frame that decompresses to exactly `size` bytes, and
+    nothing after it; a content size in its header, if any, must be `size`. At most `size + 1`
+    bytes are ever decompressed."""
     try:
-        text = reader.decompress(data)  # libzstd checks the frame's content size and checksum
+        declared = zstandard.frame_content_size(data)  # -1 when the header does not say
+    except zstandard.ZstdError as e:
+        raise ValueError(f"zstd member is not a zstd frame ({e})") from None
+    if declared not in (-1, size):
+        raise ValueError(f"zstd frame declares {declared} bytes, not {size}")
+    try:  # one frame only, and no more than one byte past `size` of it
+        # One read: it fills its buffer unless the frame ends first (a second read would go on
+        # into whatever follows the frame).
+        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as reader:
+            text = reader.read(size + 1)
+        if len(text) != size:
+            raise ValueError(f"zstd member decompresses to {'more' if len(text) > size else 'fewer'} "
+                             f"than {size} bytes")
+        # Now known to be a frame of `size` bytes: decompress it again to find where it ends.
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        frame.decompress(data)  # libzstd checks the checksum
     except zstandard.ZstdError as e:
         raise ValueError(f"zstd member does not decompress ({e})") from None
-    if len(text) != size or not reader.eof or reader.unused_data:
-        raise ValueError("zstd member is not one frame of the declared size")
+    if not frame.eof or frame.unused_data:
+        raise ValueError("zstd member is not exactly one frame")
     return text
 
 
@@ -58,7 +79,7 @@ def _zstd_json(data, size):
 
 
 def _manifest(archive):
-    """§2.3: the manifest and the member it came from: `manifest.json.zst` (3.x), one zstd
+    """§2.3: the manifest and the member it came from: `manifest.json.zst` (3.x, 4.x), one zstd
     frame that declares its size, within MAX_MANIFEST_BYTES; `manifest.json` (1.x, 2.x)."""
     names = set(archive.namelist())
     if {"manifest.json", "manifest.json.zst"} <= names:
@@ -75,7 +96,7 @@ def _manifest(archive):
         text = archive.read(member)  # a KeyError when there is none
     manifest = _strict_json(text)
     major = manifest["format_version"].split(".")[0]
-    if manifest["format"] != "wroll" or major not in ("1", "2", "3"):
+    if manifest["format"] != "wroll" or major not in ("1", "2", "3", "4"):
         raise ValueError(f"unsupported format {manifest['format']} {manifest['format_version']}")
     if (member == "manifest.json.zst") != (int(major) >= 3):
         raise ValueError(f"a format {manifest['format_version']} manifest in {member}")
@@ -147,6 +168,25 @@ def _array(blob, dtype, count, offset):  # little-endian numbers in a member (§
     return np.frombuffer(blob, _dtype(dtype).newbyteorder("<"), count, offset).astype(_dtype(dtype))
 
 
+def _decoder_blob(decoder, members, major):
+    """§4.7: the bytes of the decoder's arrays: `decoder.bin` (1.x to 3.x), or what
+    `decoder.bin.zst` (4.x) decompresses to, whose length W is where the last array ends."""
+    if major < 4:
+        if decoder["weights_member"] != "decoder.bin":
+            raise ValueError("decoder.weights_member is not decoder.bin")
+        return members["decoder.bin"]
+    if decoder["weights_member"] != "decoder.bin.zst" or "decoder.bin.zst" not in members:
+        raise ValueError("a 4.x archive keeps its decoder arrays in decoder.bin.zst")
+    size = 0
+    for w in decoder["weights"]:  # packed in order from 0 (R9)
+        if w["offset"] != size or w["dtype"] not in ("float32", "float64"):
+            raise ValueError("decoder arrays are not packed float32/float64 arrays")
+        size += int(np.prod(w["shape"], dtype=np.int64)) * _dtype(w["dtype"]).itemsize
+    if size > MAX_DECODER_BYTES:  # before anything is decompressed
+        raise ValueError(f"decoder arrays take {size} bytes, more than MAX_DECODER_BYTES")
+    return _zstd(members["decoder.bin.zst"], size)
+
+
 def _value_table(decoder, blob):
     """§6: (T, S) for a codebook; for an MLP, (the 2**bits binary32 values, None)."""
     arrays = [_array(blob, w["dtype"], int(np.prod(w["shape"])), w["offset"]).reshape(w["shape"])
@@ -171,23 +211,55 @@ def _value_table(decoder, blob):
     return values, None
 
 
-def _coded(t, codes, decoder, table, scales, exact):
-    """A coded tensor (§7.1, outliers §8.2), checking its `coding_sha256` (§7.5) when it has one."""
+def trellis_indices(c, segment, zero, low):
+    """§6.2: the table indices `i_j = m - low` of trellis codes `c`. The state machine restarts at
+    0 every `segment` codes, so the segments run side by side, one column of codes at a time."""
+    k = c.astype(np.int64) - zero  # the levels
+    width = max(1, min(segment, len(k)))  # a segment longer than the tensor ends with it
+    rows = -(-len(k) // width)
+    grid = np.zeros(rows * width, np.int64)
+    grid[:len(k)] = k
+    grid = grid.reshape(rows, width)  # one segment a row (the last one padded, its padding unused)
+    m = np.empty_like(grid)
+    state = np.zeros(rows, np.int64)
+    for j in range(width):
+        level = grid[:, j]
+        m[:, j] = np.where(state <= 1, 2 * level, 2 * level - np.sign(level))  # Q0 or Q1
+        state = TRELLIS_NEXT[state, level % 2]  # numpy's % is in {0, 1} for negative levels too
+    return m.reshape(-1)[:len(k)] - low
+
+
+def _coded(t, codes, decoder, table, scales, exact, major):
+    """A coded tensor (§7.1, trellis codes §6.2, outliers §8.2), checking its `coding_sha256`
+    (§7.5) when it has one."""
     shape, count, axis = t["shape"], t["codes"]["count"], t.get("scales", {}).get("axis", -1)
     c = codes[t["codes"]["offset"]:][:count]
-    digest = hashlib.sha256(t["dtype"].encode("ascii") + b"\0" + np.array(len(shape), "<u4").tobytes()
-                            + np.array(shape, "<u8").tobytes() + np.array(axis, "<i4").tobytes()
-                            + c.tobytes())
+    trellis = t.get("trellis") if major >= 4 else None  # before 4.0 an unknown field, ignored (§12)
+    header = (t["dtype"].encode("ascii") + b"\0" + np.array(len(shape), "<u4").tobytes()
+              + np.array(shape, "<u8").tobytes() + np.array(axis, "<i4").tobytes())
+    if trellis is not None:  # R45, and the digest's trellis bytes (§7.5 item 3)
+        if decoder["kind"] != "codebook" or not isinstance(trellis, dict):
+            raise ValueError(f"{t['path']}: trellis codes belong to coded tensors of codebook archives")
+        segment, zero, low = (trellis[name] for name in ("segment", "zero", "low"))
+        if not (all(type(v) is int for v in (segment, zero, low))
+                and 1 <= segment <= 2 ** 16 and 0 <= zero <= 255 and -510 <= low <= 510):
+            raise ValueError(f"{t['path']}: trellis {trellis} is out of range")
+        header += b"trellis\0" + np.array(segment, "<u4").tobytes() + np.array([zero, low], "<i4").tobytes()
+    digest = hashlib.sha256(header + c.tobytes())
     if decoder["kind"] == "mlp":  # the network's 2**bits values; no table or scales allowed
         if "table" in t or "scales" in t:
             raise ValueError(f"{t['path']}: an MLP archive's coded tensor has a table or scales")
         own = table
-    else:  # its own slice of the codebook
+    else:  # its own slice of the codebook, of at most 256 entries (1021 for trellis codes, R17)
+        if t["table"]["size"] > (1021 if trellis is not None else 256) \
+                or t["table"]["offset"] + t["table"]["size"] > len(table):
+            raise ValueError(f"{t['path']}: table entries outside the codebook, or too many")
         own = table[t["table"]["offset"]:][:t["table"]["size"]]
         digest.update(own.astype("<f4").tobytes())
-    if (c >= len(own)).any():
+    index = c if trellis is None else trellis_indices(c, segment, zero, low)
+    if (index >= len(own)).any() or (index < 0).any():
         raise ValueError(f"{t['path']}: code outside the table")
-    values = own[c].reshape(shape)
+    values = own[index].reshape(shape)
     if "scales" in t:  # one binary32 product per element, the scale of its index along `axis`
         per_index = scales[t["scales"]["offset"]:][:t["scales"]["count"]]
         digest.update(per_index.astype("<f4").tobytes())
@@ -233,8 +305,9 @@ def read(path, base=None):
     _zstd_json(members["decoder.json.zst"], decoder["config_size"])
     if manifest.get("architecture") is not None:  # optional from 2.0: absent in a weights-only archive (§4.8)
         _zstd_json(members["architecture.json.zst"], manifest["architecture"]["size"])
+    major = int(manifest["format_version"].split(".")[0])
     codes = decode_png(members["weights.png"], manifest["image"])
-    table, scales = _value_table(decoder, members["decoder.bin"])
+    table, scales = _value_table(decoder, _decoder_blob(decoder, members, major))
     exact = members.get("exact.bin", b"")
     by_key = {}
     for array in (base.values() if isinstance(base, dict) else base or ()):
@@ -242,7 +315,7 @@ def read(path, base=None):
     tensors = {}
     for t in manifest["tensors"]:
         if t["storage"] == "coded":
-            value = _coded(t, codes, decoder, table, scales, exact)
+            value = _coded(t, codes, decoder, table, scales, exact, major)
         elif t["storage"] == "exact":
             offset, size = t["bytes"]["offset"], t["bytes"]["size"]
             if t["dtype"] == "bool" and set(exact[offset:offset + size]) - {0, 1}:

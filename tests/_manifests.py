@@ -1,6 +1,6 @@
 """Read and rewrite an archive's manifest whatever its format version: the
-`manifest.json.zst` of 3.x, or the plain `manifest.json` of 1.x and 2.x
-(spec/wroll-v3.md §2.1). For tests that edit archives."""
+`manifest.json.zst` of 3.x and 4.x, or the plain `manifest.json` of 1.x and
+2.x (spec/wroll-v4.md §2.1). For tests that edit archives."""
 
 import hashlib
 import io
@@ -8,9 +8,12 @@ import json
 import os
 import zipfile
 
+import zstandard
+
 from weightroll._format import container, manifest_member
 from weightroll._format.json_text import dumps
-from weightroll._format.schema import MANIFEST_MEMBER, RAW_MANIFEST_MEMBER
+from weightroll._format.schema import (COMPRESSED_DECODER_WEIGHTS_MEMBER, DECODER_WEIGHTS_MEMBER, MANIFEST_MEMBER,
+                                      RAW_MANIFEST_MEMBER)
 
 NAMES = (MANIFEST_MEMBER, RAW_MANIFEST_MEMBER)
 
@@ -71,3 +74,19 @@ def edit(source, change):
     manifest = read(source)
     change(manifest)
     return write(source, manifest)
+
+
+def as_3_0(source):
+    """Zip bytes of a 4.0 archive without trellis codes, as a 3.0 writer wrote
+    it: the decoder's arrays raw in `decoder.bin` (spec §12)."""
+    source = members(source) if not isinstance(source, list) else source
+    manifest = read(source)
+    assert not any("trellis" in t for t in manifest["tensors"]), "trellis codes have no 3.0 form"
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(dict(source)[COMPRESSED_DECODER_WEIGHTS_MEMBER])
+    manifest["format_version"] = "3.0"
+    manifest["decoder"]["weights_member"] = DECODER_WEIGHTS_MEMBER
+    del manifest["members"][COMPRESSED_DECODER_WEIGHTS_MEMBER]
+    manifest["members"][DECODER_WEIGHTS_MEMBER] = {}
+    renamed = [(DECODER_WEIGHTS_MEMBER, raw) if name == COMPRESSED_DECODER_WEIGHTS_MEMBER else (name, data)
+               for name, data in source]
+    return write(renamed, manifest, fix=True)

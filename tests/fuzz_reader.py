@@ -1,4 +1,4 @@
-"""Fuzz targets for the `.wroll` reader (spec/wroll-v3.md, "Threat model").
+"""Fuzz targets for the `.wroll` reader (spec/wroll-v4.md, "Threat model").
 
 Two properties, over every valid test vector in `spec/vectors/` as a seed:
 
@@ -143,8 +143,9 @@ _json_scalars = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=12),
     st.sampled_from(["coded", "exact", "reference", "float16", "float32", "float64", "int32", "bool",
-                     "uint8", "codebook", "mlp", "relu", "weights.png", "decoder.bin", "exact.bin",
-                     "1.0", "2.0", "1.9", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"]),
+                     "uint8", "codebook", "mlp", "relu", "weights.png", "decoder.bin", "decoder.bin.zst",
+                     "exact.bin", "trellis",
+                     "1.0", "2.0", "1.9", "4.0", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"]),
 )
 _json_values = st.recursive(
     _json_scalars,

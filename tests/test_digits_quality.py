@@ -42,7 +42,10 @@ def test_calibration_on_training_images_keeps_99_percent_on_test_images(digits_c
     uncalibrated = weightroll.roll(model, tmp_path / "plain.wroll")
     report = weightroll.roll(model, tmp_path / "model.wroll", validation_data=calibration)
     assert _agreement(model, weightroll.load_rolled(tmp_path / "model.wroll"), x_test) >= 0.99
-    assert report.archive_bytes < uncalibrated.archive_bytes / 2
+    # Calibration took the archive to under half of the data-free default's until trellis codes
+    # (format 4.0) made the default 7% smaller (which calibrated archives, GPTQ-coded, do not use):
+    # 67,554 against 130,223 bytes, 52%.
+    assert report.archive_bytes < 0.6 * uncalibrated.archive_bytes
 
 
 def test_measured_output_roll_value_is_the_one_stored(digits_cnn, tmp_path):

@@ -1,6 +1,6 @@
 """Hand-made hostile and broken archives that the test vectors cannot hold
 (too large, or about the reader's behaviour rather than a file), each refused
-with the error and rule the spec names (spec/wroll-v3.md, "Threat model",
+with the error and rule the spec names (spec/wroll-v4.md, "Threat model",
 "Limits", "What a reader MUST reject"). numpy only, no Keras.
 
 The one-file-per-rule corpus is `spec/vectors/invalid/`, run by
@@ -79,7 +79,7 @@ def test_rejects_a_version_that_is_not_ascii_major_dot_minor(version):
 
 
 def test_rejects_a_newer_major_version_naming_the_release_that_wrote_it():
-    manifest = {"format": "wroll", "format_version": "4.1",
+    manifest = {"format": "wroll", "format_version": "5.1",
                 "producer": {"name": "weightroll", "version": "1.4.0"}}
     with pytest.raises(VersionError, match=r"Upgrade weightroll .* written by weightroll 1\.4\.0, which does\."):
         mf.check_version(manifest)
@@ -117,10 +117,10 @@ def test_rejects_json_that_does_not_parse_one_way(text, fragment):
 
 
 def test_rejects_a_manifest_larger_than_the_limit_before_reading_it(monkeypatch):
-    assert len(_manifests.text(TINY)) == 1998 and len(dict(_members())["manifest.json.zst"]) < 1000
+    assert len(_manifests.text(TINY)) == 2006 and len(dict(_members())["manifest.json.zst"]) < 1000
     raw = _manifests.write(TINY, _manifests.read(TINY) | {"format_version": "2.0"})  # a 2.0 manifest.json
     monkeypatch.setattr(limits, "MAX_MANIFEST_BYTES", 1000)
-    with pytest.raises(LimitError, match="declares 1998 bytes, more than the 1000 bytes allowed") as info:
+    with pytest.raises(LimitError, match="declares 2006 bytes, more than the 1000 bytes allowed") as info:
         weightroll.unroll(TINY)
     assert info.value.rule == "R44"
     with pytest.raises(LimitError, match="more than the 1000 bytes allowed") as info:

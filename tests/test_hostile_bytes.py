@@ -1,4 +1,4 @@
-"""Every truncation and every single-byte flip of a small archive (spec/wroll-v3.md,
+"""Every truncation and every single-byte flip of a small archive (spec/wroll-v4.md,
 "Threat model"): each case unrolls to exactly the written weights (a byte the
 reader does not use, such as a timestamp) or raises a `WrollError`; no other
 exception, no slow case. numpy only: about 40,000 cases in a few seconds.

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the reader (spec/wroll-v3.md, "Threat model").
+"""Property-based fuzzing of the reader (spec/wroll-v4.md, "Threat model").
 
 A bounded number of cases on every run (`WROLL_FUZZ_EXAMPLES`, default 500,
 the same cases each time); `python tests/fuzz_reader.py --examples 100000`

@@ -1,4 +1,4 @@
-"""The Keras side of hostile archives (spec/wroll-v3.md, "Threat model"): safe mode
+"""The Keras side of hostile archives (spec/wroll-v4.md, "Threat model"): safe mode
 refuses stored code before Keras deserialises anything, the writer refuses what
 it cannot restore, and a kill mid-write leaves the previous archive loadable.
 """

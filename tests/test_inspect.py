@@ -105,11 +105,12 @@ def test_the_compressed_manifest_is_shown_with_its_size_and_its_decompressed_siz
     manifest = doc["members"][0]
     with zipfile.ZipFile(vector) as zf:
         size = zf.getinfo("manifest.json.zst").file_size
-    assert manifest == {"name": "manifest.json.zst", "size": size, "sha256": None, "content_size": 1998}
-    assert size < 1998
+    assert manifest == {"name": "manifest.json.zst", "size": size, "sha256": None, "content_size": 2006}
+    assert size < 2006
     sizes = {m["name"]: m["content_size"] for m in doc["members"]}
     assert sizes["architecture.json.zst"] == 1341 and sizes["weights.png"] is None
-    assert re.search(rf"manifest\.json\.zst +{size:,} bytes \(1,998 decompressed\)", _tool(vector).stdout)
+    assert sizes["decoder.bin.zst"] == 20  # 4 table entries and 1 scale, float32
+    assert re.search(rf"manifest\.json\.zst +{size:,} bytes \(2,006 decompressed\)", _tool(vector).stdout)
 
 
 def test_tensors_flag_adds_one_row_per_tensor(archive):

@@ -6,7 +6,8 @@
 (c) the reference reader is independent: it imports nothing from weightroll;
 (d) it refuses the invalid vectors of the rules it implements (its checks are not vacuous);
 (e) spec/png_variants/png_filters_and_chunks.wroll really has every PNG row filter, several
-    IDAT chunks and ancillary chunks, and make_png_variants.py regenerates it.
+    IDAT chunks and ancillary chunks, and make_png_variants.py regenerates it;
+(f) its trellis state machine (spec §6.2) gives the indices weightroll's does, C and numpy.
 """
 
 import os
@@ -36,9 +37,14 @@ VALID_IDS = [p.name[: -len(".wroll")] for p in VALID]
 INVALID = json.loads((VECTORS / "invalid" / "index.json").read_text())
 
 # The rules about a valid archive's data that the reference reader enforces (zip CRC, member
-# digests, PNG, decoder values, codes, outliers, references, tensor digests, bool bytes).
+# digests, PNG, decoder values, codes, outliers, references, tensor digests, bool bytes, the
+# zstd members, the trellis field).
 CHECKED_RULES = {"R22", "R23", "R24", "R25", "R26", "R27", "R28", "R29", "R30", "R31", "R32",
-                 "R33", "R34", "R39", "R44"}
+                 "R33", "R34", "R35", "R39", "R44", "R45"}
+# And the vectors of other rules about the decoder's arrays that it refuses (4.x: where they
+# are, how long they may be; before: how long they are).
+CHECKED_FILES = {"decoder_arrays_too_large.wroll", "decoder_bin_zst_unlisted.wroll",
+                 "decoder_weights_member.wroll", "decoder_bin_size.wroll"}
 
 
 def _load(path, name):
@@ -77,7 +83,8 @@ def _little_endian_sha256(array):
 
 def test_the_vectors_are_there():
     assert "png_filters_and_chunks" in VALID_IDS
-    assert {"dense_codebook_2bit", "dense_mlp_8bit", "dense_tolerance", "dense_reference"} <= set(VALID_IDS)
+    assert {"dense_codebook_2bit", "dense_mlp_8bit", "dense_tolerance", "dense_reference", "dense_trellis",
+            "v3_dense_tolerance", "v3_trellis_ignored", "v2_dense_tolerance", "v1_dense_codebook_2bit"} <= set(VALID_IDS)
 
 
 @pytest.mark.parametrize("vector", VALID, ids=VALID_IDS)
@@ -134,7 +141,7 @@ def test_reference_reader_imports_nothing_from_weightroll():
 # --- (d) refusals ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("entry", [e for e in INVALID if e["rule"] in CHECKED_RULES],
+@pytest.mark.parametrize("entry", [e for e in INVALID if e["rule"] in CHECKED_RULES or e["file"] in CHECKED_FILES],
                          ids=lambda e: e["file"][: -len(".wroll")])
 def test_reference_reader_refuses_invalid_vector(entry):
     base = _base(entry["base"]) if "base" in entry else None
@@ -245,3 +252,43 @@ def test_reference_reader_reads_a_weights_only_archive(tmp_path):
         assert "architecture.json.zst" not in archive.namelist()
     ours, theirs = reference_reader.read(path), weightroll.unroll(path)
     assert {p: a.tobytes() for p, a in ours.items()} == {p: a.tobytes() for p, a in theirs.items()}
+
+
+# --- (f) trellis codes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coder", ["C", "numpy"])
+def test_trellis_indices_agree_with_weightroll(monkeypatch, coder):
+    """Random codes (every level parity, states and restarts): the reference reader's state
+    machine, written from §6.2, and weightroll's give the same table indices."""
+    from weightroll.coders import trellis
+
+    if coder == "C" and trellis._trellis is None:
+        pytest.skip("the trellis C loops are not built (setup.py)")
+    if coder == "numpy":
+        monkeypatch.setattr(trellis, "_trellis", None)
+    rng = np.random.default_rng(45)
+    for count, segment, zero, low in ((0, 1, 0, 0), (1, 1, 0, 0), (7, 1, 3, -6), (1000, 3, 128, -256),
+                                      (5000, 1024, 13, -26), (3000, 4096, 255, 510), (2500, 1 << 20, 0, -510)):
+        if coder == "numpy" and segment > 4096:
+            continue  # weightroll's numpy loop runs over the whole segment, past the codes: seconds
+        codes = rng.integers(0, 256, count, dtype=np.uint8)
+        ours = reference_reader.trellis_indices(codes, segment, zero, low)
+        theirs = trellis.table_indices(codes, segment, zero, low)
+        assert np.array_equal(ours, theirs.astype(np.int64)), (count, segment, zero, low)
+
+
+def test_a_trellis_field_counts_only_from_4_0():
+    """v3_trellis_ignored is v3_dense_tolerance with a `trellis` field that a 3.0 reader does not
+    know: ignored, it decodes to the same tensors; applied, its indices would leave the table."""
+    plain = reference_reader.read(VECTORS / "v3_dense_tolerance.wroll")
+    edited = reference_reader.read(VECTORS / "v3_trellis_ignored.wroll")
+    assert {p: a.tobytes() for p, a in plain.items()} == {p: a.tobytes() for p, a in edited.items()}
+    manifest = _manifests.read(VECTORS / "v3_trellis_ignored.wroll")
+    kernel = next(t for t in manifest["tensors"] if "trellis" in t)
+    with zipfile.ZipFile(VECTORS / "v3_trellis_ignored.wroll") as archive:
+        codes = reference_reader.decode_png(archive.read("weights.png"), manifest["image"])
+    start = kernel["codes"]["offset"]
+    index = reference_reader.trellis_indices(codes[start: start + kernel["codes"]["count"]],
+                                             **kernel["trellis"])
+    assert index.max() >= kernel["table"]["size"]

@@ -1,9 +1,10 @@
-"""The format specification's test vectors (spec/wroll-v3.md, spec/vectors/).
+"""The format specification's test vectors (spec/wroll-v4.md, spec/vectors/).
 
 (a) every valid vector unrolls to exactly the expected tensors, bit for bit;
 (b) every invalid vector is refused with the listed exception, message and rule, and every rule
     has at least one;
-(c) make_vectors.py regenerates byte-identical files (the writer is deterministic);
+(c) make_vectors.py regenerates byte-identical files (the writer is deterministic, with and
+    without its C kernels), and the vectors of each version are what they say they are;
 (d) the worked example, rule list and limits in the spec agree with the vectors and code.
 """
 
@@ -27,7 +28,7 @@ from weightroll._format import limits, rules  # noqa: E402
 
 SPEC_DIR = pathlib.Path(__file__).resolve().parents[1] / "spec"
 VECTORS = SPEC_DIR / "vectors"
-SPEC = SPEC_DIR / "wroll-v3.md"
+SPEC = SPEC_DIR / "wroll-v4.md"
 VALID = sorted(p.name[: -len(".wroll")] for p in VECTORS.glob("*.wroll"))
 INDEX = json.loads((VECTORS / "invalid" / "index.json").read_text())
 
@@ -58,8 +59,9 @@ def _base(name):
 
 def test_the_vectors_are_there():
     assert {"dense_codebook_2bit", "dense_dropout_exact", "dense_mlp_8bit", "dense_float16_1bit",
-            "dense_codebook_8bit", "dense_tolerance", "dense_reference", "minor_version_3_9",
-            "v2_dense_tolerance", "v1_dense_codebook_2bit"} <= set(VALID)
+            "dense_codebook_8bit", "dense_tolerance", "dense_trellis", "dense_reference", "minor_version_4_9",
+            "v3_dense_tolerance", "v3_trellis_ignored", "v2_dense_tolerance",
+            "v1_dense_codebook_2bit"} <= set(VALID)
     for name in VALID:
         assert (VECTORS / f"{name}.expected.json").is_file()
         assert (VECTORS / f"{name}.wroll").stat().st_size < 16 * 1024
@@ -137,14 +139,16 @@ def _differing(dir_a, dir_b, names):
 @pytest.mark.parametrize("coder", ["kernel", "numpy"])
 def test_make_vectors_regenerates_byte_identical_files(tmp_path, monkeypatch, coder):
     """On any machine (CPU, vector units, BLAS), with the uniform coder's C
-    kernel and without it: the committed bytes, as long as the libraries
-    whose output they hold are the versions environment.json records."""
-    from weightroll.coders import uniform
+    kernel and the trellis coder's C loops and without them: the committed
+    bytes, as long as the libraries whose output they hold are the versions
+    environment.json records."""
+    from weightroll.coders import trellis, uniform
 
-    if coder == "kernel" and uniform._kernel is None:
-        pytest.skip("the C kernel is not built (setup.py); the numpy run checks the bytes")
+    if coder == "kernel" and uniform._kernel is None and trellis._trellis is None:
+        pytest.skip("the C kernels are not built (setup.py); the numpy run checks the bytes")
     if coder == "numpy":
         monkeypatch.setattr(uniform, "_kernel", None)
+        monkeypatch.setattr(trellis, "_trellis", None)
     make_vectors = _load_make_vectors()
     written = make_vectors.generate(str(tmp_path / "a"))
     assert written == _committed_files()
@@ -179,7 +183,8 @@ def test_worked_example_matches_the_vector():
     blocks = _spec_blocks()
     actual = make_vectors.worked_example(str(VECTORS / f"{make_vectors.EXAMPLE}.wroll"))
     for name in ("manifest", "manifest-indented", "members", "zip-local-header", "zip-central-entry", "zip-end-record",
-                 "png-ihdr", "png-scanline", "decoder-bin", "exact-bin", "decoder-json", "architecture"):
+                 "png-ihdr", "png-scanline", "decoder-bin-zst", "decoder-bin", "exact-bin", "decoder-json",
+                 "architecture", "trellis-walk"):
         assert name in blocks, f"the spec lacks the worked-example block '{name}'"
     for name, text in blocks.items():
         assert name in actual, f"unknown worked-example block '{name}'"
@@ -198,18 +203,63 @@ def test_worked_example_manifest_is_the_vector_manifest():
     assert _spec_blocks()["manifest"].encode("ascii") + b"\n" == manifest
 
 
-@pytest.mark.parametrize("name, version, member", [
-    ("dense_codebook_2bit", "3.0", "manifest.json.zst"),
-    ("minor_version_3_9", "3.9", "manifest.json.zst"),
-    ("v2_dense_tolerance", "2.0", "manifest.json"),
-    ("v1_dense_codebook_2bit", "1.1", "manifest.json"),
+@pytest.mark.parametrize("name, version, member, decoder_member", [
+    ("dense_codebook_2bit", "4.0", "manifest.json.zst", "decoder.bin.zst"),
+    ("minor_version_4_9", "4.9", "manifest.json.zst", "decoder.bin.zst"),
+    ("v3_dense_tolerance", "3.0", "manifest.json.zst", "decoder.bin"),
+    ("v2_dense_tolerance", "2.0", "manifest.json", "decoder.bin"),
+    ("v1_dense_codebook_2bit", "1.1", "manifest.json", "decoder.bin"),
 ])
-def test_each_major_version_has_a_valid_vector_with_its_manifest_member(name, version, member):
+def test_each_major_version_has_a_valid_vector_with_its_members(name, version, member, decoder_member):
     import _manifests
 
     members = _manifests.members(VECTORS / f"{name}.wroll")
     assert members[0][0] == member and not {member} ^ ({n for n, _ in members} & set(_manifests.NAMES))
-    assert _manifests.read(members)["format_version"] == version
+    manifest = _manifests.read(members)
+    assert manifest["format_version"] == version
+    assert members[3][0] == decoder_member == manifest["decoder"]["weights_member"]
+    assert not {"decoder.bin", "decoder.bin.zst"} - {decoder_member} & {n for n, _ in members}
+
+
+def test_every_4_0_vector_keeps_its_decoder_arrays_compressed():
+    import _manifests
+    import zstandard
+
+    for name in VALID:
+        members = dict(_manifests.members(VECTORS / f"{name}.wroll"))
+        manifest = _manifests.read(VECTORS / f"{name}.wroll")
+        if not manifest["format_version"].startswith("4."):
+            assert "decoder.bin" in members, name
+            if name != "v3_trellis_ignored":  # the one older vector with the field, to be ignored
+                assert not any("trellis" in t for t in manifest["tensors"]), name
+            continue
+        last = manifest["decoder"]["weights"][-1]
+        size = last["offset"] + int(np.prod(last["shape"])) * (4 if last["dtype"] == "float32" else 8)
+        frame = members["decoder.bin.zst"]
+        assert zstandard.frame_content_size(frame) == size, name  # weightroll's frames declare it
+        assert len(zstandard.ZstdDecompressor().decompress(frame)) == size, name
+
+
+def test_a_vector_has_trellis_codes_with_scales_and_outliers():
+    import _manifests
+
+    coded = [t for name in VALID if not name.startswith(("v1_", "v2_", "v3_"))
+             for t in _manifests.read(VECTORS / f"{name}.wroll")["tensors"] if "trellis" in t]
+    assert coded, "no valid vector has trellis codes"
+    full = [t for t in coded if "scales" in t and "outliers" in t and t["quantizer"] == "trellis"]
+    assert full, "no trellis-coded tensor has both scales and outliers"
+    kernel = full[0]
+    assert kernel["codes"]["count"] % kernel["trellis"]["segment"], "a last, shorter segment too"
+    assert kernel["codes"]["count"] > kernel["trellis"]["segment"]
+
+
+def test_the_3_0_vector_is_the_one_a_3_0_writer_wrote():
+    make_vectors = _load_make_vectors()
+    for name, sha256 in make_vectors.FROZEN.items():
+        assert hashlib.sha256((VECTORS / f"{name}.wroll").read_bytes()).hexdigest() == sha256, name
+    expected = {name: json.loads((VECTORS / f"{name}.expected.json").read_text())
+                for name in ("v3_dense_tolerance", "v3_trellis_ignored", "v2_dense_tolerance")}
+    assert expected["v3_trellis_ignored"] == expected["v3_dense_tolerance"] == expected["v2_dense_tolerance"]
 
 
 def test_every_rule_in_the_index_is_in_the_spec():

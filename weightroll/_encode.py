@@ -101,7 +101,7 @@ class Encoded:
     tensors: list  # manifest entries, without "error"
     codes: np.ndarray  # uint8, all coded tensors' codes in order
     decoder: dict  # manifest "decoder" section, without member names
-    decoder_arrays: list  # numpy arrays, packed into decoder.bin in order
+    decoder_arrays: list  # numpy arrays, packed into decoder.bin(.zst) in order
     exact_bytes: bytes
     decoded: dict  # path -> decoded numpy array (empty unless asked to keep them)
     stats: dict  # path -> report.tensor_error's (error, squared error, squared norm)
@@ -230,7 +230,7 @@ def tensor_dtype(source):
 
 
 def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality=None, seed=0, lossless=(),
-           base_keys=None, keep_decoded=True):
+           base_keys=None, keep_decoded=True, dependent=True):
     """Quantise and code tensors.
 
     Args:
@@ -255,6 +255,8 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
         keep_decoded: keep every decoded tensor in `Encoded.decoded` (to run
             the rolled model); without it, each is dropped once its digest and
             error are recorded.
+        dependent: whether trellis codes may be chosen (format 4.0; writers
+            of older versions turn them off).
 
     Returns:
         An `Encoded`.
@@ -273,7 +275,7 @@ def encode(named_tensors, decoder="codebook", bits=None, tolerance=None, quality
             for i in batch:
                 path = named[i][0]
                 results[i] = _encode_one(*named[i], None if path in lossless else bits,
-                                         0.0 if path in lossless else tolerance, base_keys, keep_decoded)
+                                         0.0 if path in lossless else tolerance, base_keys, keep_decoded, dependent)
 
         parallel_map(run, _batches([tensor_size(t) for _, t in named]))
         section, arrays = _codebook_tables(results)
@@ -346,11 +348,11 @@ def _codable(array):
         return bool(np.isfinite(np.float32(np.dot(flat, flat))))
 
 
-def _encode_one(path, source, bits, tolerance, base_keys, keep):
+def _encode_one(path, source, bits, tolerance, base_keys, keep, dependent=True):
     """Read, code and measure one tensor; what the archive needs of it."""
     array = read_tensor(source)
     storage, digest = _storage(path, array, base_keys)
-    coding = _code(path, array, bits, tolerance, keep) if storage == "coded" else None
+    coding = _code(path, array, bits, tolerance, keep, dependent) if storage == "coded" else None
     if storage == "coded" and coding is None:
         storage = "exact"  # coding does not pay
     return _result(path, array, storage, coding, keep, digest=digest)
@@ -386,7 +388,7 @@ def _result(path, array, storage, coding, keep, digest=None):
             axis = coding["entry"]["scales"]["axis"] if "scales" in coding["entry"] else None
             coding["entry"]["coding_sha256"] = coding_sha256(
                 array.dtype.name, array.shape, axis, coding["codes"], coding["table"], coding.get("scales"),
-                result["outliers"][1] if "outliers" in result else b"")
+                result["outliers"][1] if "outliers" in result else b"", coding["entry"].get("trellis"))
         result["coding"] = coding
     else:
         if storage == "exact":
@@ -446,7 +448,7 @@ def _lay_out(parts):
     return out
 
 
-def _code(path, array, bits, tolerance, keep=True):
+def _code(path, array, bits, tolerance, keep=True, dependent=True):
     """A codable tensor's coding, or None to store it exactly. Without `keep`
     a float32 tensor's uniform code holds no decoded values ("values" is
     None), only their digest ("sha256")."""
@@ -467,7 +469,7 @@ def _code(path, array, bits, tolerance, keep=True):
         # others are digested in their own dtype once cast back.
         in_place = array.dtype == np.float32
         choice = select.choose(array, tol, array.dtype.itemsize, keep_decoded=keep or not in_place,
-                               digest=in_place)
+                               digest=in_place, dependent=dependent)
     if choice.kind == "lossless":
         table, codes, bits = choice.code
         return {"table": table, "codes": codes, "values": table[codes], "entropy_bits": bits, "exact": True,
@@ -479,6 +481,8 @@ def _code(path, array, bits, tolerance, keep=True):
                   "sha256": code.sha256, "outliers": code.outlier_index, "measured": choice.measured,
                   "entropy_bits": code.entropy_bits,
                   "entry": {"quantizer": "uniform", "step": float(code.step)}}
+        if code.trellis is not None:
+            coding["entry"].update(quantizer="trellis", trellis=dict(code.trellis))
         if code.scales is not None:
             coding["scales"] = code.scales
             coding["entry"]["scales"] = {"axis": int(code.axis), "count": int(code.scales.size)}

@@ -10,7 +10,7 @@ deserialize with a `TypeError` stays a `TypeError`. Other operating-system
 errors (`PermissionError`, `IsADirectoryError`) are not wrapped.
 
 An error raised because an archive breaks one of the numbered rejection rules
-of `spec/wroll-v3.md` ("What a reader MUST reject") names that rule: its `rule`
+of `spec/wroll-v4.md` ("What a reader MUST reject") names that rule: its `rule`
 attribute is the rule's number, e.g. `"R23"`, and its message ends with
 `(spec rule R23)`. The numbers are the constants of `weightroll._format.rules`.
 Errors about arguments or models have `rule` `None`.

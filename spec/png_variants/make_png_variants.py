@@ -1,7 +1,7 @@
 """Make a valid `.wroll` vector whose code image uses every PNG row filter and extra chunks.
 
 weightroll writes `weights.png` with filter type 0 on every row, one IDAT chunk per MiB and no
-ancillary chunk, so its own vectors never show a reader the rest of what spec/wroll-v3.md §5
+ancillary chunk, so its own vectors never show a reader the rest of what spec/wroll-v4.md §5
 requires readers to handle: "all five PNG row filters and any number of IDAT chunks", and
 ancillary chunks, which readers may ignore. This script takes a valid vector and re-encodes
 its code image with the same codes:
@@ -45,7 +45,7 @@ SOURCE = os.path.join(HERE, "..", "vectors", "dense_codebook_8bit.wroll")
 OUT = os.path.join(HERE, "png_filters_and_chunks.wroll")
 SIGNATURE = bytes.fromhex("89504e470d0a1a0a")
 MANIFEST = "manifest.json.zst"
-ORDER = [MANIFEST, "weights.png", "decoder.json.zst", "decoder.bin",
+ORDER = [MANIFEST, "weights.png", "decoder.json.zst", "decoder.bin.zst", "decoder.bin",  # 4.x; 3.x
          "architecture.json.zst", "exact.bin"]
 
 

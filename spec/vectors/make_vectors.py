@@ -1,4 +1,4 @@
-"""Regenerate the `.wroll` format test vectors (spec/wroll-v3.md, "Test vectors").
+"""Regenerate the `.wroll` format test vectors (spec/wroll-v4.md, "Test vectors").
 
 Usage:
 
@@ -6,19 +6,21 @@ Usage:
     TF_CPP_MIN_LOG_LEVEL=2 python spec/vectors/make_vectors.py --example [ARCHIVE]
 
 The first form writes every vector into OUTDIR (default: the folder of this
-script). The second prints the byte-level worked example of spec/wroll-v3.md
+script). The second prints the byte-level worked example of spec/wroll-v4.md
 for ARCHIVE (default: the committed `dense_codebook_2bit.wroll`).
 
-Valid vectors are written by `weightroll.roll` from tiny Keras models whose
-weights are fixed numbers set with `layer.set_weights` (nothing is trained or
-drawn at random). Invalid vectors are derived from valid ones by one documented
-edit each and listed in `invalid/index.json` with the rejection rule (R..) of
-the spec, the exception class and a stable fragment of its message.
+Valid vectors are written by `weightroll.roll` (format 4.0) from tiny Keras
+models whose weights are fixed numbers set with `layer.set_weights` (nothing is
+trained or drawn at random). Vectors of older versions are derived from them
+(`OLDER`), except `v3_dense_tolerance`, which a 3.0 writer wrote and which is
+kept as it is (`FROZEN`). Invalid vectors are derived from valid ones by one
+documented edit each and listed in `invalid/index.json` with the rejection rule
+(R..) of the spec, the exception class and a stable fragment of its message.
 
 The output is a function of the inputs and of the library versions recorded in
 `environment.json` (Python's zipfile and zlib, numpy, zlib-ng, libzstd, Keras's
 config format), not of the machine: the same on every CPU and BLAS, with or
-without weightroll's C kernel (tests/test_same_bytes.py).
+without weightroll's C kernels (tests/test_same_bytes.py, tests/test_spec_vectors.py).
 """
 
 import hashlib
@@ -41,7 +43,8 @@ from weightroll._format import limits  # noqa: E402  (numpy only: no Keras yet)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = "dense_codebook_2bit"
-MANIFEST, RAW_MANIFEST = "manifest.json.zst", "manifest.json"  # 3.x; 1.x and 2.x
+MANIFEST, RAW_MANIFEST = "manifest.json.zst", "manifest.json"  # 3.x and 4.x; 1.x and 2.x
+DECODER_ZST, DECODER_BIN = "decoder.bin.zst", "decoder.bin"  # 4.x; 1.x to 3.x
 
 # --- valid vectors -------------------------------------------------------------
 
@@ -189,6 +192,25 @@ def _model_dense_tolerance():
     return model
 
 
+def _model_dense_trellis():
+    """Dense(8) on 1000 inputs: 8000 kernel values, enough that trellis codes
+    pay for their larger table. Every number is a multiple of a power of two."""
+    import keras
+
+    _reset_names()
+    inputs = keras.Input(shape=(1000,), name="x")
+    dense = keras.layers.Dense(8, name="dense")
+    model = keras.Model(inputs, dense(inputs), name="trellis")
+    i = np.arange(8000)
+    # Irwin-Hall: four scrambled uniform integers in [-63, 63] summed, close to Gaussian.
+    kernel = sum(((i * a + b) % 127) - 63 for a, b in ((37, 11), (53, 5), (71, 29), (97, 3))) / 512.0
+    kernel = kernel.reshape(1000, 8) * np.array([2.0 ** (c % 4 - 2) for c in range(8)])  # scales 1/4 .. 2
+    kernel.reshape(-1)[[5, 7993]] = [8.0, -8.0]  # about 110 times their column's RMS: outliers
+    bias = ((np.arange(8) % 5) - 2) / 8.0
+    dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return model
+
+
 VALID = [
     # name, model builder, roll() arguments, what it exercises
     (EXAMPLE, _model_dense_codebook_2bit, {"decoder": "codebook", "bits": 2},
@@ -221,6 +243,10 @@ VALID = [
     ("dense_tolerance", _model_dense_tolerance, {"decoder": "codebook", "tolerance": 0.05},
      "Dense(16) -> Dense(4); tolerance 0.05: uniform codes with per-channel scales, a lossless "
      "table, uniform codes with two exact outliers, and an exact bias."),
+    ("dense_trellis", _model_dense_trellis, {"decoder": "codebook", "tolerance": 0.05},
+     "Dense(8) on 1000 inputs; tolerance 0.05: the kernel's 8000 values are trellis codes (format "
+     "4.0: segments of 1024, the last one 832 long) with per-channel scales and two exact outliers; "
+     "the bias, five distinct values, a lossless table."),
 ]
 
 
@@ -464,6 +490,8 @@ def invalid_vectors(bases):
     um = read_members(bases["dense_tolerance"])
     uman = manifest_of(um)
     udict = dict(um)
+    trm = read_members(bases["dense_trellis"])
+    v30 = read_members(as_version(tiny, "3.0"))  # the worked example as format 3.0 stores it
 
     from weightroll._format.manifest import dumps
 
@@ -504,9 +532,9 @@ def invalid_vectors(bases):
            "unroll", f"64 bytes (MZ and zeros, like an executable stub) put in front of {EXAMPLE}.wroll; "
            "the zip's offsets are left relative to its own start.")
     png_header = _central_entries(tiny)["weights.png"][1]
-    yield ("members_overlap", patch_entry(tiny, "decoder.bin", None, 42, png_header, fmt="<I"), "R1",
+    yield ("members_overlap", patch_entry(tiny, DECODER_ZST, None, 42, png_header, fmt="<I"), "R1",
            "ArchiveError", "overlap in the file", "unroll",
-           "The central-directory entry of decoder.bin points at weights.png's local header "
+           "The central-directory entry of decoder.bin.zst points at weights.png's local header "
            f"(offset {png_header}).")
 
     # R2: a manifest present and strict JSON (the edited text compressed again)
@@ -537,7 +565,7 @@ def invalid_vectors(bases):
            "R2", "ArchiveError", "holds the number 1e999, which is not finite", "unroll",
            "settings.bits (an informative field) written as 1e999, which overflows binary64.")
 
-    # R44 (3.0): the manifest's member, one zstd frame declaring its size
+    # R44 (3.0 and later): the manifest's member, one zstd frame declaring its size
     frame = tdict[MANIFEST]
     plain = [(n, d) for n, d in tm if n != MANIFEST]
     yield ("manifest_frame_without_size",
@@ -562,9 +590,9 @@ def invalid_vectors(bases):
            zip_bytes(tm + [(RAW_MANIFEST, dumps(relabelled))]), "R44", "ArchiveError",
            "has both 'manifest.json.zst' and 'manifest.json'", "unroll",
            "The manifest, relabelled \"2.0\", also stored raw as manifest.json at the end of the zip.")
-    yield ("manifest_3_0_uncompressed", zip_bytes(_manifest_first(tm, text, RAW_MANIFEST)), "R44",
+    yield ("manifest_4_0_uncompressed", zip_bytes(_manifest_first(tm, text, RAW_MANIFEST)), "R44",
            "ArchiveError", "the member and the version disagree", "unroll",
-           "The 3.0 manifest text stored raw as manifest.json instead of manifest.json.zst.")
+           "The 4.0 manifest text stored raw as manifest.json instead of manifest.json.zst.")
     yield ("manifest_2_0_compressed", zip_bytes(_manifest_first(tm, dumps(relabelled), MANIFEST)), "R44",
            "ArchiveError", "the member and the version disagree", "unroll",
            "The manifest relabelled \"2.0\", still compressed in manifest.json.zst (a 2.0 manifest is "
@@ -573,10 +601,10 @@ def invalid_vectors(bases):
     # R3, R4: format name and version
     yield ("format_name", man(lambda m: m.update(format="zip")), "R3", "ArchiveError",
            "'format' must be 'wroll'", "unroll", "format set to \"zip\".")
-    yield ("version_4_0", man(lambda m: m.update(format_version="4.0")), "R4", "VersionError",
-           "reads formats 1.x, 2.x and 3.x only", "unroll", "format_version set to \"4.0\".")
+    yield ("version_5_0", man(lambda m: m.update(format_version="5.0")), "R4", "VersionError",
+           "reads formats 1.x, 2.x, 3.x and 4.x only", "unroll", "format_version set to \"5.0\".")
     yield ("version_0_9", man(lambda m: m.update(format_version="0.9")), "R4", "VersionError",
-           "reads formats 1.x, 2.x and 3.x only", "unroll",
+           "reads formats 1.x, 2.x, 3.x and 4.x only", "unroll",
            "format_version set to \"0.9\" (in manifest.json, as a version before 3.0 is stored).")
     yield ("version_malformed", man(lambda m: m.update(format_version="1.0.0")), "R4", "ArchiveError",
            "must look like 'MAJOR.MINOR'", "unroll", "format_version set to \"1.0.0\".")
@@ -623,15 +651,21 @@ def invalid_vectors(bases):
     yield ("decoder_table_shape", man(lambda m: m["decoder"]["weights"][0].update(shape=[4])), "R9",
            "ArchiveError", "a codebook decoder has two float32 arrays", "unroll",
            "The codebook table's shape set to [4] (same byte count).")
-    yield ("decoder_bin_size", man(lambda m: m["decoder"]["weights"][1].update(shape=[2, 1])), "R9",
+    yield ("decoder_bin_size", man(lambda m: m["decoder"]["weights"][1].update(shape=[2, 1]), v30), "R9",
            "ArchiveError", "the decoder weights take 24 bytes but 'decoder.bin' is 20", "unroll",
-           "The scales array's shape set to [2, 1] while decoder.bin holds 4 + 1 entries.")
+           "The worked example as format 3.0 stores it (decoder.bin raw), the scales array's shape set to "
+           "[2, 1] while decoder.bin holds 4 + 1 entries.")
+    too_large = (limits.MAX_DECODER_BYTES - 16) // 4 + 1  # scales after the 16 bytes of the table
+    yield ("decoder_arrays_too_large", man(lambda m: m["decoder"]["weights"][1].update(shape=[too_large, 1])),
+           "R9", "LimitError", f"the decoder weights take more than {limits.MAX_DECODER_BYTES} bytes", "unroll",
+           f"The scales array's shape set to [{too_large}, 1]: the arrays would end at byte "
+           f"{16 + 4 * too_large}, past MAX_DECODER_BYTES (decoder.bin.zst is left as it is, 20 bytes).")
     yield ("decoder_config_member", man(lambda m: m["decoder"].update(config_member="decoder.json")), "R9",
            "ArchiveError", "decoder.config_member must be 'decoder.json.zst'", "unroll",
            "decoder.config_member set to \"decoder.json\".")
-    yield ("decoder_weights_member", man(lambda m: m["decoder"].update(weights_member="decoder.bin.old")), "R9",
-           "ArchiveError", "decoder.weights_member must be 'decoder.bin'", "unroll",
-           "decoder.weights_member set to \"decoder.bin.old\".")
+    yield ("decoder_weights_member", man(lambda m: m["decoder"].update(weights_member=DECODER_BIN)), "R9",
+           "ArchiveError", "decoder.weights_member must be 'decoder.bin.zst'", "unroll",
+           "decoder.weights_member set to \"decoder.bin\", the member of format 3.x and earlier.")
     yield ("decoder_config_too_large", man(lambda m: m["decoder"].update(config_size=1 << 30)), "R9",
            "LimitError", "decoder.config_size=1073741824 exceeds the limit", "unroll",
            "decoder.config_size set to 2**30.")
@@ -647,6 +681,10 @@ def invalid_vectors(bases):
     yield ("required_member_unlisted", repack(tm, no_json, drop=["decoder.json.zst"]), "R11", "ArchiveError",
            "must list the required member 'decoder.json.zst'", "unroll",
            "decoder.json.zst removed from the zip and from members.")
+    no_zst = _edit(lambda m: m["members"].pop(DECODER_ZST))(tman)
+    yield ("decoder_bin_zst_unlisted", repack(tm, no_zst, drop=[DECODER_ZST]), "R11", "ArchiveError",
+           "must list the required member 'decoder.bin.zst'", "unroll",
+           "decoder.bin.zst removed from the zip and from members (a 4.0 archive needs it).")
 
     # R12 - R21: tensors
     yield ("tensor_duplicate_path", bias(lambda t: t.update(path="dense/kernel")), "R12", "ArchiveError",
@@ -786,32 +824,44 @@ def invalid_vectors(bases):
            "A 16x1 image (manifest width 16): 12 codes, then padding 0, 0, 0, 7.")
 
     # R28 - R32: decoding
-    floats = np.frombuffer(tdict["decoder.bin"], "<f4").copy()  # table (4 entries), then scales (1)
+    # An edit of the decoder's arrays edits what decoder.bin.zst decompresses to and compresses it
+    # again as the writer does (4.x); in an older archive it edits decoder.bin.
+    floats = np.frombuffer(decoder_bytes(tm), "<f4").copy()  # table (4 entries), then scales (1)
 
     def decoder_bin(values, members=tm):
-        return repack(members, replace={"decoder.bin": np.asarray(values, "<f4").tobytes()})
+        return repack(members, replace=with_decoder_bytes(members, np.asarray(values, "<f4").tobytes()))
     edited = floats.copy()
     edited[4] = 2.0
     yield ("scales_first_not_one", decoder_bin(edited), "R28", "ArchiveError", "scales[0] must be 1.0",
-           "unroll", "scales[0] (the last 4 bytes of decoder.bin) set to 2.0 (checksums updated).")
+           "unroll", "scales[0] (the last 4 bytes of the decoder's arrays) set to 2.0 in decoder.bin.zst "
+           "(compressed again, checksums updated).")
     edited = floats.copy()
     edited[0] = np.inf
     yield ("table_not_finite", decoder_bin(edited), "R29", "ArchiveError", "yields non-finite weights",
-           "unroll", "Table entry 0 in decoder.bin set to +inf (checksums updated).")
-    ufloats = np.frombuffer(udict["decoder.bin"], "<f4").copy()
+           "unroll", "Table entry 0 in decoder.bin.zst set to +inf (compressed again, checksums updated).")
+    ufloats = np.frombuffer(decoder_bytes(um), "<f4").copy()
     scales_at = uman["decoder"]["weights"][1]["offset"] // 4
     ufloats[scales_at + 3] = np.nan
     yield ("scales_not_finite", decoder_bin(ufloats, um), "R29", "ArchiveError", "yields non-finite weights",
-           "unroll", "dense_tolerance with scales[3] in decoder.bin set to NaN (checksums updated).")
+           "unroll", "dense_tolerance with scales[3] in decoder.bin.zst set to NaN (compressed again, "
+           "checksums updated).")
     mlp_weights = manifest_of(mm)["decoder"]["weights"]
-    mbin = bytearray(dict(mm)["decoder.bin"])
+    mbin = bytearray(decoder_bytes(mm))
     struct.pack_into("<d", mbin, mlp_weights[-1]["offset"], float("inf"))
-    yield ("mlp_not_finite", repack(mm, replace={"decoder.bin": bytes(mbin)}), "R29", "ArchiveError",
+    yield ("mlp_not_finite", repack(mm, replace=with_decoder_bytes(mm, mbin)), "R29", "ArchiveError",
            "yields non-finite weights", "unroll",
-           "dense_mlp_8bit with the output bias (dense_2/bias) set to +inf (checksums updated).")
+           "dense_mlp_8bit with the output bias (dense_2/bias) set to +inf in decoder.bin.zst (compressed "
+           "again, checksums updated).")
     yield ("code_outside_table", kernel(lambda t: t["table"].update(size=3)), "R30", "ArchiveError",
            "has code 3, outside its 3-entry table", "unroll",
            "The kernel's table.size set to 3; its codes include 3.")
+    trellis_kernel = _tensor(manifest_of(trm), "dense/kernel")
+    low = trellis_kernel["trellis"]["low"]
+    yield ("trellis_index_outside_table", _trellis_edit(trm, low=low + 1), "R30", "ArchiveError",
+           "has trellis codes that index entry -1 of its", "unroll",
+           f"dense_trellis with the kernel's trellis.low set to {low + 1} (from {low}): the codes of its "
+           "lowest reconstruction level now index entry -1. Its coding_sha256, which covers low, is "
+           "computed again, so that only the index check fails.")
     outliers = _tensor(uman, "head/kernel")["outliers"]
     ebin = bytearray(udict["exact.bin"])
     start = outliers["offset"]
@@ -834,19 +884,20 @@ def invalid_vectors(bases):
     swapped[[0, 1]] = swapped[[1, 0]]
     yield ("coding_digest_mismatch", decoder_bin(swapped), "R39", "ArchiveError",
            "differ from those recorded (coding_sha256)", "unroll",
-           "Table entries 0 and 1 of decoder.bin swapped (checksums updated): the data are self-"
-           "consistent, only the kernel's coding digest notices.")
+           "Table entries 0 and 1 in decoder.bin.zst swapped (compressed again, checksums updated): the "
+           "data are self-consistent, only the kernel's coding digest notices.")
+    yield ("trellis_digest_mismatch", _trellis_edit(trm, segment=512, digest=False), "R39", "ArchiveError",
+           "differ from those recorded (coding_sha256)", "unroll",
+           "dense_trellis with the kernel's trellis.segment set to 512 (from 1024), its coding_sha256 left: "
+           "the digest covers the trellis field.")
 
-    def as_1_0(m):  # what a format 1.0 writer wrote: no coding digests
-        m["format_version"] = "1.0"
-        for t in m["tensors"]:
-            t.pop("coding_sha256", None)
-    v10 = read_members(man(as_1_0))
+    # What a format 1.0 writer wrote: decoder.bin raw, the manifest raw, no coding digests.
+    v10 = read_members(as_version(tiny, "1.0", strip_coding=True))
     yield ("digest_mismatch", decoder_bin(swapped, v10), "R33", "ArchiveError",
            "decodes to values whose SHA-256 differs", "unroll",
-           "A format 1.0 archive (the worked example labelled \"1.0\", its coding_sha256 fields removed) "
-           "with table entries 0 and 1 of decoder.bin swapped (checksums updated): only the tensor digest "
-           "notices.")
+           "A format 1.0 archive (the worked example as format 1.0 stores it: decoder.bin and manifest.json "
+           "raw, no coding_sha256 fields) with table entries 0 and 1 of decoder.bin swapped (checksums "
+           "updated): only the tensor digest notices.")
 
     # R34: bool bytes
     def bias_bool(t):
@@ -854,6 +905,41 @@ def invalid_vectors(bases):
     yield ("bool_not_0_or_1", bias(bias_bool), "R34", "ArchiveError", "values other than 0x00 and 0x01",
            "unroll", "The exact bias relabelled bool of shape [12]: its bytes (and digest) are unchanged, "
            "but 0x3e and 0xbf are not bools.")
+
+    # R35: decoder.bin.zst (4.x), one zstd frame of exactly the bytes the arrays take, nothing after it
+    frame = tdict[DECODER_ZST]
+    raw = decoder_bytes(tm)
+    yield ("decoder_bin_not_zstd", repack(tm, replace={DECODER_ZST: raw}), "R35", "ArchiveError",
+           "'decoder.bin.zst' is not a zstd frame", "unroll",
+           f"decoder.bin.zst replaced by the {len(raw)} bytes it decompresses to, stored raw as decoder.bin "
+           "was before 4.0 (checksums updated).")
+    yield ("decoder_frame_size_mismatch", repack(tm, replace={DECODER_ZST: _declare_size(frame, len(raw) + 1)}),
+           "R35", "ArchiveError", f"'decoder.bin.zst' declares {len(raw) + 1} bytes but manifest.json says "
+           f"{len(raw)}", "unroll",
+           f"decoder.bin.zst's frame header declaring {len(raw) + 1} bytes, one more than the frame holds and "
+           "than the arrays take (checksums updated).")
+    yield ("decoder_frame_trailing_data", repack(tm, replace={DECODER_ZST: frame + b"\x00"}), "R35",
+           "ArchiveError", "'decoder.bin.zst' has 1 bytes after its zstd frame", "unroll",
+           "One zero byte appended to decoder.bin.zst after its frame (checksums updated).")
+    yield ("decoder_arrays_longer_than_frame",
+           repack(tm, _edit(lambda m: m["decoder"]["weights"][1].update(shape=[2, 1]))(tman),
+                  replace={DECODER_ZST: _zstd(raw, content_size=False)}),
+           "R35", "ArchiveError", f"'decoder.bin.zst' expands to {len(raw)} bytes; manifest.json declares "
+           f"{len(raw) + 4}", "unroll",
+           f"The scales array's shape set to [2, 1] (the arrays take {len(raw) + 4} bytes), decoder.bin.zst "
+           f"a frame of the {len(raw)} bytes without a content size (checksums updated).")
+
+    # R45 (4.0): the trellis field
+    yield ("trellis_segment_zero", _trellis_edit(trm, segment=0), "R45", "ArchiveError",
+           "trellis.segment must be in [1, 65536]", "unroll",
+           "dense_trellis with the kernel's trellis.segment set to 0 (coding_sha256 computed again).")
+    yield ("trellis_zero_out_of_range", _trellis_edit(trm, zero=300), "R45", "ArchiveError",
+           "trellis.zero must be in [0, 255]", "unroll",
+           "dense_trellis with the kernel's trellis.zero set to 300 (coding_sha256 computed again).")
+    yield ("trellis_in_mlp",
+           man(lambda m: _tensor(m, "dense/kernel").update(trellis={"segment": 1024, "zero": 0, "low": 0}), mm),
+           "R45", "ArchiveError", "has 'trellis', which only a codebook decoder defines", "unroll",
+           "dense_mlp_8bit with a trellis field {segment 1024, zero 0, low 0} added to the kernel.")
 
     # R35 - R38: the architecture member and the decoder config (read by Keras loaders only)
     arch_json = _unzstd(tdict["architecture.json.zst"])
@@ -875,6 +961,32 @@ def invalid_vectors(bases):
            "R36", "ArchiveError", "has the key 'module' twice", "load_rolled",
            "A second \"module\" key at the top of the architecture JSON (sizes and checksums updated).")
     yield from _keras_loader_vectors(tm, arch_json, man, bases)
+
+
+def _trellis_edit(members, digest=True, **fields):
+    """`members` (dense_trellis) with the kernel's `trellis` fields set to
+    `fields`; with `digest`, its `coding_sha256` computed again over the
+    edited field (spec §7.5), so that the edit reaches the rule it is for."""
+    from weightroll._format.decode import coding_digest
+    from weightroll._format.image import decode_png
+
+    manifest = manifest_of(members)
+    kernel = _tensor(manifest, "dense/kernel")
+    kernel["trellis"].update(fields)
+    if digest:
+        found = dict(members)
+        codes = decode_png(found["weights.png"], manifest["image"]["width"], manifest["image"]["height"],
+                           manifest["image"]["codes"])
+        table, scales = (a.reshape(-1) for a in _decoder_arrays(members, manifest))
+        kernel["coding_sha256"] = coding_digest(kernel, codes, table, scales, found.get("exact.bin", b""))
+    return repack(members, manifest)
+
+
+def _decoder_arrays(members, manifest):
+    """The decoder's arrays of an archive, as the manifest lays them out."""
+    raw = decoder_bytes(members)
+    return [np.frombuffer(raw, "<" + ("f4" if w["dtype"] == "float32" else "f8"), int(np.prod(w["shape"])),
+                          w["offset"]).reshape(w["shape"]) for w in manifest["decoder"]["weights"]]
 
 
 def _with_architecture(members, text, content_size=True, size=None):
@@ -989,10 +1101,11 @@ def _keras_loader_vectors(tm, arch_json, man, bases=None):
     qm = read_members(bases["dense_int8"])
     qman = manifest_of(qm)
     coded_int = next(t for t in qman["tensors"] if t["dtype"] == "int8" and t["storage"] == "coded")
-    table = bytearray(dict(qm)["decoder.bin"])
+    table = bytearray(decoder_bytes(qm))
     struct.pack_into("<f", table, 4 * coded_int["table"]["offset"], 0.5)
-    yield ("integer_table_fraction", repack(qm, replace={"decoder.bin": bytes(table)}), "R42", "ArchiveError",
-           "not integers in [-128, 127]", "unroll", "The int8 kernel's first table entry set to 0.5.")
+    yield ("integer_table_fraction", repack(qm, replace=with_decoder_bytes(qm, table)), "R42", "ArchiveError",
+           "not integers in [-128, 127]", "unroll",
+           "The int8 kernel's first table entry set to 0.5 in decoder.bin.zst (compressed again).")
     yield ("variable_dtype_kind", man(lambda m: _tensor(m, "dense/bias").update(dtype="int32")), "R38",
            "WrollError",
            "Variable 'dense/bias' is float32, but the archive's tensor 'dense/bias' is int32", "load_rolled",
@@ -1001,41 +1114,89 @@ def _keras_loader_vectors(tm, arch_json, man, bases=None):
 
 
 def forward_compatible(bases):
-    """A valid archive from a future minor version: 3.9, with unknown fields."""
+    """A valid archive from a future minor version: 4.9, with unknown fields."""
     members = read_members(bases[EXAMPLE])
     manifest = manifest_of(members)
-    manifest["format_version"] = "3.9"
+    manifest["format_version"] = "4.9"
     manifest["x_future_section"] = {"note": "unknown fields are ignored"}
     manifest["tensors"][0]["x_future_field"] = [1, 2, 3]
     manifest["decoder"]["x_future_field"] = True
     return repack(members, manifest)
 
 
-def as_2_0(data):
-    """A 3.0 archive as format 2.0 wrote it: the same members, the manifest
-    relabelled "2.0" and stored raw as `manifest.json` (3.0 changed nothing else)."""
-    members = read_members(data)
-    manifest = manifest_of(members)
-    manifest["format_version"] = "2.0"
-    return repack(members, manifest, fix=False, rebind=False)
+def decoder_bytes(members):
+    """The decoder's arrays, as `decoder.bin` holds them: `decoder.bin.zst`
+    decompressed (4.x), or `decoder.bin` (1.x to 3.x)."""
+    found = dict(members)
+    return _unzstd(found[DECODER_ZST]) if DECODER_ZST in found else found[DECODER_BIN]
 
 
-def as_1_1(data):
-    """A 3.0 archive as format 1.1 wrote it: tensors without `key` and
-    `binding_sha256` (assigned by position), the manifest raw in `manifest.json`."""
+def with_decoder_bytes(members, raw):
+    """`replace=` for `repack`: the decoder's arrays set to `raw`, compressed
+    as weightroll's writer does in a 4.x archive, raw in an older one."""
+    from weightroll._format.writer import _zstd as writer_zstd
+
+    if DECODER_ZST in dict(members):
+        return {DECODER_ZST: writer_zstd(bytes(raw))}
+    return {DECODER_BIN: bytes(raw)}
+
+
+def as_version(data, version, strip_coding=False):
+    """An archive of format 3.0 or 4.0 (without trellis codes) as format
+    `version` stores it: relabelled; before 4.0, its decoder's arrays raw in
+    `decoder.bin` (`decoder.weights_member` too); before 3.0, the manifest
+    raw in `manifest.json`; before 2.0, its tensors without `key` and
+    `binding_sha256` (assigned by position). Nothing else changed between
+    the versions, so but for the tables and scales that 4.0 writers round to
+    11 significant bits (none in a k-means or lossless table), this is what
+    their writers wrote. `strip_coding` drops the `coding_sha256` fields too
+    (a 1.0 archive has none)."""
     members = read_members(data)
     manifest = manifest_of(members)
-    manifest["format_version"] = "1.1"
+    major = int(version.split(".")[0])
+    if major < 4 and DECODER_ZST in dict(members):
+        assert not any("trellis" in t for t in manifest["tensors"]), "trellis codes are 4.0"
+        raw = decoder_bytes(members)
+        members = [(DECODER_BIN, raw) if n == DECODER_ZST else (n, d) for n, d in members]
+        del manifest["members"][DECODER_ZST]
+        manifest["members"][DECODER_BIN] = {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        manifest["decoder"]["weights_member"] = DECODER_BIN
+    manifest["format_version"] = version
     for t in manifest["tensors"]:
-        del t["key"], t["binding_sha256"]
+        if major < 2:
+            del t["key"], t["binding_sha256"]
+        if strip_coding:
+            t.pop("coding_sha256", None)
     return repack(members, manifest, fix=False, rebind=False)
 
 
-# Valid vectors of older MAJOR versions, derived from the vectors above: a 3.x
-# reader reads them as their own readers did.
+def with_ignored_trellis(data):
+    """A 3.0 archive whose uniform-coded tensor has a `trellis` field (with
+    `segment` 1 every code would be its own segment): 3.x defines no such
+    field, so readers ignore it (spec §12) and decode as without it."""
+    members = read_members(data)
+    manifest = manifest_of(members)
+    assert manifest["format_version"] == "3.0"
+    tensor = _tensor(manifest, "hidden/kernel")
+    tensor["trellis"] = {"segment": 1, "zero": 0, "low": 0}
+    tensor["quantizer"] = "trellis"
+    return repack(members, manifest, fix=False, rebind=False)
+
+
+# Vectors kept as an earlier release wrote them: `generate` copies each (it
+# cannot write them again: weightroll writes 4.0 now) after checking its SHA-256.
+FROZEN = {
+    # dense_tolerance as weightroll wrote it in format 3.0 (decoder.bin raw,
+    # tables and scales of full binary32 precision).
+    "v3_dense_tolerance": "25ade04e409bd5d089a9938477c6cc01ec5b2f3b98a8ab7ac5c79271d1160f76",
+}
+
+# Valid vectors of older MAJOR versions (and one with an unknown field), each
+# derived from a vector above: a 4.x reader reads them as their own readers did.
 OLDER = [
-    ("v2_dense_tolerance", "dense_tolerance", as_2_0),
-    ("v1_dense_codebook_2bit", EXAMPLE, as_1_1),
+    ("v3_trellis_ignored", "v3_dense_tolerance", with_ignored_trellis),
+    ("v2_dense_tolerance", "v3_dense_tolerance", lambda data: as_version(data, "2.0")),
+    ("v1_dense_codebook_2bit", EXAMPLE, lambda data: as_version(data, "1.1")),
 ]
 
 
@@ -1044,9 +1205,10 @@ OLDER = [
 
 def environment():
     """The versions the bytes of the vectors depend on, besides this script and
-    weightroll's code. Nothing about the machine: the coder's sums and the MLP's
-    fit are the same bits on every CPU and BLAS, with or without weightroll's C
-    kernel, and zlib-ng's Huffman-only deflate takes no CPU-specific path."""
+    weightroll's code. Nothing about the machine: the coders' sums, the trellis
+    search and the MLP's fit are the same bits on every CPU and BLAS, with or
+    without weightroll's C kernels, and zlib-ng's Huffman-only deflate takes no
+    CPU-specific path."""
     import keras
     import zstandard
     from zlib_ng import zlib_ng
@@ -1085,13 +1247,25 @@ def generate(outdir):
             bases[name] = f.read()
         written.append(name + ".wroll")
 
-    future = "minor_version_3_9"
+    future = "minor_version_4_9"
     with open(os.path.join(outdir, future + ".wroll"), "wb") as f:
         f.write(forward_compatible(bases))
     written.append(future + ".wroll")
+    for name, sha256 in FROZEN.items():
+        with open(os.path.join(HERE, name + ".wroll"), "rb") as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise RuntimeError(f"{name}.wroll is not the archive an earlier release wrote; restore it from git")
+        if os.path.abspath(outdir) != HERE:
+            with open(os.path.join(outdir, name + ".wroll"), "wb") as f:
+                f.write(data)
+        bases[name] = data
+        written.append(name + ".wroll")
     for name, source, convert in OLDER:
+        data = convert(bases[source])
         with open(os.path.join(outdir, name + ".wroll"), "wb") as f:
-            f.write(convert(bases[source]))
+            f.write(data)
+        bases[name] = data
         written.append(name + ".wroll")
 
     for rel in [r for r in written if r.endswith(".wroll")]:
@@ -1156,7 +1330,9 @@ def worked_example(archive_path):
     idat_len = struct.unpack(">I", png[33:37])[0]
     assert png[37:41] == b"IDAT"
     blocks["png-scanline"] = _hex(zlib.decompress(png[41: 41 + idat_len]))
-    blocks["decoder-bin"] = _hex(members["decoder.bin"])
+    frame = members[DECODER_ZST]
+    blocks["decoder-bin-zst"] = _hex(frame)
+    blocks["decoder-bin"] = _hex(_unzstd(frame))
     if "exact.bin" in members:
         blocks["exact-bin"] = _hex(members["exact.bin"])
     blocks["architecture"] = json.dumps(
@@ -1165,7 +1341,56 @@ def worked_example(archive_path):
     blocks["decoder-json"] = json.dumps(
         json.loads(zstandard.ZstdDecompressor().decompress(members["decoder.json.zst"])), indent=1,
         sort_keys=True)
+    trellis = os.path.join(os.path.dirname(os.path.abspath(archive_path)), TRELLIS_EXAMPLE + ".wroll")
+    if os.path.exists(trellis):  # the vector beside the archive
+        blocks["trellis-walk"] = trellis_walk(trellis)
     return blocks
+
+
+TRELLIS_EXAMPLE = "dense_trellis"
+
+
+def trellis_walk(archive_path, count=10):
+    """The first `count` elements of the trellis-coded kernel of `archive_path`
+    decoded by hand (spec §6.2), one row each; checked against weightroll."""
+    import weightroll
+    from weightroll._format.image import decode_png
+
+    with open(archive_path, "rb") as f:
+        members = read_members(f.read())
+    manifest = manifest_of(members)
+    kernel = next(t for t in manifest["tensors"] if "trellis" in t)
+    image = manifest["image"]
+    codes = decode_png(dict(members)["weights.png"], image["width"], image["height"], image["codes"])
+    table, scales = (a.reshape(-1) for a in _decoder_arrays(members, manifest))
+    t, s, axis = kernel["table"]["offset"], kernel["scales"]["offset"], kernel["scales"]["axis"]
+    segment, zero, low = (kernel["trellis"][k] for k in ("segment", "zero", "low"))
+    assert axis == len(kernel["shape"]) - 1  # the element's channel is j % shape[-1]
+    decoded = weightroll.unroll(archive_path)[kernel["path"]].reshape(-1)
+    o = kernel["outliers"]
+    exact = dict(members)["exact.bin"]
+    outliers = dict(zip(np.frombuffer(exact, "<i8", o["count"], o["offset"]).tolist(),
+                        np.frombuffer(exact, "<f4", o["count"], o["offset"] + 8 * o["count"])))
+    rows = [" j  code  state   k    m  index  T[t+index]    channel  S[s+channel]  value"]
+    state = 0
+    for j in range(count):
+        if j % segment == 0:
+            state = 0
+        c = int(codes[kernel["codes"]["offset"] + j])
+        k = c - zero
+        m = 2 * k if state <= 1 else 2 * k - (k > 0) + (k < 0)
+        index = m - low
+        channel = j % kernel["shape"][-1]
+        value = np.float32(table[t + index]) * np.float32(scales[s + channel])
+        shown = f"{float(value):.9g}"
+        if j in outliers:  # the code still drives the state; the value is the outlier's
+            value = outliers[j]
+            shown = f"outlier: {float(value):.9g}"
+        assert value.tobytes() == decoded[j].tobytes(), j
+        rows.append(f"{j:>2}  {c:>4}  {state:>5}  {k:>3}  {m:>3}  {index:>5}  {float(table[t + index]):<12.9g}  "
+                    f"{channel:>7}  {float(scales[s + channel]):<12.9g}  {shown}")
+        state = [[0, 2], [2, 0], [1, 3], [3, 1]][state][k % 2]
+    return "\n".join(rows)
 
 
 def _hex(data):

@@ -14,6 +14,7 @@ from weightroll._format.digest import coding_sha256, reference_key, tensor_diges
 from weightroll._format.mlp_decoder import evaluate as evaluate_mlp
 from weightroll._parallel import parallel_map
 from weightroll._format.schema import CODED_INTEGER_DTYPES, itemsize, numpy_dtype
+from weightroll.coders import trellis  # the codec's own decoding step (its state machine)
 from weightroll.errors import ArchiveError, short
 
 
@@ -66,7 +67,8 @@ def coding_digest(entry, codes, table, scales, exact_bytes):
     return coding_sha256(
         entry["dtype"], entry["shape"], scaled["axis"] if scaled else None,
         codes[start: start + entry["codes"]["count"]], table[t["offset"]: t["offset"] + t["size"]],
-        scales[scaled["offset"]: scaled["offset"] + scaled["count"]] if scaled else None, outliers)
+        scales[scaled["offset"]: scaled["offset"] + scaled["count"]] if scaled else None, outliers,
+        entry.get("trellis"))
 
 
 def decode_tensor(entry, codes, table, scales, exact_bytes, kind):
@@ -109,6 +111,16 @@ class _Job:
             offset, size = entry["table"]["offset"], entry["table"]["size"]
         else:
             offset, size = 0, table.size
+        if "trellis" in entry and kind == "codebook":  # the table index depends on the codes before (§6.2)
+            t = entry["trellis"]
+            span = trellis.table_indices(span, t["segment"], t["zero"], t["low"])
+            low, top = (int(span.min()), int(span.max())) if span.size else (0, -1)
+            if low < 0 or top >= size:
+                raise ArchiveError(
+                    f"Tensor '{short(entry['path'])}' has trellis codes that index entry "
+                    f"{low if low < 0 else top} of its {size}-entry table.",
+                    rule=rules.CODE_OUTSIDE_TABLE,
+                )
         top = int(span.max()) if span.size else -1  # an empty tensor has no code to check
         if top >= size:
             raise ArchiveError(

@@ -9,11 +9,12 @@ import numpy as np
 from weightroll._format.json_text import dumps
 
 
-def coding_sha256(dtype, shape, axis, codes, table, scales, outliers):
+def coding_sha256(dtype, shape, axis, codes, table, scales, outliers, trellis=None):
     """SHA-256 of what a coded tensor's values are computed from: its dtype
-    name, rank, shape and scale axis (-1 for none), then its codes, its table
-    entries and scales (binary32, little-endian) and its outlier block, each
-    as the archive holds them.
+    name, rank, shape and scale axis (-1 for none), for trellis codes their
+    segment, zero and low (4.0), then its codes, its table entries and
+    scales (binary32, little-endian) and its outlier block, each as the
+    archive holds them.
 
     Args:
         dtype: the tensor's dtype name, e.g. `"float32"`.
@@ -24,12 +25,15 @@ def coding_sha256(dtype, shape, axis, codes, table, scales, outliers):
         scales: its scales, or None.
         outliers: its outlier block (indices then values), bytes-like; empty
             for none.
+        trellis: its `trellis` field (`{"segment", "zero", "low"}`), or None.
 
     Returns:
         The digest as 64 lowercase hex digits.
     """
     header = (dtype.encode("ascii") + b"\0" + struct.pack(f"<I{len(shape)}Q", len(shape), *shape)
               + struct.pack("<i", -1 if axis is None else axis))
+    if trellis is not None:
+        header += b"trellis\0" + struct.pack("<Iii", trellis["segment"], trellis["zero"], trellis["low"])
     digest = hashlib.sha256(header)
     digest.update(memoryview(np.ascontiguousarray(codes, np.uint8)).cast("B"))
     digest.update(np.ascontiguousarray(table, "<f4").tobytes())

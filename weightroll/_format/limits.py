@@ -1,7 +1,7 @@
 """Resource limits a reader enforces before it allocates anything.
 
 Each constant is referenced by the numbered rejection rules in
-`spec/wroll-v3.md` ("Limits"). A legitimate archive written by weightroll stays
+`spec/wroll-v4.md` ("Limits"). A legitimate archive written by weightroll stays
 far inside every one of them; they exist so that a hostile file cannot make a
 reader allocate or inflate without bound.
 """
@@ -15,6 +15,11 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 # The architecture JSON of very large Keras models is a few MiB; 256 MiB leaves
 # room while bounding what a zstd frame may expand to. (R9, R10, R35)
 MAX_ARCHITECTURE_BYTES = 256 * 1024 * 1024
+
+# A 4.x archive's decoder arrays (tables and scales) are inflated from a zstd
+# frame; a model's tables and per-channel scales take a few MiB at most.
+# Bounds the size their entries declare before anything is inflated. (R9)
+MAX_DECODER_BYTES = 256 * 1024 * 1024
 
 # zlib documents deflate's best case as 1032:1, so a PNG whose declared raw
 # size (height * (width + 1) bytes, one filter byte per row) exceeds this

@@ -6,7 +6,7 @@ further checks: the version (`check_version`), the members, the image, the
 decoder and the architecture here, each tensor in `tensor_rules`. Every
 refusal is an `ArchiveError` (or `LimitError`, `VersionError`) whose `rule`
 is the number of the rule it enforces in "What a reader MUST reject" of
-`spec/wroll-v3.md` (`weightroll._format.rules`).
+`spec/wroll-v4.md` (`weightroll._format.rules`).
 
 The names the format defines are in `schema`, JSON reading and writing in
 `json_text`; both are re-exported here for the modules that build or read a
@@ -21,7 +21,8 @@ from weightroll._format.json_text import dumps, finite_or_none, json_depth, load
 from weightroll._format.schema import *  # noqa: F401,F403 - the format's names, as `manifest.X`
 from weightroll._format.schema import (ARCHITECTURE_MEMBER, ASSETS_PREFIX, DECODER_CONFIG_MEMBER, DECODER_KINDS,
                                        DECODER_WEIGHTS_MEMBER, FORMAT_MAJOR, FORMAT_NAME, IMAGE_MEMBER,
-                                       MLP_ACTIVATIONS, READABLE_MAJORS, REQUIRED_MEMBERS, SHARD_SUFFIX)
+                                       MLP_ACTIVATIONS, READABLE_MAJORS, SHARD_SUFFIX, TRELLIS_MAJOR,
+                                       decoder_weights_member, required_members)
 from weightroll._format.tensor_rules import check_tensors
 from weightroll.errors import ArchiveError, LimitError, VersionError, short
 
@@ -116,10 +117,11 @@ def validate(manifest, member_sizes):
     if not 1 <= bits <= 8:
         raise ArchiveError(f"manifest.json: decoder.bits must be in 1..8; received {short(bits, 40)}.",
                            rule=rules.DECODER_FIELDS)
-    if get(decoder, "weights_member", "str", "decoder") != DECODER_WEIGHTS_MEMBER:
-        raise ArchiveError(f"manifest.json: decoder.weights_member must be '{DECODER_WEIGHTS_MEMBER}'.",
+    weights_member = decoder_weights_member(major)
+    if get(decoder, "weights_member", "str", "decoder") != weights_member:
+        raise ArchiveError(f"manifest.json: decoder.weights_member must be '{weights_member}'.",
                            rule=rules.DECODER_FIELDS)
-    table_size, scales_size = _check_decoder_weights(decoder, kind, members)
+    table_size, scales_size = _check_decoder_weights(decoder, kind, members, major)
     if get(decoder, "config_member", "str", "decoder") != DECODER_CONFIG_MEMBER:
         raise ArchiveError(f"manifest.json: decoder.config_member must be '{DECODER_CONFIG_MEMBER}'.",
                            rule=rules.DECODER_FIELDS)
@@ -139,7 +141,7 @@ def validate(manifest, member_sizes):
             rule=rules.ARCHITECTURE_FIELDS,
         )
 
-    for required in REQUIRED_MEMBERS:
+    for required in required_members(major):
         if required not in members and (required != ARCHITECTURE_MEMBER or architecture is not None):
             raise ArchiveError(f"manifest.json: members must list the required member '{required}'.",
                                rule=rules.REQUIRED_MEMBERS)
@@ -240,11 +242,16 @@ def _check_members(members, member_sizes):
             )
 
 
-def _check_decoder_weights(decoder, kind, members):
-    """R9: the decoder's weight arrays tile decoder.bin; returns `(N, M)`, the
-    sizes of a codebook's table and scales (`(0, 0)` for an MLP)."""
+def _check_decoder_weights(decoder, kind, members, major):
+    """R9: the decoder's weight arrays tile decoder.bin (in 4.x, what
+    decoder.bin.zst inflates to, at most `MAX_DECODER_BYTES`); returns
+    `(N, M)`, the sizes of a codebook's table and scales (`(0, 0)` for an MLP)."""
     arrays = get(decoder, "weights", "list", "decoder")
-    total = members[DECODER_WEIGHTS_MEMBER]["size"] if DECODER_WEIGHTS_MEMBER in members else 0
+    compressed = major >= TRELLIS_MAJOR
+    if compressed:
+        total = limits.MAX_DECODER_BYTES
+    else:
+        total = members[DECODER_WEIGHTS_MEMBER]["size"] if DECODER_WEIGHTS_MEMBER in members else 0
     end = 0
     shapes = []
     for i, entry in enumerate(arrays):
@@ -265,7 +272,10 @@ def _check_decoder_weights(decoder, kind, members):
         shapes.append((shape, dtype))
         if end > total:
             break  # reported below, before any shape is trusted
-    if end != total:
+    if compressed and end > total:
+        raise LimitError(f"manifest.json: the decoder weights take more than {total} bytes.",
+                         rule=rules.DECODER_FIELDS)
+    if end != total and not compressed:
         at_least = "at least " if len(shapes) < len(arrays) else ""
         raise ArchiveError(
             f"manifest.json: the decoder weights take {at_least}{end} bytes but '{DECODER_WEIGHTS_MEMBER}' "

@@ -158,8 +158,13 @@ class RolledArchive:
         return out
 
     def decoder_arrays(self):
-        """The pix-to-weight network's weights, as numpy arrays in manifest order."""
-        data = self.member(mf.DECODER_WEIGHTS_MEMBER)
+        """The pix-to-weight network's weights, as numpy arrays in manifest
+        order (from 4.0 inflated from `decoder.bin.zst`, within the size the
+        arrays take, R35)."""
+        if self.decoder_weights_member == mf.COMPRESSED_DECODER_WEIGHTS_MEMBER:
+            data = self._zstd_member(mf.COMPRESSED_DECODER_WEIGHTS_MEMBER, self.decoder_weights_size())
+        else:
+            data = self.member(mf.DECODER_WEIGHTS_MEMBER)
         arrays = []
         for entry in self.manifest["decoder"]["weights"]:
             dtype = np.dtype(entry["dtype"]).newbyteorder("<")
@@ -167,6 +172,19 @@ class RolledArchive:
             a = np.frombuffer(data, dtype=dtype, count=count, offset=entry["offset"])
             arrays.append(a.astype(a.dtype.newbyteorder("=")).reshape(entry["shape"]))
         return arrays
+
+    @property
+    def decoder_weights_member(self):
+        """The member holding the decoder's arrays: `decoder.bin.zst` from 4.0, `decoder.bin` before."""
+        return mf.decoder_weights_member(int(self.manifest["format_version"].split(".")[0]))
+
+    def decoder_weights_size(self):
+        """The bytes the decoder's arrays take, packed (what `decoder.bin.zst` inflates to)."""
+        weights = self.manifest["decoder"]["weights"]
+        if not weights:
+            return 0
+        last = weights[-1]
+        return last["offset"] + int(np.prod(last["shape"], dtype=np.int64)) * (4 if last["dtype"] == "float32" else 8)
 
     def codes(self):
         """All codes of the image, as a 1-D uint8 array."""
@@ -191,4 +209,4 @@ class RolledArchive:
 
 # The members a reader of this version decodes; `verify_members` keeps their bytes.
 _DECODED_MEMBERS = (mf.IMAGE_MEMBER, mf.DECODER_CONFIG_MEMBER, mf.DECODER_WEIGHTS_MEMBER,
-                    mf.ARCHITECTURE_MEMBER, mf.EXACT_MEMBER)  # asset members are read when loaded
+                    mf.COMPRESSED_DECODER_WEIGHTS_MEMBER, mf.ARCHITECTURE_MEMBER, mf.EXACT_MEMBER)  # asset members are read when loaded

@@ -1,4 +1,4 @@
-"""The numbered rejection rules of `spec/wroll-v3.md` ("What a reader MUST reject").
+"""The numbered rejection rules of `spec/wroll-v4.md` ("What a reader MUST reject").
 
 One constant per rule, with the reason for the rule. Every error the reader
 raises for a broken rule passes the constant as `rule=`, so the error carries
@@ -120,7 +120,12 @@ SHARDS = "R43"
 # same file read two manifests.
 MANIFEST_MEMBER = "R44"
 
-# Every rule, in order: ("R1", ..., "R44").
+# §4.9, §6.2 (4.0): a trellis-coded tensor's `trellis` field holds a segment
+# length, a zero code and a low level within their ranges, on a coded tensor
+# of a codebook archive.
+TRELLIS = "R45"
+
+# Every rule, in order: ("R1", ..., "R45").
 ALL = tuple(sorted(
     (value for name, value in globals().items() if name.isupper() and isinstance(value, str)),
     key=lambda rule: int(rule[1:]),

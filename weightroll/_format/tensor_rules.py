@@ -6,7 +6,8 @@ tensor."""
 from weightroll._format import limits, rules
 from weightroll._format.fields import MAX_OFFSET, get, get_count, get_shape, is_digest
 from weightroll._format.digest import binding_sha256
-from weightroll._format.schema import CODED_DTYPES, CODED_INTEGER_DTYPES, EXACT_DTYPES, EXACT_MEMBER, itemsize
+from weightroll._format.schema import (CODED_DTYPES, CODED_INTEGER_DTYPES, EXACT_DTYPES, EXACT_MEMBER, TRELLIS_MAJOR,
+                                      itemsize)
 from weightroll.errors import ArchiveError, LimitError, short
 
 class _Layout:
@@ -52,6 +53,8 @@ def check_tensors(manifest, major, kind, n_codes, table_size, scales_size, membe
                 "tensor of a codebook archive only.",
                 rule=rules.TENSOR_SHA256_FIELD,
             )
+        if major < TRELLIS_MAJOR:  # a field older versions do not define: ignored (§12)
+            entry.pop("trellis", None)
         check = _STORAGE.get(storage)
         if check is None:
             raise ArchiveError(
@@ -90,8 +93,11 @@ def _check_coded(entry, where, path, dtype, shape, size, layout):
             rule=rules.STORAGE_DTYPE,
         )
     layout.code_ranges.append(_check_codes(entry, where, path, size, layout.n_codes))
+    dependent = "trellis" in entry
+    if dependent:
+        _check_trellis(entry, where, layout.kind)
     if layout.kind == "codebook":
-        _check_table(entry, where, size, layout.table_size)
+        _check_table(entry, where, size, layout.table_size, MAX_TRELLIS_TABLE if dependent else 256)
         if dtype in CODED_INTEGER_DTYPES and "scales" in entry:
             raise ArchiveError(f"manifest.json: {where} is {dtype}; an integer tensor has no scales.",
                                rule=rules.SCALES_RANGE)
@@ -175,17 +181,36 @@ def _check_codes(entry, where, path, size, n_codes):
     return offset, offset + count, path
 
 
-def _check_table(entry, where, count, table_size):
-    """R17: a codebook tensor's table entries."""
+def _check_table(entry, where, count, table_size, most):
+    """R17: a codebook tensor's table entries, 1 to `most` of them."""
     table = get(entry, "table", "dict", where)
     t_off = get_count(table, "offset", where + ".table", limits.MAX_TENSOR_ELEMENTS, rules.TABLE_RANGE)
     t_size = get_count(table, "size", where + ".table", limits.MAX_TENSOR_ELEMENTS, rules.TABLE_RANGE)
-    if t_size > 256 or t_off + t_size > table_size or (count and t_size == 0):
+    if t_size > most or t_off + t_size > table_size or (count and t_size == 0):
         raise ArchiveError(
             f"manifest.json: {where} uses table entries [{t_off}, {t_off + t_size}) but the "
-            f"decoder table has {table_size} entries (and a tensor with codes 1 to 256 of them).",
+            f"decoder table has {table_size} entries (and a tensor with codes 1 to {most} of them).",
             rule=rules.TABLE_RANGE,
         )
+
+
+# A trellis-coded tensor's levels `k = code - zero` and its reconstruction
+# levels `m` (|m| <= 2 |k| <= 510) index at most this many table entries.
+MAX_TRELLIS_TABLE = 1021
+MAX_SEGMENT = 1 << 16
+
+
+def _check_trellis(entry, where, kind):
+    """R45: the `trellis` field of a coded tensor of a codebook archive."""
+    t = get(entry, "trellis", "dict", where)
+    if kind != "codebook":
+        raise ArchiveError(f"manifest.json: {where} has 'trellis', which only a codebook decoder defines.",
+                           rule=rules.TRELLIS)
+    for name, low, high in (("segment", 1, MAX_SEGMENT), ("zero", 0, 255), ("low", -510, 510)):
+        value = get(t, name, "int", where + ".trellis")
+        if not low <= value <= high:
+            raise ArchiveError(f"manifest.json: {where}.trellis.{name} must be in [{low}, {high}]; "
+                               f"received {short(value, 40)}.", rule=rules.TRELLIS)
 
 
 def _check_scales(entry, where, shape, scales_size):

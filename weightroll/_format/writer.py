@@ -53,7 +53,8 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
     they are freed as soon as the PNG no longer needs them.
 
     With `keyed`, every tensor entry carries its Keras `key` and the archive
-    is 3.0 (its manifest compressed, `manifest.json.zst`): each entry gets
+    is 4.0 (its manifest and decoder arrays compressed, `manifest.json.zst`
+    and `decoder.bin.zst`; trellis codes allowed): each entry gets
     its `binding_sha256`, the architecture may be None (a weights-only
     archive) and `assets` (`{relative path: bytes}`) become members. Without
     it the archive is 1.x (tensors assigned by position, the manifest raw in
@@ -73,10 +74,13 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
     )
     if not keyed and (architecture_json is None or assets):
         raise ValueError("weights-only archives and assets need keyed tensors (format 2.0 and later)")
+    # Keyed archives are 4.0: their decoder arrays compressed (tables of cell
+    # means and scales hold 11 significant bits, see `uniform.short_floats`).
+    weights_member = mf.decoder_weights_member(mf.FORMAT_MAJOR if keyed else 1)
     payload = [
         (mf.IMAGE_MEMBER, png),
         (mf.DECODER_CONFIG_MEMBER, _zstd(decoder_config_json)),
-        (mf.DECODER_WEIGHTS_MEMBER, decoder_bin),
+        (weights_member, _zstd(decoder_bin) if keyed else decoder_bin),
     ]
     if architecture_json is not None:
         payload.append((mf.ARCHITECTURE_MEMBER, _zstd(architecture_json)))
@@ -99,7 +103,7 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
         "image": {"member": mf.IMAGE_MEMBER, "width": width, "height": height, "codes": n_codes},
         "decoder": dict(encoded.decoder, config_member=mf.DECODER_CONFIG_MEMBER,
                         config_size=len(decoder_config_json),
-                        weights_member=mf.DECODER_WEIGHTS_MEMBER, weights=weight_entries),
+                        weights_member=weights_member, weights=weight_entries),
         "tensors": encoded.tensors,
         "members": {
             name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in payload

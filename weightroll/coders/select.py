@@ -3,7 +3,8 @@
 Candidates: exact storage; a lossless codebook when the tensor has at most
 256 distinct values; uniform entropy-coded codes (see `uniform`) with one
 scale per tensor, per output channel (last axis) or per row (first axis),
-each at the largest step whose relative RMSE stays within the tolerance.
+each at the largest step whose relative RMSE stays within the tolerance;
+and trellis codes (see `trellis`) with the cheapest of those scale layouts.
 Sizes are estimated from the codes' order-0 entropy, which the PNG writer
 reaches within a few percent, plus tables, scales and outliers.
 """
@@ -13,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from weightroll._entropy import bits_per_code
-from weightroll.coders import codebook, uniform
+from weightroll.coders import codebook, trellis, uniform
 from weightroll.coders.error import measure, sum_of_squares
 
 # Search on a strided sample of this many values at most, then code the
@@ -24,6 +25,10 @@ _STEP_ITERATIONS = 4
 # percent of step are worth less than another pass over the sample.
 _CLOSE_ENOUGH = 0.97
 _OUTLIER_BYTES = 8 + 4  # int64 index + the value (float32 assumed for the estimate)
+# A uniform or trellis code's table entry or scale, as `decoder.bin.zst` holds
+# it (11 significant bits, zstd): 19,182 bytes for 8,787 entries in the
+# docstring LM's archive (benchmarks/), 2.18 bytes each.
+_ENTRY_BYTES = 2.2
 
 
 @dataclasses.dataclass
@@ -62,8 +67,8 @@ def uniform_bytes(code):
     """A uniform code's estimated size: its codes at their entropy, table, scales, outliers."""
     if code.entropy_bits is None:  # measured once (the layout uses it too)
         code.entropy_bits = bits_per_code(code.codes)
-    scales = 0 if code.scales is None else 4 * code.scales.size
-    return (code.entropy_bits * code.codes.size / 8 + 4 * code.table.size + scales
+    scales = 0 if code.scales is None else _ENTRY_BYTES * code.scales.size
+    return (code.entropy_bits * code.codes.size / 8 + _ENTRY_BYTES * code.table.size + scales
             + _OUTLIER_BYTES * code.outlier_index.size)
 
 
@@ -110,18 +115,40 @@ def _largest_step(sample, axis, tolerance):
     return best if best is not None else (step, trial.at(step))
 
 
+# Trellis codes' relative RMSE is about this many times their step (Laplacian
+# and Gaussian weights, per-tensor and per-channel scales): the search's start.
+_TRELLIS_ERROR_PER_STEP = 0.51
+
+
+def _largest_trellis_step(sample, axis, tolerance):
+    """`_largest_step` for trellis codes: `(step, code)`, the sample's
+    `uniform.UniformCode` at the step found (its codes, table and error)."""
+    step = tolerance / _TRELLIS_ERROR_PER_STEP
+    best = None
+    for _ in range(_STEP_ITERATIONS):
+        code = trellis.encode(sample, step, axis, keep_decoded=False)
+        err = code.measured.error
+        if err <= tolerance and (best is None or step > best[0]):
+            best = (step, code)
+        if err == 0 or _CLOSE_ENOUGH * tolerance <= err <= tolerance:
+            break
+        step *= min(max(tolerance / err, 0.5), 2.0) * (0.995 if err > tolerance else 1.0)
+    return best if best is not None else (step, trellis.encode(sample, step, axis, keep_decoded=False))
+
+
 def _estimate_bytes(result, m, n, scale_count):
     """A tensor of `n` values' coded size, extrapolated from the
     `uniform.TrialResult` of its sample of `m` values."""
     per_value = (result.entropy_bits * m / 8 + _OUTLIER_BYTES * result.outliers) / m
-    return per_value * n + 4 * result.table_size + 4 * scale_count
+    return per_value * n + _ENTRY_BYTES * (result.table_size + scale_count)
 
 
-def choose(values, tolerance, itemsize, keep_decoded=True, digest=False):
+def choose(values, tolerance, itemsize, keep_decoded=True, digest=False, dependent=True):
     """The cheapest code of `values` whose error (`error.Measured.error`) is at most `tolerance`.
 
-    Each scale layout is tried on a sample (all of a small tensor); the
-    cheapest estimate is then coded in full and its error checked.
+    Each scale layout is tried on a sample (all of a small tensor), then
+    trellis codes with the cheapest one; the cheapest estimate is then
+    coded in full and its error checked.
 
     Args:
         values: a finite float array.
@@ -129,9 +156,10 @@ def choose(values, tolerance, itemsize, keep_decoded=True, digest=False):
         itemsize: bytes per value when stored exactly.
         keep_decoded: keep a uniform code's decoded tensor (`uniform.encode`).
         digest: hash a uniform code's decoded float32 values (`uniform.encode`).
+        dependent: whether trellis codes (format 4.0) may be chosen.
 
     Returns:
-        A `Choice`.
+        A `Choice`; a trellis code is kind "uniform" too, its `trellis` set.
     """
     x = np.asarray(values)
     best = Choice("exact", float(x.size * itemsize), None)
@@ -154,13 +182,21 @@ def choose(values, tolerance, itemsize, keep_decoded=True, digest=False):
         scale_count = 0 if axis is None else x.shape[axis]
         candidates.append((_estimate_bytes(result, sample.size, x.size, scale_count), axis, step))
     estimate, axis, step = min(candidates, key=lambda c: c[0])
+    coder = uniform.encode
+    if dependent:
+        view_axis = None if axis is None else (0 if axis == 0 else 1)
+        trellis_step, code = _largest_trellis_step(sample, view_axis, tolerance)
+        result = uniform.TrialResult(code.measured, code.entropy_bits, code.outlier_index.size, code.table.size)
+        trellis_estimate = _estimate_bytes(result, sample.size, x.size, 0 if axis is None else x.shape[axis])
+        if trellis_estimate < estimate:
+            estimate, step, coder = trellis_estimate, trellis_step, trellis.encode
     if estimate >= best.estimated_bytes:
         return best
     # The coder measures float32 values; other dtypes are measured as they
     # will be stored (a float16 tensor's rounding can tip it over).
     native = x.dtype == np.float32
     for _ in range(6):
-        code = uniform.encode(x, step, axis, keep_decoded=keep_decoded or not native, digest=digest)
+        code = coder(x, step, axis, keep_decoded=keep_decoded or not native, digest=digest)
         measured = code.measured if native else measure(x, code.decoded)
         if not (native or keep_decoded):
             code.decoded = None

@@ -95,6 +95,8 @@ def _content_sizes(archive):
     manifest declares (or, for the manifest's own member, its frame header)."""
     manifest = archive.manifest
     sizes = {mf.DECODER_CONFIG_MEMBER: manifest["decoder"]["config_size"]}
+    if archive.decoder_weights_member == mf.COMPRESSED_DECODER_WEIGHTS_MEMBER:
+        sizes[mf.COMPRESSED_DECODER_WEIGHTS_MEMBER] = archive.decoder_weights_size()
     if archive.manifest_member == mf.MANIFEST_MEMBER:
         sizes[mf.MANIFEST_MEMBER] = archive.manifest_text_size
     if "architecture" in manifest:

@@ -1,0 +1,258 @@
+/* The trellis coder's loops (see weightroll/coders/trellis.py, which falls
+ * back to numpy when this module is not built and defines what each loop
+ * computes): the Viterbi search for a segment's levels, and the state
+ * machine that turns levels into reconstruction levels.
+ *
+ * The search does, value after value, the float32 and float64 operations
+ * the numpy version does (no fused multiply-add: setup.py passes
+ * -ffp-contract=off), in the same order, with the same ties, so the levels
+ * are the same bits either way.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(_MSC_VER)
+#pragma fp_contract(off)
+#elif defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+static const int TRANSITIONS[4][2] = {{0, 2}, {2, 0}, {1, 3}, {3, 1}};
+
+static int
+get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *kinds, const char *name)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    const char *format = view->format ? view->format : "B";
+    if (*format == '@' || *format == '=' || *format == '<')
+        format++;
+    if (view->itemsize != itemsize || format[0] == '\0' || format[1] != '\0' || strchr(kinds, format[0]) == NULL) {
+        PyErr_Format(PyExc_ValueError, "%s: unexpected item format '%s'", name, view->format ? view->format : "B");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* The level of an odd reconstruction level `m` (Q1): (m + sign(m)) / 2,
+ * an exact halving of an even number, without branches. */
+static inline int
+odd_level(int m)
+{
+    return (m + (m > 0) - (m < 0)) >> 1;
+}
+
+/* floorf(x) as an int, without a libm call, for |x| < 2**31 (the values
+ * searched are within 253 of zero). */
+static inline int
+floor_int(float x)
+{
+    const int i = (int)x; /* towards zero */
+    return i - (x < (float)i);
+}
+
+/* `take ? b : a` for doubles without a branch: x86 has no conditional move
+ * for them, and a branch on which of two costs is smaller is a coin toss the
+ * processor mispredicts half the time. */
+static inline double
+choose(int take, double a, double b)
+{
+    const double pair[2] = {a, b};
+    return pair[take];
+}
+
+/* The better of two candidates `(k, d)` of one parity: the one of smaller
+ * squared difference, the first of equals. */
+#define PICK(k, d, k2, d2)             \
+    do {                               \
+        const int take_ = (d2) < (d);  \
+        d = choose(take_, d, d2);      \
+        k = take_ ? (k2) : (k);        \
+    } while (0)
+
+/* One value `v` of a segment: the costs `cost[4]` of the paths to each
+ * state move on by one value, and the back pointers of this value (`bs[4]`,
+ * `bl[4]`: each state's previous state and level) are written (see
+ * trellis.levels for the rule, ties included). */
+static inline void
+step(const float v, double *cost, int8_t *bs, int16_t *bl)
+{
+    const double wide = (double)v;
+    const int even = 2 * floor_int(v * 0.5f);
+    const int odd = 2 * floor_int((v - 1.0f) * 0.5f) + 1;
+    const double d_e = (wide - (double)even) * (wide - (double)even);
+    const double d_e2 = (wide - (double)(even + 2)) * (wide - (double)(even + 2));
+    const double d_o = (wide - (double)odd) * (wide - (double)odd);
+    const double d_o2 = (wide - (double)(odd + 2)) * (wide - (double)(odd + 2));
+    const double d_z = wide * wide;
+    /* Q0 (states 0, 1): levels even / 2 and even / 2 + 1, one of each parity. */
+    const int k_e = even >> 1;
+    const int e_first = (k_e & 1) == 0;
+    const int q0k[2] = {e_first ? k_e : k_e + 1, e_first ? k_e + 1 : k_e};
+    const double q0d[2] = {choose(e_first, d_e2, d_e), choose(e_first, d_e, d_e2)};
+    /* Q1 (states 2, 3): levels of odd, odd + 2 and 0, the best of each parity. */
+    const int k_o = odd_level(odd), k_o2 = odd_level(odd + 2);
+    const int p_o = k_o & 1, p_o2 = k_o2 & 1;
+    int q1k[2] = {k_o, k_o};
+    double q1d[2] = {choose(p_o, d_o, INFINITY), choose(p_o, INFINITY, d_o)};
+    const double d_even2 = choose(p_o2, d_o2, INFINITY), d_odd2 = choose(p_o2, INFINITY, d_o2);
+    PICK(q1k[0], q1d[0], k_o2, d_even2);
+    PICK(q1k[1], q1d[1], k_o2, d_odd2);
+    PICK(q1k[0], q1d[0], 0, d_z);
+    /* Each state is reached from two: the lower one unless the other is cheaper. */
+    const double a0 = cost[0] + q0d[0], b0 = cost[1] + q0d[1];
+    const double a2 = cost[0] + q0d[1], b2 = cost[1] + q0d[0];
+    const double a1 = cost[2] + q1d[0], b1 = cost[3] + q1d[1];
+    const double a3 = cost[2] + q1d[1], b3 = cost[3] + q1d[0];
+    const int t0 = b0 < a0, t1 = b1 < a1, t2 = b2 < a2, t3 = b3 < a3;
+    cost[0] = choose(t0, a0, b0); bs[0] = (int8_t)t0; bl[0] = (int16_t)(t0 ? q0k[1] : q0k[0]);
+    cost[2] = choose(t2, a2, b2); bs[2] = (int8_t)t2; bl[2] = (int16_t)(t2 ? q0k[0] : q0k[1]);
+    cost[1] = choose(t1, a1, b1); bs[1] = (int8_t)(2 + t1); bl[1] = (int16_t)(t1 ? q1k[1] : q1k[0]);
+    cost[3] = choose(t3, a3, b3); bs[3] = (int8_t)(2 + t3); bl[3] = (int16_t)(t3 ? q1k[0] : q1k[1]);
+}
+
+/* Segments searched side by side: their paths are independent, so the
+ * processor overlaps their steps. */
+#define GROUP 4
+
+/* `count` (at most GROUP) segments of `length` values each, segment `g`
+ * starting at `y + g * length`: the levels of least squared error, from state
+ * 0, ending in the cheapest state (the lowest among equals). */
+static void
+search(const float *y, Py_ssize_t length, int count, int16_t *out, int8_t *back_state, int16_t *back_level)
+{
+    double cost[GROUP][4];
+    for (int g = 0; g < count; g++) {
+        cost[g][0] = 0.0;
+        cost[g][1] = cost[g][2] = cost[g][3] = INFINITY;
+    }
+    for (Py_ssize_t j = 0; j < length; j++)
+        for (int g = 0; g < count; g++)
+            step(y[g * length + j], cost[g], back_state + 4 * (GROUP * j + g), back_level + 4 * (GROUP * j + g));
+    for (int g = 0; g < count; g++) {
+        int state = 0;
+        for (int s = 1; s < 4; s++)
+            if (cost[g][s] < cost[g][state])
+                state = s;
+        for (Py_ssize_t j = length - 1; j >= 0; j--) {
+            const Py_ssize_t at = 4 * (GROUP * j + g) + state;
+            out[g * length + j] = back_level[at];
+            state = back_state[at];
+        }
+    }
+}
+
+/* levels(y, segment, out): see trellis.levels. */
+static PyObject *
+levels(PyObject *self, PyObject *args)
+{
+    PyObject *yo, *outo;
+    Py_ssize_t segment;
+    if (!PyArg_ParseTuple(args, "OnO", &yo, &segment, &outo))
+        return NULL;
+    Py_buffer y, out;
+    if (get_buffer(yo, &y, 0, 4, "f", "y") < 0)
+        return NULL;
+    if (get_buffer(outo, &out, 1, 2, "h", "out") < 0) {
+        PyBuffer_Release(&y);
+        return NULL;
+    }
+    Py_ssize_t n = y.len / 4;
+    int ok = segment > 0 && out.len / 2 == n;
+    int8_t *back_state = NULL;
+    int16_t *back_level = NULL;
+    if (ok && n) {
+        Py_ssize_t length = segment < n ? segment : n;
+        back_state = malloc(4 * GROUP * (size_t)length);
+        back_level = malloc(8 * GROUP * (size_t)length);
+        if (back_state == NULL || back_level == NULL) {
+            free(back_state);
+            free(back_level);
+            PyBuffer_Release(&y);
+            PyBuffer_Release(&out);
+            return PyErr_NoMemory();
+        }
+        Py_BEGIN_ALLOW_THREADS
+        const Py_ssize_t whole = n / segment;
+        for (Py_ssize_t first = 0; first < whole; first += GROUP) {
+            const int count = whole - first < GROUP ? (int)(whole - first) : GROUP;
+            search((const float *)y.buf + first * segment, segment, count, (int16_t *)out.buf + first * segment,
+                   back_state, back_level);
+        }
+        if (whole * segment < n)  /* a last, shorter segment */
+            search((const float *)y.buf + whole * segment, n - whole * segment, 1,
+                   (int16_t *)out.buf + whole * segment, back_state, back_level);
+        Py_END_ALLOW_THREADS
+    } else if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "levels: bad sizes");
+    }
+    free(back_state);
+    free(back_level);
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&out);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* reconstruction(k, segment, out): see trellis.reconstruction. */
+static PyObject *
+reconstruction(PyObject *self, PyObject *args)
+{
+    PyObject *ko, *outo;
+    Py_ssize_t segment;
+    if (!PyArg_ParseTuple(args, "OnO", &ko, &segment, &outo))
+        return NULL;
+    Py_buffer k, out;
+    if (get_buffer(ko, &k, 0, 2, "h", "k") < 0)
+        return NULL;
+    if (get_buffer(outo, &out, 1, 2, "h", "out") < 0) {
+        PyBuffer_Release(&k);
+        return NULL;
+    }
+    Py_ssize_t n = k.len / 2;
+    int ok = segment > 0 && out.len / 2 == n;
+    if (ok) {
+        const int16_t *in = (const int16_t *)k.buf;
+        int16_t *m = (int16_t *)out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        int state = 0;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            if (j % segment == 0)
+                state = 0;
+            const int level = in[j];
+            const int sign = (level > 0) - (level < 0);
+            m[j] = (int16_t)(2 * level - (state >= 2 ? sign : 0));
+            state = TRANSITIONS[state][level & 1];
+        }
+        Py_END_ALLOW_THREADS
+    } else {
+        PyErr_SetString(PyExc_ValueError, "reconstruction: bad sizes");
+    }
+    PyBuffer_Release(&k);
+    PyBuffer_Release(&out);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"levels", levels, METH_VARARGS, "The Viterbi search for each segment's levels (see trellis.levels)."},
+    {"reconstruction", reconstruction, METH_VARARGS, "Levels to reconstruction levels (see trellis.reconstruction)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_trellis", "The trellis coder's loops (optional; numpy is the fallback).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__trellis(void)
+{
+    return PyModule_Create(&module);
+}
