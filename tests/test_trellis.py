@@ -1,6 +1,7 @@
 """Trellis codes (format 4.0): the Viterbi search, the state machine, the coder
 and the choice between them and uniform codes."""
 
+import os
 import time
 
 import numpy as np
@@ -22,6 +23,12 @@ def _values(size, seed=0, scale=30.0):
     y[::97] = 0.5  # ties between levels
     y[::89] = -1.0  # the odd grid's -1 / +1 case
     return np.clip(y, -trellis.LIMIT - 0.5, trellis.LIMIT + 0.5)
+
+
+def test_the_c_loops_are_built_where_ci_requires_them():
+    if os.environ.get("WEIGHTROLL_REQUIRE_KERNEL") != "1":
+        pytest.skip("WEIGHTROLL_REQUIRE_KERNEL=1 is set by .ci/run")
+    assert trellis._trellis is not None, "setup.py did not build weightroll/coders/_trellis.c"
 
 
 @pytest.mark.parametrize("segment", [1, 7, 1024, 5000])
