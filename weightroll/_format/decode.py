@@ -111,17 +111,10 @@ class _Job:
             offset, size = entry["table"]["offset"], entry["table"]["size"]
         else:
             offset, size = 0, table.size
-        if "trellis" in entry and kind == "codebook":  # the table index depends on the codes before (§6.2)
-            t = entry["trellis"]
-            span = trellis.table_indices(span, t["segment"], t["zero"], t["low"])
-            low, top = (int(span.min()), int(span.max())) if span.size else (0, -1)
-            if low < 0 or top >= size:
-                raise ArchiveError(
-                    f"Tensor '{short(entry['path'])}' has trellis codes that index entry "
-                    f"{low if low < 0 else top} of its {size}-entry table.",
-                    rule=rules.CODE_OUTSIDE_TABLE,
-                )
-        top = int(span.max()) if span.size else -1  # an empty tensor has no code to check
+        # Trellis codes: the table index depends on the codes before (§6.2); each part
+        # works it out (and checks it) from the start of its first segment.
+        self.trellis = entry.get("trellis") if kind == "codebook" else None
+        top = -1 if self.trellis is not None or not span.size else int(span.max())  # an empty tensor has none
         if top >= size:
             raise ArchiveError(
                 f"Tensor '{short(entry['path'])}' has code {top}, outside its {size}-entry table.",
@@ -148,7 +141,7 @@ class _Job:
         begin, end = start * inner, (start + stop - first) * inner
         flat = self.array.reshape(-1)[begin:end]
         values = flat if flat.dtype == self.lookup.dtype else np.empty(end - begin, self.lookup.dtype)
-        codes = self.span[begin:end]
+        codes = self.span[begin:end] if self.trellis is None else self._trellis_indices(begin, end)
         with np.errstate(all="ignore"):  # float16 overflow is defined (§7.1): inf, no warning
             for at in range(0, end - begin, _DECODE_BLOCK):
                 np.take(self.lookup, codes[at: at + _DECODE_BLOCK], out=values[at: at + _DECODE_BLOCK],
@@ -158,6 +151,20 @@ class _Job:
                 values.reshape(box)[...] *= self._scale_view(prefix, first, stop)
             if values is not flat:
                 np.copyto(flat, values, casting="unsafe")
+
+    def _trellis_indices(self, begin, end):
+        """The table indices of values `[begin, end)` of a trellis-coded tensor,
+        checked against the table (R30)."""
+        t = self.trellis
+        lead = begin % t["segment"]
+        index, lowest, highest = trellis.table_indices(self.span[begin - lead: end], t["segment"], t["zero"], t["low"])
+        if lowest < 0 or highest >= self.lookup.size:
+            raise ArchiveError(
+                f"Tensor '{short(self.entry['path'])}' has trellis codes that index entry "
+                f"{lowest if lowest < 0 else highest} of its {self.lookup.size}-entry table.",
+                rule=rules.CODE_OUTSIDE_TABLE,
+            )
+        return index[lead:]
 
     def _scale_view(self, prefix, first, stop):
         """The scales that multiply part `(prefix, first, stop)`, shaped to broadcast over it."""

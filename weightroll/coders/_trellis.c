@@ -241,9 +241,59 @@ reconstruction(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* indices(codes, segment, zero, low, out) -> (lowest, highest): see
+ * trellis.table_indices; the codes are uint8, the indices int16. */
+static PyObject *
+indices(PyObject *self, PyObject *args)
+{
+    PyObject *co, *outo;
+    Py_ssize_t segment;
+    int zero, low;
+    if (!PyArg_ParseTuple(args, "OniiO", &co, &segment, &zero, &low, &outo))
+        return NULL;
+    Py_buffer c, out;
+    if (get_buffer(co, &c, 0, 1, "B", "codes") < 0)
+        return NULL;
+    if (get_buffer(outo, &out, 1, 2, "h", "out") < 0) {
+        PyBuffer_Release(&c);
+        return NULL;
+    }
+    const Py_ssize_t n = c.len;
+    const int ok = segment > 0 && out.len / 2 == n && zero >= 0 && zero <= 255 && low >= -1024 && low <= 1024;
+    int lowest = 0, highest = -1;
+    if (ok && n) {
+        const uint8_t *in = (const uint8_t *)c.buf;
+        int16_t *index = (int16_t *)out.buf;
+        lowest = INT16_MAX;
+        highest = INT16_MIN;
+        Py_BEGIN_ALLOW_THREADS
+        int state = 0;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            if (j % segment == 0)
+                state = 0;
+            const int level = (int)in[j] - zero;
+            const int sign = (level > 0) - (level < 0);
+            const int i = 2 * level - (state >= 2 ? sign : 0) - low;
+            index[j] = (int16_t)i;
+            lowest = i < lowest ? i : lowest;
+            highest = i > highest ? i : highest;
+            state = TRANSITIONS[state][level & 1];
+        }
+        Py_END_ALLOW_THREADS
+    } else if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "indices: bad arguments");
+    }
+    PyBuffer_Release(&c);
+    PyBuffer_Release(&out);
+    if (!ok)
+        return NULL;
+    return Py_BuildValue("ii", lowest, highest);
+}
+
 static PyMethodDef methods[] = {
     {"levels", levels, METH_VARARGS, "The Viterbi search for each segment's levels (see trellis.levels)."},
     {"reconstruction", reconstruction, METH_VARARGS, "Levels to reconstruction levels (see trellis.reconstruction)."},
+    {"indices", indices, METH_VARARGS, "Codes to table indices, and their range (see trellis.table_indices)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -167,13 +167,21 @@ def table_indices(codes, segment, zero, low):
     where `m` is the reconstruction level of `k = code - zero` (spec §6.2).
 
     Returns:
-        An int16 array, one index per code (negative or past the table when
-        the archive is corrupt: the caller checks).
+        `(indices, lowest, highest)`: an int16 array, one index per code, and
+        its least and greatest entries (0 and -1 for no codes). An index
+        outside the table means a corrupt archive: the caller checks.
     """
-    k = np.asarray(codes, np.uint8).astype(np.int16) - np.int16(zero)
-    m = reconstruction(k, segment)
-    m -= np.int16(low)
-    return m
+    codes = np.ascontiguousarray(codes, np.uint8).reshape(-1)
+    if _trellis is not None:
+        out = np.empty(codes.size, np.int16)
+        lowest, highest = _trellis.indices(codes, segment, zero, low, out)
+        return out, lowest, highest
+    k = codes.astype(np.int16) - np.int16(zero)
+    out = reconstruction(k, segment)
+    out -= np.int16(low)
+    if not out.size:
+        return out, 0, -1
+    return out, int(out.min()), int(out.max())
 
 
 def encode(values, step, axis=None, keep_decoded=True, digest=False, segment=SEGMENT):
