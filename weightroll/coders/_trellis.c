@@ -66,13 +66,21 @@ choose(int take, double a, double b)
     return pair[take];
 }
 
+/* `take ? b : a` for ints, by arithmetic: the compiler may not branch on
+ * the parity of a level either. */
+static inline int
+pick_int(int take, int a, int b)
+{
+    return a ^ ((a ^ b) & -take);
+}
+
 /* The better of two candidates `(k, d)` of one parity: the one of smaller
  * squared difference, the first of equals. */
 #define PICK(k, d, k2, d2)             \
     do {                               \
         const int take_ = (d2) < (d);  \
         d = choose(take_, d, d2);      \
-        k = take_ ? (k2) : (k);        \
+        k = pick_int(take_, k, k2);    \
     } while (0)
 
 /* One value `v` of a segment: the costs `cost[4]` of the paths to each
@@ -93,7 +101,7 @@ step(const float v, double *cost, int8_t *bs, int16_t *bl)
     /* Q0 (states 0, 1): levels even / 2 and even / 2 + 1, one of each parity. */
     const int k_e = even >> 1;
     const int e_first = (k_e & 1) == 0;
-    const int q0k[2] = {e_first ? k_e : k_e + 1, e_first ? k_e + 1 : k_e};
+    const int q0k[2] = {k_e + (k_e & 1), k_e + 1 - (k_e & 1)};  /* the even level, the odd one */
     const double q0d[2] = {choose(e_first, d_e2, d_e), choose(e_first, d_e, d_e2)};
     /* Q1 (states 2, 3): levels of odd, odd + 2 and 0, the best of each parity. */
     const int k_o = odd_level(odd), k_o2 = odd_level(odd + 2);
@@ -110,10 +118,10 @@ step(const float v, double *cost, int8_t *bs, int16_t *bl)
     const double a1 = cost[2] + q1d[0], b1 = cost[3] + q1d[1];
     const double a3 = cost[2] + q1d[1], b3 = cost[3] + q1d[0];
     const int t0 = b0 < a0, t1 = b1 < a1, t2 = b2 < a2, t3 = b3 < a3;
-    cost[0] = choose(t0, a0, b0); bs[0] = (int8_t)t0; bl[0] = (int16_t)(t0 ? q0k[1] : q0k[0]);
-    cost[2] = choose(t2, a2, b2); bs[2] = (int8_t)t2; bl[2] = (int16_t)(t2 ? q0k[0] : q0k[1]);
-    cost[1] = choose(t1, a1, b1); bs[1] = (int8_t)(2 + t1); bl[1] = (int16_t)(t1 ? q1k[1] : q1k[0]);
-    cost[3] = choose(t3, a3, b3); bs[3] = (int8_t)(2 + t3); bl[3] = (int16_t)(t3 ? q1k[0] : q1k[1]);
+    cost[0] = choose(t0, a0, b0); bs[0] = (int8_t)t0; bl[0] = (int16_t)pick_int(t0, q0k[0], q0k[1]);
+    cost[2] = choose(t2, a2, b2); bs[2] = (int8_t)t2; bl[2] = (int16_t)pick_int(t2, q0k[1], q0k[0]);
+    cost[1] = choose(t1, a1, b1); bs[1] = (int8_t)(2 + t1); bl[1] = (int16_t)pick_int(t1, q1k[0], q1k[1]);
+    cost[3] = choose(t3, a3, b3); bs[3] = (int8_t)(2 + t3); bl[3] = (int16_t)pick_int(t3, q1k[1], q1k[0]);
 }
 
 /* Segments searched side by side: their paths are independent, so the
