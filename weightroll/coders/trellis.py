@@ -29,7 +29,7 @@ import hashlib
 
 import numpy as np
 
-from weightroll._entropy import bits_from_counts
+from weightroll._entropy import bits_from_counts, code_counts
 from weightroll.coders import uniform
 from weightroll.coders.error import ErrorSums
 
@@ -213,36 +213,40 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False, segment=SEG
         raise ValueError("Trellis codes need at least one value.")
     scale, scales = uniform._scaling(x, axis)
     blocks = list(uniform._blocks(x, uniform._inverse(scale, scales, step), scales, axis))
-    k, m, counts, sums, outlier_index = _search(x.size, blocks, segment)
-    k_low = int(k.min())
-    codes = (k - np.int16(k_low)).astype(np.uint8)
-    del k
-    m_low, m_high = int(m.min()), int(m.max())
+    codes, counts, every, sums, outlier_index = _search(x.size, blocks, segment)
+    lowest = int(codes.min())
+    codes -= np.uint8(lowest)  # the lowest level's code is 0
+    zero = MAX_LEVEL - lowest
+    used = np.flatnonzero(every)  # the reconstruction levels (outliers' too: they index the table as well)
+    m_low, m_high = int(used[0]) - _M_MAX, int(used[-1]) - _M_MAX
     level = np.arange(m_low, m_high + 1)
     cell = level + _M_MAX
     means = np.where(counts[cell] > 0, sums[cell] / np.maximum(counts[cell], 1), level)
     table = uniform.short_floats((means * step).astype(np.float32))
     if axis is None:
         table = uniform._times_scale(table, scale)
-    measured, decoded, sha256 = _measure(x, blocks, m - np.int16(m_low), table, outlier_index, keep_decoded, digest)
+    t = {"segment": int(segment), "zero": zero, "low": m_low}
+    measured, decoded, sha256 = _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest)
     return uniform.UniformCode(
         codes, table, scales, axis, outlier_index, decoded, step,
-        entropy_bits=bits_from_counts(np.bincount(codes, minlength=256)), measured=measured, sha256=sha256,
-        trellis={"segment": int(segment), "zero": -k_low, "low": m_low})
+        entropy_bits=bits_from_counts(code_counts(codes)), measured=measured, sha256=sha256,
+        trellis=t)
 
 
 def _search(size, blocks, segment):
-    """The first pass of `encode`: `(k, m, counts, sums, outlier_index)`, the
-    levels and reconstruction levels (int16) of the scaled values, each
-    reconstruction level's count and float64 sum of scaled values (indexed
-    by `m + 2 * MAX_LEVEL`, outliers left out), and the outliers' flat
-    indices. The blocks' scaled values gather in one buffer, searched a
-    whole number of segments at a time."""
-    k = np.empty(size, np.int16)
-    m = np.empty(size, np.int16)
-    counts = np.zeros(2 * _M_MAX + 1, np.int64)
+    """The first pass of `encode`: `(codes, counts, every, sums,
+    outlier_index)`: each value's level plus `MAX_LEVEL` (uint8); each
+    reconstruction level's count of values that are not outliers, of all
+    values, and float64 sum of the former's scaled values (indexed by
+    `m + 2 * MAX_LEVEL`: outliers index the table too, but take no part in
+    its means); and the outliers' flat indices. The blocks' scaled values gather in one
+    buffer, searched a whole number of segments at a time; the levels are
+    held as codes, one byte a value, and the reconstruction levels only a
+    buffer at a time."""
+    codes = np.empty(size, np.uint8)
+    counts = np.zeros(2 * (2 * _M_MAX + 1), np.int64)  # inside values, then outliers
     sums = np.zeros(2 * _M_MAX + 1)
-    outliers = []
+    outliers, waiting = [], []  # outliers' flat indices: all, and those not searched yet
     buffer = np.empty(max(block.size for _, block, *_ in blocks) + segment, np.float32)
     held = done = 0  # values in the buffer not searched yet (fewer than a segment), and values searched
     for i, (start, block, factors, _, mode, _) in enumerate(blocks):
@@ -252,33 +256,41 @@ def _search(size, blocks, segment):
         if outside.any():
             index = np.flatnonzero(outside)
             outliers.append(index + start)
-            y[index] = 0  # searched as zeros, then taken out of the counts (their sums gain 0.0)
+            waiting.append(index + start)
+            y[index] = 0  # searched as zeros, then counted apart (their sums gain 0.0)
         held += block.size
         take = held if i == len(blocks) - 1 else held - held % segment
         if take:
-            k[done: done + take] = levels(buffer[:take], segment)
-            m[done: done + take] = reconstruction(k[done: done + take], segment)
-            cells = m[done: done + take].astype(np.intp) + _M_MAX
+            k = levels(buffer[:take], segment)
+            cells = reconstruction(k, segment).astype(np.intp) + _M_MAX
+            k += np.int16(MAX_LEVEL)
+            codes[done: done + take] = k
+            if waiting:  # the outliers searched now move to the outliers' counts
+                here = np.concatenate(waiting) - done
+                waiting = []
+                cells[here] += counts.size // 2
             counts += np.bincount(cells, minlength=counts.size)
-            sums += np.bincount(cells, weights=buffer[:take], minlength=sums.size)
+            sums += np.bincount(cells, weights=buffer[:take], minlength=counts.size)[: sums.size]
             buffer[: held - take] = buffer[take: held]
             held -= take
             done += take
     outlier_index = np.concatenate(outliers).astype(np.int64) if outliers else np.zeros(0, np.int64)
-    if outlier_index.size:
-        counts -= np.bincount(m[outlier_index].astype(np.intp) + _M_MAX, minlength=counts.size)
-    return k, m, counts, sums, outlier_index
+    half = counts.size // 2
+    return codes, counts[:half], counts[:half] + counts[half:], sums, outlier_index
 
 
-def _measure(x, blocks, index, table, outlier_index, keep_decoded, digest):
+def _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest):
     """The second pass of `encode`: `(measured, decoded, sha256)`, the
     decoded values' `error.Measured` error, the decoded tensor (or None
-    unless `keep_decoded`) and their SHA-256 (or None unless `digest`)."""
+    unless `keep_decoded`) and their SHA-256 (or None unless `digest`).
+    Each block is decoded from its codes as a reader decodes it."""
     decoded = np.empty(x.size, np.float32) if keep_decoded else None
     errors = ErrorSums(x.shape[-1] if x.ndim >= 2 else None)
     hasher = hashlib.sha256() if digest else None
     for start, block, _, block_scale, mode, first in blocks:
-        out = np.take(table, index[start: start + block.size]).reshape(block.shape)
+        lead = start % t["segment"]
+        index = table_indices(codes[start - lead: start + block.size], t["segment"], t["zero"], t["low"])[0][lead:]
+        out = np.take(table, index).reshape(block.shape)
         if block_scale is not None:
             out *= uniform._shaped(block_scale, mode)
         if outlier_index.size:
