@@ -72,12 +72,14 @@ def test_a_long_declared_segment_costs_the_codes_not_the_segment(numpy_only):
     assert time.perf_counter() - start < 1.0  # 65,536 numpy steps would take seconds
 
 
-@pytest.mark.parametrize("shape, axis", [((300, 70), None), ((300, 70), 1), ((300, 70), 0), ((4, 3, 3, 8), 2),
-                                         ((3000,), None)])
-def test_encode_decodes_by_table_look_up_and_measures_its_error(shape, axis):
+@pytest.mark.parametrize("shape, axis, every", [((300, 70), None, 501), ((300, 70), 1, 501), ((300, 70), 0, 501),
+                                                ((4, 3, 3, 8), 2, 501), ((3000,), None, 501),
+                                                ((1000, 1023), None, 37), ((3, 70001), 0, 37)])
+def test_encode_decodes_by_table_look_up_and_measures_its_error(shape, axis, every):
+    # Rows of 1,023 and 70,001 values: blocks end inside segments, outliers in their held-over parts.
     rng = np.random.default_rng(1)
     w = (rng.laplace(size=shape) * 0.05).astype(np.float32)
-    w.reshape(-1)[::501] *= 60  # a few outliers
+    w.reshape(-1)[::every] *= 60  # outliers
     code = trellis.encode(w, 0.07, axis, digest=True)
     t = code.trellis
     index, _, _ = trellis.table_indices(code.codes, t["segment"], t["zero"], t["low"])

@@ -266,9 +266,10 @@ def _search(size, blocks, segment):
             k += np.int16(MAX_LEVEL)
             codes[done: done + take] = k
             if waiting:  # the outliers searched now move to the outliers' counts
-                here = np.concatenate(waiting) - done
-                waiting = []
-                cells[here] += counts.size // 2
+                pending = np.concatenate(waiting)
+                now = pending < done + take
+                cells[pending[now] - done] += counts.size // 2
+                waiting = [pending[~now]] if not now.all() else []
             counts += np.bincount(cells, minlength=counts.size)
             sums += np.bincount(cells, weights=buffer[:take], minlength=counts.size)[: sums.size]
             buffer[: held - take] = buffer[take: held]
