@@ -102,17 +102,7 @@ def _largest_step(sample, axis, tolerance):
         `(step, result)`: the step and the sample's `uniform.TrialResult` at it.
     """
     trial = uniform.Trial(sample, axis)
-    step = tolerance * np.sqrt(12.0)
-    best = None
-    for _ in range(_STEP_ITERATIONS):
-        result = trial.at(step)
-        err = result.measured.error
-        if err <= tolerance and (best is None or step > best[0]):
-            best = (step, result)
-        if err == 0 or _CLOSE_ENOUGH * tolerance <= err <= tolerance:
-            break
-        step *= min(max(tolerance / err, 0.5), 2.0) * (0.995 if err > tolerance else 1.0)
-    return best if best is not None else (step, trial.at(step))
+    return _search_step(trial.at, lambda result: result.measured.error, tolerance * np.sqrt(12.0), tolerance)
 
 
 # Trellis codes' relative RMSE is about this many times their step (Laplacian
@@ -123,17 +113,26 @@ _TRELLIS_ERROR_PER_STEP = 0.51
 def _largest_trellis_step(sample, axis, tolerance):
     """`_largest_step` for trellis codes: `(step, code)`, the sample's
     `uniform.UniformCode` at the step found (its codes, table and error)."""
-    step = tolerance / _TRELLIS_ERROR_PER_STEP
+    return _search_step(lambda step: trellis.encode(sample, step, axis, keep_decoded=False),
+                        lambda code: code.measured.error, tolerance / _TRELLIS_ERROR_PER_STEP, tolerance)
+
+
+def _search_step(code_at, error_of, step, tolerance):
+    """`(step, code_at(step))` for the largest step tried whose error is
+    within `tolerance`: from `step`, each next step scaled by the error's
+    ratio to the tolerance (error grows about linearly with the step), until
+    one lands within `_CLOSE_ENOUGH` of it or `_STEP_ITERATIONS` are tried;
+    the last step tried when none fits."""
     best = None
     for _ in range(_STEP_ITERATIONS):
-        code = trellis.encode(sample, step, axis, keep_decoded=False)
-        err = code.measured.error
+        result = code_at(step)
+        err = error_of(result)
         if err <= tolerance and (best is None or step > best[0]):
-            best = (step, code)
+            best = (step, result)
         if err == 0 or _CLOSE_ENOUGH * tolerance <= err <= tolerance:
             break
         step *= min(max(tolerance / err, 0.5), 2.0) * (0.995 if err > tolerance else 1.0)
-    return best if best is not None else (step, trellis.encode(sample, step, axis, keep_decoded=False))
+    return best if best is not None else (step, code_at(step))
 
 
 def _estimate_bytes(result, m, n, scale_count):
