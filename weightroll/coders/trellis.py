@@ -41,7 +41,9 @@ except ImportError:  # numpy does the same work, more slowly
 # The state after a level of parity 0 or 1, for each state (spec §6.2).
 TRANSITIONS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.int64)
 # Codes per segment a writer uses: long enough that the restarts cost
-# nothing measurable, short enough to share a tensor between cores.
+# nothing measurable (the LM's embedding at step 0.04: relative RMSE 0.02038
+# with 1024, 0.02037 with 16,384, 0.02056 with 64; the same bits), short
+# enough to share a tensor between cores.
 SEGMENT = 1024
 # Levels k lie in [-MAX_LEVEL, MAX_LEVEL] (one byte of codes); values that
 # round beyond `LIMIT` steps are stored exactly (outliers).
