@@ -87,12 +87,13 @@ def test_rolled_archive_predicts_as_its_stored_roll_value_says(saved, rolled):
 
 
 @pytest.mark.slow
-def test_unroll_output_loads_with_keras_and_predicts_like_the_rolled_model(saved, rolled, tmp_path):
+def test_unroll_output_loads_with_keras_and_predicts_like_the_rolled_model(saved, rolled, tmp_path, capsys):
     _, x, _ = saved
     out = tmp_path / "back.keras"
-    result = _run("unroll", rolled[1], out)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"Wrote {out} (")
+    # In-process: the installed command's own process is run by the `rolled` fixture,
+    # test_export_... and test_python_dash_m_... (which runs `unroll` too).
+    assert cli.main(["unroll", str(rolled[1]), str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"Wrote {out} (")
     restored = keras.models.load_model(out)
     np.testing.assert_array_equal(restored.predict(x, verbose=0),
                                   weightroll.load_rolled(rolled[1]).predict(x, verbose=0))
