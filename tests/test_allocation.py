@@ -38,26 +38,31 @@ def test_default_setting_keeps_heavy_tailed_outputs_within_cosine_0_999(transfor
     assert _cosine(model.predict(x, verbose=0), weightroll.load_rolled(buf).predict(x, verbose=0)) >= 0.999
 
 
-def test_allocation_meets_the_output_tolerance_on_the_calibration_data(transformer):
+@pytest.fixture(scope="module")
+def allocated(transformer):
+    """The roll allocated for an output tolerance of 0.045 on the calibration data
+    (two tests read its report: one allocation instead of two)."""
     model, x = transformer
-    report = weightroll.roll(model, io.BytesIO(), validation_data=x, output_tolerance=0.045)
+    return weightroll.roll(model, io.BytesIO(), validation_data=x, output_tolerance=0.045)
+
+
+def test_allocation_meets_the_output_tolerance_on_the_calibration_data(allocated):
+    report = allocated
     assert report.settings == {"output_tolerance": 0.045}
     assert report.roll_value["outputs"]["relative_rmse"] <= 0.045
     assert report.roll_value["outputs"]["cosine"] >= 0.999
 
 
-def test_allocation_spends_fewer_bits_than_one_tolerance_for_all(transformer):
+def test_allocation_spends_fewer_bits_than_one_tolerance_for_all(transformer, allocated):
     model, x = transformer
-    allocated = weightroll.roll(model, io.BytesIO(), validation_data=x, output_tolerance=0.045)
     # The weights-only tolerance that reaches at least the same output quality:
     uniform = weightroll.roll(model, io.BytesIO(), validation_data=x, tolerance=0.0125)
     assert uniform.roll_value["outputs"]["relative_rmse"] <= 0.045
     assert allocated.archive_bytes < 0.95 * uniform.archive_bytes
 
 
-def test_sensitive_tensors_get_finer_codes(transformer):
-    model, x = transformer
-    report = weightroll.roll(model, io.BytesIO(), validation_data=x)
+def test_sensitive_tensors_get_finer_codes(calibrated):
+    report, _ = calibrated  # roll(model, validation_data=x): the calibrated default
     errors = {path: e["relative_rmse"] for path, e in report.roll_value["tensors"].items()}
     value = [e for p, e in errors.items() if "value/kernel" in p]
     query = [e for p, e in errors.items() if "query/kernel" in p]
@@ -84,14 +89,23 @@ def test_bits_with_validation_data_only_measures(transformer):
 
 
 @pytest.fixture(scope="module")
-def calibrated_on_held_out_data(transformer):
-    """The calibrated default roll (`quality="balanced"`) measured on other
-    inputs than its calibration: `(report, cosine, bits per weight)`."""
+def calibrated(transformer):
+    """The calibrated default roll (`quality="balanced"`, calibration data given):
+    `(report, archive buffer)`, rolled once for the tests that read it."""
     model, x = transformer
-    x_new = np.random.default_rng(2024).integers(0, _models.HT_VOCAB, size=(256, _models.HT_SEQ)).astype("int32")
     buf = io.BytesIO()
     report = weightroll.roll(model, buf, validation_data=x)
-    buf.seek(0)
+    return report, buf
+
+
+@pytest.fixture(scope="module")
+def calibrated_on_held_out_data(transformer, calibrated):
+    """The calibrated default roll measured on other inputs than its calibration:
+    `(report, cosine, bits per weight)`."""
+    model, _ = transformer
+    report, buf = calibrated
+    x_new = np.random.default_rng(2024).integers(0, _models.HT_VOCAB, size=(256, _models.HT_SEQ)).astype("int32")
+    buf = io.BytesIO(buf.getvalue())
     cosine = _cosine(model.predict(x_new, verbose=0), weightroll.load_rolled(buf).predict(x_new, verbose=0))
     bits = 8 * report.archive_bytes / sum(int(np.prod(v.shape)) for v in model.variables)
     return report, cosine, bits

@@ -128,10 +128,24 @@ def _archives(folder):
 
 
 @pytest.fixture(scope="module")
-def single_process(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("single")
-    result = _result(_start(_script(folder), "single", folder))
-    return folder, result
+def single_process_and_mirrored(tmp_path_factory):
+    """The training without a strategy (the reference) and under MirroredStrategy,
+    started together (each is a process of its own either way; side by side, one
+    TensorFlow start-up overlaps the other's): `{mode: (folder, result)}`."""
+    folders = {mode: tmp_path_factory.mktemp(mode) for mode in ("single", "mirrored")}
+    processes = {mode: _start(_script(folder), mode, folder) for mode, folder in folders.items()}
+    try:
+        return {mode: (folders[mode], _result(process)) for mode, process in processes.items()}
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+@pytest.fixture(scope="module")
+def single_process(single_process_and_mirrored):
+    return single_process_and_mirrored["single"]
 
 
 def _assert_matches_single_process(folder, result, single_process):
@@ -148,11 +162,12 @@ def _assert_matches_single_process(folder, result, single_process):
     weightroll.load_rolled(folder / f"{EPOCHS:02d}.wroll")
 
 
-def test_mirrored_strategy_writes_one_archive_per_save_like_a_single_process(tmp_path, single_process):
-    result = _result(_start(_script(tmp_path), "mirrored", tmp_path))
+def test_mirrored_strategy_writes_one_archive_per_save_like_a_single_process(single_process_and_mirrored,
+                                                                            single_process):
+    folder, result = single_process_and_mirrored["mirrored"]
     assert result["replicas"] == 2
-    assert result["written"] == [str(tmp_path / f"{e:02d}.wroll") for e in range(1, EPOCHS + 1)]
-    _assert_matches_single_process(tmp_path, result, single_process)
+    assert result["written"] == [str(folder / f"{e:02d}.wroll") for e in range(1, EPOCHS + 1)]
+    _assert_matches_single_process(folder, result, single_process)
 
 
 def test_multi_worker_strategy_writes_each_archive_once_from_the_chief(tmp_path, single_process):

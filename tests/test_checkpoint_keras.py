@@ -8,8 +8,11 @@ assertions, case by case, with these adaptations:
 - `.keras` becomes `.wroll`, `.weights.h5` becomes `.weights.wroll`;
   `keras.saving.load_model` becomes `weightroll.load_rolled`, and
   `model.load_weights` becomes `weightroll.load_weights(model, path)`.
-- Each numbered case is its own test on a freshly built model (Keras runs
-  them in sequence on one model, each training it further). The data comes
+- Each numbered case is its own test on the model as freshly built (Keras
+  runs them in sequence on one model, each training it further). One model
+  serves them all, set back to its initial weights and optimizer state before
+  each case: its traced functions are kept, most of a case's time otherwise.
+  Case 15, which compiles the model again, builds its own. The data comes
   from the same helper, `keras.src.testing.test_utils.get_test_data` (not
   public API), with the same seed.
 - The loading test compares the loaded weights with `assertAllClose`'s
@@ -56,13 +59,32 @@ def data():
     return x_train, y_train, x_test, y_test
 
 
-def _options_model():
+def _new_options_model():
     """`test_model_checkpoint_options`'s `get_model`."""
     model = keras.Sequential([
         keras.layers.Dense(NUM_HIDDEN, activation="relu"),
         keras.layers.Dense(NUM_CLASSES, activation="softmax"),
     ])
     model.compile(loss="categorical_crossentropy", optimizer="sgd", metrics=[keras.metrics.Accuracy("acc")])
+    return model
+
+
+_OPTIONS_MODEL = {}
+
+
+def _options_model():
+    """`get_model`'s model as freshly built: the one model of the cases, set back
+    to its initial weights and untrained optimizer state (built here, as its
+    first `fit` builds them: input shape `(None, INPUT_DIM)`)."""
+    if not _OPTIONS_MODEL:
+        model = _new_options_model()
+        model.build((None, INPUT_DIM))
+        model.optimizer.build(model.trainable_variables)
+        _OPTIONS_MODEL["model"] = model
+        _OPTIONS_MODEL["initial"] = [v.numpy() for v in model.variables + model.optimizer.variables]
+    model = _OPTIONS_MODEL["model"]
+    for variable, value in zip(model.variables + model.optimizer.variables, _OPTIONS_MODEL["initial"]):
+        variable.assign(value)
     return model
 
 
@@ -182,7 +204,7 @@ def test_case_15_no_save_if_auc_was_higher_before_in_auto_mode(data, tmp_path):
     filepath = os.path.join(tmp_path, "checkpoint.wroll")
     cbks = [WeightRollCheckpoint(filepath, monitor="val_auc", save_best_only=True, initial_value_threshold=1,
                                  mode="auto")]
-    model = _options_model()
+    model = _new_options_model()
     model.compile(loss="categorical_crossentropy", optimizer="sgd", metrics=[keras.metrics.AUC()])
     _fit(model, data, cbks)
     assert not os.path.exists(filepath)

@@ -21,6 +21,7 @@ Scenarios, JAX:
 TensorFlow: `MirroredStrategy` over 4 logical CPUs, rolled outside and inside its scope.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -272,31 +273,55 @@ print("RESULT " + json.dumps(results), flush=True)
 '''
 
 
-def _run(script, backend, folder):
+def _start(script, backend, folder):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", DEVICES=str(DEVICES))
     if backend == "jax":
         flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
         env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={DEVICES}"])
+    return subprocess.Popen([sys.executable, "-c", script, str(folder)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process, backend):
     try:
-        process = subprocess.run([sys.executable, "-c", script, str(folder)], env=env, capture_output=True,
-                                 text=True, timeout=TIMEOUT)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"the {backend} scenarios ran over {TIMEOUT} s:\n{(e.stderr or '')[-3000:]}")
-    lines = [line[len("RESULT "):] for line in process.stdout.splitlines() if line.startswith("RESULT ")]
-    assert process.returncode == 0 and lines, f"the {backend} scenarios failed:\n{process.stderr[-4000:]}"
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        pytest.fail(f"the {backend} scenarios ran over {TIMEOUT} s:\n{(stderr or '')[-3000:]}")
+    lines = [line[len("RESULT "):] for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert process.returncode == 0 and lines, f"the {backend} scenarios failed:\n{stderr[-4000:]}"
     return json.loads(lines[-1])
 
 
 @pytest.fixture(scope="module")
-def jax_results(tmp_path_factory):
-    pytest.importorskip("jax")
-    return _run(_JAX, "jax", tmp_path_factory.mktemp("jax"))
+def scenarios(tmp_path_factory):
+    """Each installed backend's scenario subprocess, both started at once (they are
+    separate processes either way; side by side, one's start-up overlaps the other's)."""
+    scripts = {"jax": _JAX, "tensorflow": _TF}
+    processes = {backend: _start(script, backend, tmp_path_factory.mktemp(backend))
+                 for backend, script in scripts.items() if importlib.util.find_spec(backend) is not None}
+    yield processes
+    for process in processes.values():
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def _results(scenarios, backend):
+    if backend not in scenarios:
+        pytest.skip(f"{backend} is not installed")
+    return _finish(scenarios[backend], backend)
 
 
 @pytest.fixture(scope="module")
-def tf_results(tmp_path_factory):
-    pytest.importorskip("tensorflow")
-    return _run(_TF, "tensorflow", tmp_path_factory.mktemp("tensorflow"))
+def jax_results(scenarios):
+    return _results(scenarios, "jax")
+
+
+@pytest.fixture(scope="module")
+def tf_results(scenarios):
+    return _results(scenarios, "tensorflow")
 
 
 def _result(results, name):

@@ -719,24 +719,33 @@ def test_a_model_containing_a_reused_layer_round_trips(tmp_path):
     _test_inference_after_instantiation(model, tmp_path)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("max_shard_size, files", [(1, 2), (0.01, 4)], ids=["efficientnet_b0_512", "efficientnet_b0_10"])
-def test_sharded_weights_load_into_a_new_model(max_shard_size, files, tmp_path):
-    """`test_weights_sharding`: `.weights.json` + `.weights.h5` shards become
-    an index archive + numbered shard archives beside it."""
-    if keras.backend.backend() == "jax":  # ~50 s; sharding is the format layer's, the same under every backend
-        pytest.skip("sharding does not depend on the backend: run under TensorFlow")
+@pytest.fixture(scope="module")
+def efficientnet_and_its_output():
+    """`test_weights_sharding`'s model and reference output, built and predicted once
+    for both shard sizes (rolling reads the model and leaves it as it was)."""
     from keras.applications import efficientnet
 
     if keras.backend.image_data_format() == "channels_last":
         shape = (224, 224, 3)
     else:
         shape = (3, 224, 224)
-
-    temp_filepath = tmp_path / "mymodel.weights.wroll"
     model = efficientnet.EfficientNetB0(weights=None, input_shape=shape)
     ref_input = np.random.random((1, *shape)).astype("float32")
     ref_output = model.predict(ref_input, verbose=0)
+    return shape, model, ref_input, ref_output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_shard_size, files", [(1, 2), (0.01, 4)], ids=["efficientnet_b0_512", "efficientnet_b0_10"])
+def test_sharded_weights_load_into_a_new_model(max_shard_size, files, tmp_path, request):
+    """`test_weights_sharding`: `.weights.json` + `.weights.h5` shards become
+    an index archive + numbered shard archives beside it."""
+    if keras.backend.backend() == "jax":  # ~50 s; sharding is the format layer's, the same under every backend
+        pytest.skip("sharding does not depend on the backend: run under TensorFlow")
+    from keras.applications import efficientnet
+
+    shape, model, ref_input, ref_output = request.getfixturevalue("efficientnet_and_its_output")
+    temp_filepath = tmp_path / "mymodel.weights.wroll"
 
     # Save the sharded files.
     _roll_weights_only(model, temp_filepath, max_shard_size=max_shard_size)

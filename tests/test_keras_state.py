@@ -32,6 +32,13 @@ def _classifier():
     return model, x, y
 
 
+@pytest.fixture(scope="module")
+def classifier():
+    """`_classifier()` trained once, for the tests that only read it (roll it,
+    predict with it, clone it); the tests that change it build their own."""
+    return _classifier()
+
+
 @keras.saving.register_keras_serializable(package="weightroll_tests")
 class Counter(keras.layers.Layer):
     """A layer with state that is not a variable, saved by its own methods."""
@@ -114,8 +121,8 @@ def test_a_custom_load_own_variables_that_raises_is_called_and_reported(tmp_path
 
 
 @pytest.mark.slow
-def test_swapping_two_entries_paths_is_refused(tmp_path):
-    model, _, _ = _classifier()
+def test_swapping_two_entries_paths_is_refused(tmp_path, classifier):
+    model, _, _ = classifier
     buf = io.BytesIO()
     weightroll.roll(model, buf)
 
@@ -129,8 +136,8 @@ def test_swapping_two_entries_paths_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_swapping_two_entries_keys_is_refused(tmp_path):
-    model, _, _ = _classifier()
+def test_swapping_two_entries_keys_is_refused(tmp_path, classifier):
+    model, _, _ = classifier
     buf = io.BytesIO()
     weightroll.roll(model, buf)
 
@@ -144,8 +151,8 @@ def test_swapping_two_entries_keys_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_reordering_whole_entries_loads_the_same_weights_under_the_same_paths(tmp_path):
-    model, x, _ = _classifier()
+def test_reordering_whole_entries_loads_the_same_weights_under_the_same_paths(tmp_path, classifier):
+    model, x, _ = classifier
     buf = io.BytesIO()
     weightroll.roll(model, buf)
     reordered = _manifest_edit(buf.getvalue(), lambda m: m["tensors"].reverse())
@@ -158,10 +165,10 @@ def test_reordering_whole_entries_loads_the_same_weights_under_the_same_paths(tm
 
 
 @pytest.mark.slow
-def test_a_rebound_key_swap_loads_each_value_where_its_key_says(tmp_path):
+def test_a_rebound_key_swap_loads_each_value_where_its_key_says(tmp_path, classifier):
     """An editor who also recomputes the bindings writes a new archive: the
     values then go where the (new) keys say, never silently by position."""
-    model, _, _ = _classifier()
+    model, _, _ = classifier
     buf = io.BytesIO()
     weightroll.roll(model, buf)
 
@@ -205,8 +212,8 @@ def test_a_keras_quantized_model_round_trips_bit_exactly(tmp_path, mode):
 
 
 @pytest.mark.slow
-def test_optimizer_state_restores_and_training_resumes_as_from_a_keras_file(tmp_path):
-    model, x, y = _classifier()
+def test_optimizer_state_restores_and_training_resumes_as_from_a_keras_file(tmp_path, classifier):
+    model, x, y = classifier
     model.save(tmp_path / "m.keras")
     weightroll.roll(model, tmp_path / "m.wroll", include_optimizer=True, tolerance=0.0)
     from_keras = keras.models.load_model(tmp_path / "m.keras")
@@ -221,8 +228,8 @@ def test_optimizer_state_restores_and_training_resumes_as_from_a_keras_file(tmp_
 
 
 @pytest.mark.slow
-def test_archives_leave_the_optimizer_out_by_default(tmp_path):
-    model, _, _ = _classifier()
+def test_archives_leave_the_optimizer_out_by_default(tmp_path, classifier):
+    model, _, _ = classifier
     weightroll.roll(model, tmp_path / "m.wroll")
     assert not any(k.startswith("optimizer") for k in weightroll.unroll(tmp_path / "m.wroll"))
 
@@ -281,19 +288,19 @@ def test_load_weights_restores_a_model_built_in_code(tmp_path):
 
 
 @pytest.mark.slow
-def test_load_weights_refuses_an_unbuilt_model(tmp_path):
-    model, _, _ = _classifier()
+def test_load_weights_refuses_an_unbuilt_model(tmp_path, classifier):
+    model, _, _ = classifier
     weightroll.roll(model, tmp_path / "m.wroll")
     with pytest.raises(WrollError, match="has not yet been built"):
         weightroll.load_weights(keras.Sequential([keras.layers.Dense(4)]), tmp_path / "m.wroll")
 
 
 @pytest.mark.slow
-def test_a_weights_only_archive_loads_with_load_weights_and_not_as_a_model(tmp_path):
+def test_a_weights_only_archive_loads_with_load_weights_and_not_as_a_model(tmp_path, classifier):
     from weightroll._format import writer  # noqa: F401 - the archive is written as roll writes it
     from weightroll._keras import roll as roll_lib
 
-    model, x, _ = _classifier()
+    model, x, _ = classifier
     snap = roll_lib.snapshot(model, weights_only=True)
     roll_lib.write_snapshot(snap, tmp_path / "w.wroll", tolerance=0.0)
     with pytest.raises(WrollError, match="weights only"):
