@@ -242,7 +242,7 @@ def _coded(t, codes, decoder, table, scales, exact, major):
             raise ValueError(f"{t['path']}: trellis codes belong to coded tensors of codebook archives")
         segment, zero, low = (trellis[name] for name in ("segment", "zero", "low"))
         if not (all(type(v) is int for v in (segment, zero, low))
-                and 1 <= segment <= 2 ** 16 and 0 <= zero <= 255 and -510 <= low <= 510):
+                and 1 <= segment <= 2 ** 16 and -255 <= zero <= 255 and -510 <= low <= 510):
             raise ValueError(f"{t['path']}: trellis {trellis} is out of range")
         header += b"trellis\0" + np.array(segment, "<u4").tobytes() + np.array([zero, low], "<i4").tobytes()
     digest = hashlib.sha256(header + c.tobytes())

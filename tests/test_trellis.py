@@ -120,3 +120,14 @@ def test_short_floats_keep_eleven_significant_bits_in_float32s_range():
     assert short[2] == np.float32(1.0 + 4 * 2 ** -11)
     assert np.all(short.view(np.uint32) & 0x1FFF == 0)
     assert np.all(np.abs(short / values - 1) <= 2 ** -11)
+
+
+def test_a_tensor_whose_levels_are_all_positive_codes_with_a_negative_zero():
+    # A normalisation layer's scales, all near 1: every level is positive, so the lowest
+    # level's code 0 means `zero` < 0 (the Keras text classifier's LayerNorm found it).
+    w = (1.0 + 0.02 * np.random.default_rng(4).standard_normal(64)).astype(np.float32)
+    code = trellis.encode(w, 0.05, None)
+    assert code.trellis["zero"] < 0 and code.codes.min() == 0
+    index, lowest, highest = trellis.table_indices(code.codes, **code.trellis)
+    assert lowest >= 0 and highest < code.table.size
+    assert np.array_equal(code.table[index], code.decoded)

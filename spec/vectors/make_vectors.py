@@ -934,7 +934,7 @@ def invalid_vectors(bases):
            "trellis.segment must be in [1, 65536]", "unroll",
            "dense_trellis with the kernel's trellis.segment set to 0 (coding_sha256 computed again).")
     yield ("trellis_zero_out_of_range", _trellis_edit(trm, zero=300), "R45", "ArchiveError",
-           "trellis.zero must be in [0, 255]", "unroll",
+           "trellis.zero must be in [-255, 255]", "unroll",
            "dense_trellis with the kernel's trellis.zero set to 300 (coding_sha256 computed again).")
     yield ("trellis_in_mlp",
            man(lambda m: _tensor(m, "dense/kernel").update(trellis={"segment": 1024, "zero": 0, "low": 0}), mm),

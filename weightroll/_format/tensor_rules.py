@@ -206,7 +206,7 @@ def _check_trellis(entry, where, kind):
     if kind != "codebook":
         raise ArchiveError(f"manifest.json: {where} has 'trellis', which only a codebook decoder defines.",
                            rule=rules.TRELLIS)
-    for name, low, high in (("segment", 1, MAX_SEGMENT), ("zero", 0, 255), ("low", -510, 510)):
+    for name, low, high in (("segment", 1, MAX_SEGMENT), ("zero", -255, 255), ("low", -510, 510)):
         value = get(t, name, "int", where + ".trellis")
         if not low <= value <= high:
             raise ArchiveError(f"manifest.json: {where}.trellis.{name} must be in [{low}, {high}]; "

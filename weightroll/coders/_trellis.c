@@ -267,7 +267,7 @@ indices(PyObject *self, PyObject *args)
         return NULL;
     }
     const Py_ssize_t n = c.len;
-    const int ok = segment > 0 && out.len / 2 == n && zero >= 0 && zero <= 255 && low >= -1024 && low <= 1024;
+    const int ok = segment > 0 && out.len / 2 == n && zero >= -255 && zero <= 255 && low >= -1024 && low <= 1024;
     int lowest = 0, highest = -1;
     if (ok && n) {
         const uint8_t *in = (const uint8_t *)c.buf;
