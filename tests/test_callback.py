@@ -539,17 +539,37 @@ model.fit(x, y, epochs=50, batch_size=64, verbose=0,
 '''
 
 
-@pytest.mark.parametrize("name", ["model.wroll", "{epoch:02d}.wroll"])
-def test_a_training_killed_during_a_save_leaves_only_complete_archives(tmp_path, name):
+_KILLED_NAMES = ["model.wroll", "{epoch:02d}.wroll"]
+
+
+@pytest.fixture(scope="module")
+def killed_trainings(tmp_path_factory):
+    """The training of `_KILLED_SCRIPT` for each name, all started at once (each is
+    a process of its own either way; side by side, one's TensorFlow start-up
+    overlaps the other's): `{name: (folder, process)}`. Killed at the end if a
+    test did not."""
+    started = {}
+    for name in _KILLED_NAMES:
+        folder = tmp_path_factory.mktemp("killed")
+        script = folder / "train.py"
+        script.write_text(_KILLED_SCRIPT)
+        started[name] = folder / "ckpt", subprocess.Popen(
+            [sys.executable, str(script), str(folder / "ckpt" / name)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+    yield started
+    for _, process in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
+@pytest.mark.parametrize("name", _KILLED_NAMES)
+def test_a_training_killed_during_a_save_leaves_only_complete_archives(request, name):
     if keras.backend.backend() == "jax":  # ~17 s; what a killed write leaves is the format layer's, backend-free
         pytest.skip("an atomic write does not depend on the backend: run under TensorFlow")
-    script = tmp_path / "train.py"
-    script.write_text(_KILLED_SCRIPT)
-    folder = tmp_path / "ckpt"
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(folder / name)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
+    folder, process = request.getfixturevalue("killed_trainings")[name]
     try:
         timer = threading.Timer(90, process.kill)
         timer.start()
@@ -564,7 +584,6 @@ def test_a_training_killed_during_a_save_leaves_only_complete_archives(tmp_path,
         if process.poll() is None:
             process.kill()
             process.wait()
-        process.stdout.close()
     assert process.returncode == -signal.SIGKILL
     names = sorted(os.listdir(folder))
     archives = [n for n in names if n.endswith(".wroll")]
