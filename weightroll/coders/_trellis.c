@@ -124,34 +124,23 @@ step(const float v, double *cost, int8_t *bs, int16_t *bl)
     cost[3] = choose(t3, a3, b3); bs[3] = (int8_t)(2 + t3); bl[3] = (int16_t)pick_int(t3, q1k[1], q1k[0]);
 }
 
-/* Segments searched side by side: their paths are independent, so the
- * processor overlaps their steps. */
-#define GROUP 4
-
-/* `count` (at most GROUP) segments of `length` values each, segment `g`
- * starting at `y + g * length`: the levels of least squared error, from state
- * 0, ending in the cheapest state (the lowest among equals). */
+/* One segment of `length` values: the levels of least squared error, from
+ * state 0, ending in the cheapest state (the lowest among equals). (Searching
+ * four segments side by side, for the processor to overlap their steps,
+ * measured no faster: 0.42 s for 16M values either way.) */
 static void
-search(const float *y, Py_ssize_t length, int count, int16_t *out, int8_t *back_state, int16_t *back_level)
+search(const float *y, Py_ssize_t length, int16_t *out, int8_t *back_state, int16_t *back_level)
 {
-    double cost[GROUP][4];
-    for (int g = 0; g < count; g++) {
-        cost[g][0] = 0.0;
-        cost[g][1] = cost[g][2] = cost[g][3] = INFINITY;
-    }
+    double cost[4] = {0.0, INFINITY, INFINITY, INFINITY};
     for (Py_ssize_t j = 0; j < length; j++)
-        for (int g = 0; g < count; g++)
-            step(y[g * length + j], cost[g], back_state + 4 * (GROUP * j + g), back_level + 4 * (GROUP * j + g));
-    for (int g = 0; g < count; g++) {
-        int state = 0;
-        for (int s = 1; s < 4; s++)
-            if (cost[g][s] < cost[g][state])
-                state = s;
-        for (Py_ssize_t j = length - 1; j >= 0; j--) {
-            const Py_ssize_t at = 4 * (GROUP * j + g) + state;
-            out[g * length + j] = back_level[at];
-            state = back_state[at];
-        }
+        step(y[j], cost, back_state + 4 * j, back_level + 4 * j);
+    int state = 0;
+    for (int s = 1; s < 4; s++)
+        if (cost[s] < cost[state])
+            state = s;
+    for (Py_ssize_t j = length - 1; j >= 0; j--) {
+        out[j] = back_level[4 * j + state];
+        state = back_state[4 * j + state];
     }
 }
 
@@ -176,8 +165,8 @@ levels(PyObject *self, PyObject *args)
     int16_t *back_level = NULL;
     if (ok && n) {
         Py_ssize_t length = segment < n ? segment : n;
-        back_state = malloc(4 * GROUP * (size_t)length);
-        back_level = malloc(8 * GROUP * (size_t)length);
+        back_state = malloc(4 * (size_t)length);
+        back_level = malloc(8 * (size_t)length);
         if (back_state == NULL || back_level == NULL) {
             free(back_state);
             free(back_level);
@@ -186,15 +175,10 @@ levels(PyObject *self, PyObject *args)
             return PyErr_NoMemory();
         }
         Py_BEGIN_ALLOW_THREADS
-        const Py_ssize_t whole = n / segment;
-        for (Py_ssize_t first = 0; first < whole; first += GROUP) {
-            const int count = whole - first < GROUP ? (int)(whole - first) : GROUP;
-            search((const float *)y.buf + first * segment, segment, count, (int16_t *)out.buf + first * segment,
-                   back_state, back_level);
+        for (Py_ssize_t start = 0; start < n; start += segment) {
+            const Py_ssize_t stop = start + segment < n ? start + segment : n;
+            search((const float *)y.buf + start, stop - start, (int16_t *)out.buf + start, back_state, back_level);
         }
-        if (whole * segment < n)  /* a last, shorter segment */
-            search((const float *)y.buf + whole * segment, n - whole * segment, 1,
-                   (int16_t *)out.buf + whole * segment, back_state, back_level);
         Py_END_ALLOW_THREADS
     } else if (!ok) {
         PyErr_SetString(PyExc_ValueError, "levels: bad sizes");
