@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import weightroll
+from tests._subprocesses import result_of
 
 pytest.importorskip("sklearn.datasets")
 tf = pytest.importorskip("tensorflow")
@@ -94,18 +95,6 @@ def _start(script, mode, folder, tf_config=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _result(process):
-    try:
-        out, err = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        pytest.fail(f"a training subprocess ran over {TIMEOUT} s:\n{err[-3000:]}")
-    results = [line[len("RESULT "):] for line in out.splitlines() if line.startswith("RESULT ")]
-    assert process.returncode == 0 and results, f"training failed:\n{err[-3000:]}"
-    return json.loads(results[-1])
-
-
 def _free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     try:
@@ -135,7 +124,8 @@ def single_process_and_mirrored(tmp_path_factory):
     folders = {mode: tmp_path_factory.mktemp(mode) for mode in ("single", "mirrored")}
     processes = {mode: _start(_script(folder), mode, folder) for mode, folder in folders.items()}
     try:
-        return {mode: (folders[mode], _result(process)) for mode, process in processes.items()}
+        return {mode: (folders[mode], result_of(process, TIMEOUT, f"the {mode} training"))
+                for mode, process in processes.items()}
     finally:
         for process in processes.values():
             if process.poll() is None:
@@ -179,7 +169,7 @@ def test_multi_worker_strategy_writes_each_archive_once_from_the_chief(tmp_path,
         for index in range(2)
     ]
     try:
-        chief, other = [_result(p) for p in processes]
+        chief, other = [result_of(p, TIMEOUT, "a multi-worker training") for p in processes]
     finally:
         for p in processes:
             if p.poll() is None:

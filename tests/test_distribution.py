@@ -22,12 +22,13 @@ TensorFlow: `MirroredStrategy` over 4 logical CPUs, rolled outside and inside it
 """
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from tests._subprocesses import result_of
 
 pytestmark = pytest.mark.slow
 
@@ -282,18 +283,6 @@ def _start(script, backend, folder):
                             stderr=subprocess.PIPE, text=True)
 
 
-def _finish(process, backend):
-    try:
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, stderr = process.communicate()
-        pytest.fail(f"the {backend} scenarios ran over {TIMEOUT} s:\n{(stderr or '')[-3000:]}")
-    lines = [line[len("RESULT "):] for line in stdout.splitlines() if line.startswith("RESULT ")]
-    assert process.returncode == 0 and lines, f"the {backend} scenarios failed:\n{stderr[-4000:]}"
-    return json.loads(lines[-1])
-
-
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory):
     """Each installed backend's scenario subprocess, both started at once (they are
@@ -311,7 +300,7 @@ def scenarios(tmp_path_factory):
 def _results(scenarios, backend):
     if backend not in scenarios:
         pytest.skip(f"{backend} is not installed")
-    return _finish(scenarios[backend], backend)
+    return result_of(scenarios[backend], TIMEOUT, f"the {backend} scenarios")
 
 
 @pytest.fixture(scope="module")
