@@ -66,6 +66,29 @@ def test_table_indices_follow_the_spec(numpy_only):
     assert trellis.table_indices(codes, 1024, zero=5, low=-1)[0].tolist() == [1, 3, 0, 1, 4]
 
 
+@pytest.mark.parametrize("size, skip", [(1, 0), (2, 1), (5, 4), (1023, 0), (3000, 1), (3000, 2), (5000, 1023)])
+@pytest.mark.parametrize("low", [-300, -60])  # -60: some codes index beyond the table
+def test_lookup_gives_the_table_values_of_the_indices_in_c_and_numpy(size, skip, low, monkeypatch):
+    rng = np.random.default_rng(size)
+    codes = np.clip(rng.normal(127, 20, size), 60, 190).astype(np.uint8)
+    table = rng.normal(size=512).astype(np.float32)
+    t = {"segment": 1024, "zero": 127, "low": low}
+    index = trellis.table_indices(codes, 1024, 127, low)[0][skip:]
+    inside = (index >= 0) & (index < table.size)
+    results = []
+    for loops in (trellis._trellis, None):
+        monkeypatch.setattr(trellis, "_trellis", loops)
+        out = np.empty(size - skip, np.float32)
+        outside = trellis.lookup(codes, table, out, t, skip)
+        assert outside == np.count_nonzero(~inside)
+        assert np.array_equal(out, table[np.where(inside, index, 0)])
+        plain = np.empty(size, np.float32)
+        assert trellis.lookup(codes, table[:200], plain) == np.count_nonzero(codes >= 200)
+        assert np.array_equal(plain, table[np.where(codes < 200, codes, 0)])
+        results.append((out, plain))
+    assert all(np.array_equal(a, b) for a, b in zip(*results))
+
+
 def test_a_long_declared_segment_costs_the_codes_not_the_segment(numpy_only):
     start = time.perf_counter()
     trellis.table_indices(np.zeros(10, np.uint8), 1 << 16, zero=0, low=0)

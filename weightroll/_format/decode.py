@@ -79,9 +79,6 @@ def decode_tensor(entry, codes, table, scales, exact_bytes, kind):
     return job.finish()
 
 
-# Values looked up at once: np.take widens each code to an 8-byte index,
-# which for a whole tensor would be twice its float32 values.
-_DECODE_BLOCK = 1 << 16
 # Values a part of a coded tensor holds (1 MiB of float32): parts share a
 # big tensor between the cores, and each part is scaled and cast while it
 # is still in cache.
@@ -141,30 +138,31 @@ class _Job:
         begin, end = start * inner, (start + stop - first) * inner
         flat = self.array.reshape(-1)[begin:end]
         values = flat if flat.dtype == self.lookup.dtype else np.empty(end - begin, self.lookup.dtype)
-        codes = self.span[begin:end] if self.trellis is None else self._trellis_indices(begin, end)
+        if self.trellis is None:
+            trellis.lookup(self.span[begin:end], self.lookup, values)  # codes < size, checked
+        else:
+            lead = begin % self.trellis["segment"]
+            if trellis.lookup(self.span[begin - lead: end], self.lookup, values, self.trellis, lead):
+                self._refuse_trellis(begin, end)
         with np.errstate(all="ignore"):  # float16 overflow is defined (§7.1): inf, no warning
-            for at in range(0, end - begin, _DECODE_BLOCK):
-                np.take(self.lookup, codes[at: at + _DECODE_BLOCK], out=values[at: at + _DECODE_BLOCK],
-                        mode="clip")  # codes < size, checked
             if self.scales is not None:
                 box = (stop - first, *self.shape[depth + 1:])
                 values.reshape(box)[...] *= self._scale_view(prefix, first, stop)
             if values is not flat:
                 np.copyto(flat, values, casting="unsafe")
 
-    def _trellis_indices(self, begin, end):
-        """The table indices of values `[begin, end)` of a trellis-coded tensor,
-        checked against the table (R30)."""
+    def _refuse_trellis(self, begin, end):
+        """Raise R30's error for values `[begin, end)` of a trellis-coded
+        tensor, some of whose codes index beyond its table."""
         t = self.trellis
         lead = begin % t["segment"]
-        index, lowest, highest = trellis.table_indices(self.span[begin - lead: end], t["segment"], t["zero"], t["low"])
-        if lowest < 0 or highest >= self.lookup.size:
-            raise ArchiveError(
-                f"Tensor '{short(self.entry['path'])}' has trellis codes that index entry "
-                f"{lowest if lowest < 0 else highest} of its {self.lookup.size}-entry table.",
-                rule=rules.CODE_OUTSIDE_TABLE,
-            )
-        return index[lead:]
+        index = trellis.table_indices(self.span[begin - lead: end], t["segment"], t["zero"], t["low"])[0][lead:]
+        lowest, highest = int(index.min()), int(index.max())
+        raise ArchiveError(
+            f"Tensor '{short(self.entry['path'])}' has trellis codes that index entry "
+            f"{lowest if lowest < 0 else highest} of its {self.lookup.size}-entry table.",
+            rule=rules.CODE_OUTSIDE_TABLE,
+        )
 
     def _scale_view(self, prefix, first, stop):
         """The scales that multiply part `(prefix, first, stop)`, shaped to broadcast over it."""

@@ -214,9 +214,12 @@ reconstruction(PyObject *self, PyObject *args)
         int16_t *m = (int16_t *)out.buf;
         Py_BEGIN_ALLOW_THREADS
         int state = 0;
+        Py_ssize_t left = 0;  /* values left in the segment (no division per value) */
         for (Py_ssize_t j = 0; j < n; j++) {
-            if (j % segment == 0)
+            if (left-- == 0) {
                 state = 0;
+                left = segment - 1;
+            }
             const int level = in[j];
             const int sign = (level > 0) - (level < 0);
             m[j] = (int16_t)(2 * level - (state >= 2 ? sign : 0));
@@ -260,9 +263,12 @@ indices(PyObject *self, PyObject *args)
         highest = INT16_MIN;
         Py_BEGIN_ALLOW_THREADS
         int state = 0;
+        Py_ssize_t left = 0;  /* values left in the segment (no division per value) */
         for (Py_ssize_t j = 0; j < n; j++) {
-            if (j % segment == 0)
+            if (left-- == 0) {
                 state = 0;
+                left = segment - 1;
+            }
             const int level = (int)in[j] - zero;
             const int sign = (level > 0) - (level < 0);
             const int i = 2 * level - (state >= 2 ? sign : 0) - low;
@@ -282,10 +288,130 @@ indices(PyObject *self, PyObject *args)
     return Py_BuildValue("ii", lowest, highest);
 }
 
+/* The values of one trellis segment's codes `in[0:length]` from position
+ * `skip` on (before it the codes only move the state machine), through
+ * `values_of[q1 << 8 | code]`, the value of each code on Q0 and on Q1; adds
+ * to `outside` those whose index is beyond the table (`beyond`, likewise).
+ *
+ * Bit 1 of the state (on Q1 or not) is all a value needs, and it follows
+ * from the levels' parities: with the machine (s1, s0) -> (s0 ^ parity, s1),
+ * bit 1 at position j + 2 is bit 1 at j xor the parity at j + 1. So it
+ * runs in two chains, one for the even positions and one for the odd, one
+ * xor per two values, and the processor does not wait on each value's
+ * state. */
+static Py_ssize_t
+trellis_segment(const uint8_t *in, Py_ssize_t length, Py_ssize_t skip, unsigned zero_parity,
+                const float *values_of, const uint8_t *beyond, float *values)
+{
+    unsigned even = 0, odd = 0;  /* bit 1 of the state at the next even / odd position */
+    Py_ssize_t outside = 0, j = 0;
+#define PARITY(j) (((unsigned)in[j] ^ zero_parity) & 1u)
+#define VALUE(j, q1)                                  \
+    do {                                              \
+        const unsigned at_ = (q1) << 8 | in[j];       \
+        outside += beyond[at_];                       \
+        values[j] = values_of[at_];                   \
+    } while (0)
+    for (; j < skip; j++) {
+        if (j & 1)
+            even ^= PARITY(j);
+        else
+            odd ^= PARITY(j);
+    }
+    if (j & 1 && j < length) {
+        VALUE(j, odd);
+        even ^= PARITY(j);
+        j++;
+    }
+    for (; j + 1 < length; j += 2) {
+        VALUE(j, even);
+        odd ^= PARITY(j);
+        VALUE(j + 1, odd);
+        even ^= PARITY(j + 1);
+    }
+    if (j < length)
+        VALUE(j, even);
+#undef PARITY
+#undef VALUE
+    return outside;
+}
+
+/* lookup(codes, segment, zero, low, skip, table, out) -> outside: see
+ * trellis.lookup. The codes are uint8 from the start of a segment (or plain
+ * table indices where segment is 0); the first `skip` only move the state
+ * machine; the table and the values are float32. An index outside the
+ * table writes entry 0 and is counted (the caller refuses the archive). */
+static PyObject *
+lookup(PyObject *self, PyObject *args)
+{
+    PyObject *co, *to, *outo;
+    Py_ssize_t segment, skip;
+    int zero, low;
+    if (!PyArg_ParseTuple(args, "OniinOO", &co, &segment, &zero, &low, &skip, &to, &outo))
+        return NULL;
+    Py_buffer c, t, out;
+    if (get_buffer(co, &c, 0, 1, "B", "codes") < 0)
+        return NULL;
+    if (get_buffer(to, &t, 0, 4, "f", "table") < 0) {
+        PyBuffer_Release(&c);
+        return NULL;
+    }
+    if (get_buffer(outo, &out, 1, 4, "f", "out") < 0) {
+        PyBuffer_Release(&c);
+        PyBuffer_Release(&t);
+        return NULL;
+    }
+    const Py_ssize_t n = c.len, size = t.len / 4;
+    const int ok = segment >= 0 && skip >= 0 && skip <= n && (segment == 0 ? skip == 0 : skip < segment)
+                   && out.len / 4 == n - skip && size > 0 && zero >= -255 && zero <= 255 && low >= -1024
+                   && low <= 1024;
+    Py_ssize_t outside = 0;
+    if (ok && n > skip) {
+        const uint8_t *in = (const uint8_t *)c.buf;
+        const float *table = (const float *)t.buf;
+        float *values = (float *)out.buf - skip;  /* indexed as the codes */
+        Py_BEGIN_ALLOW_THREADS
+        if (segment == 0) {
+            for (Py_ssize_t j = 0; j < n; j++) {
+                const int in_ = in[j] < size;
+                outside += !in_;
+                values[j] = table[in_ ? in[j] : 0];
+            }
+        } else {
+            /* Each code's value on Q0 (levels 2k) and on Q1 (2k - sign(k)). */
+            float values_of[512];
+            uint8_t beyond[512];
+            for (int q1 = 0; q1 < 2; q1++)
+                for (int code = 0; code < 256; code++) {
+                    const int level = code - zero, sign = (level > 0) - (level < 0);
+                    const int i = 2 * level - q1 * sign - low;
+                    const int in_ = i >= 0 && i < size;
+                    beyond[q1 << 8 | code] = (uint8_t)!in_;
+                    values_of[q1 << 8 | code] = table[in_ ? i : 0];
+                }
+            for (Py_ssize_t start = 0; start < n; start += segment) {
+                const Py_ssize_t length = n - start > segment ? segment : n - start;
+                outside += trellis_segment(in + start, length, start ? 0 : skip, (unsigned)zero & 1u, values_of,
+                                           beyond, values + start);
+            }
+        }
+        Py_END_ALLOW_THREADS
+    } else if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "lookup: bad arguments");
+    }
+    PyBuffer_Release(&c);
+    PyBuffer_Release(&t);
+    PyBuffer_Release(&out);
+    if (!ok)
+        return NULL;
+    return PyLong_FromSsize_t(outside);
+}
+
 static PyMethodDef methods[] = {
     {"levels", levels, METH_VARARGS, "The Viterbi search for each segment's levels (see trellis.levels)."},
     {"reconstruction", reconstruction, METH_VARARGS, "Levels to reconstruction levels (see trellis.reconstruction)."},
     {"indices", indices, METH_VARARGS, "Codes to table indices, and their range (see trellis.table_indices)."},
+    {"lookup", lookup, METH_VARARGS, "Codes to their table's values, and the indices' range (see trellis.lookup)."},
     {NULL, NULL, 0, NULL},
 };
 

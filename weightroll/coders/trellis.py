@@ -186,6 +186,28 @@ def table_indices(codes, segment, zero, low):
     return out, int(out.min()), int(out.max())
 
 
+def lookup(codes, table, out, trellis=None, skip=0):
+    """Decode codes to their table's float32 values: `out[j] = table[index]`
+    for the codes from `skip` on, where a code is its own table index, or,
+    with `trellis` (the manifest's `{"segment", "zero", "low"}`), the index
+    is the `table_indices` one (then `codes` starts a segment, and the first
+    `skip < segment` codes only move the state machine).
+
+    Returns:
+        How many of the codes written index beyond the table (0 for a sound
+        archive): each of those gets entry 0's value, and the caller refuses
+        the archive.
+    """
+    codes = np.ascontiguousarray(codes, np.uint8).reshape(-1)
+    segment, zero, low = (trellis["segment"], trellis["zero"], trellis["low"]) if trellis else (0, 0, 0)
+    if _trellis is not None and out.flags.c_contiguous and out.dtype == table.dtype == np.float32:
+        return _trellis.lookup(codes, segment, zero, low, skip, table, out.reshape(-1))
+    index = table_indices(codes, segment, zero, low)[0][skip:] if trellis else codes[skip:]
+    inside = (index >= 0) & (index < table.size)
+    out.reshape(-1)[...] = np.take(table, np.where(inside, index, 0))
+    return int(inside.size - np.count_nonzero(inside))
+
+
 def encode(values, step, axis=None, keep_decoded=True, digest=False, segment=SEGMENT):
     """Trellis-code `values` with reconstruction levels `step` apart, after
     per-channel scaling (as `uniform.encode` scales them).
