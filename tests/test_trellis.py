@@ -31,11 +31,13 @@ def test_the_c_loops_are_built_where_ci_requires_them():
     assert trellis._trellis is not None, "setup.py did not build weightroll/coders/_trellis.c"
 
 
-@pytest.mark.parametrize("segment", [1, 7, 1024, 5000])
-def test_the_c_search_and_state_machine_equal_numpy_bit_for_bit(segment, monkeypatch):
+@pytest.mark.parametrize("segment, size", [(1, 5000), (7, 5000), (1024, 5000), (5000, 5000), (1024, 9 * 1024 + 5),
+                                           (1000, 20_000)])
+def test_the_c_search_and_state_machine_equal_numpy_bit_for_bit(segment, size, monkeypatch):
+    # From 8 segments on, the C search runs eight at once where the processor has AVX2.
     if trellis._trellis is None:
         pytest.skip("the C extension is not built")
-    y = _values(5000)
+    y = _values(size)
     k, m = trellis.levels(y, segment), trellis.reconstruction(trellis.levels(y, segment), segment)
     monkeypatch.setattr(trellis, "_trellis", None)
     assert np.array_equal(k, trellis.levels(y, segment))

@@ -56,13 +56,12 @@ floor_int(float x)
     return i - (x < (float)i);
 }
 
-/* `take ? b : a` for doubles without a branch: x86 has no conditional move
- * for them, and a branch on which of two costs is smaller is a coin toss the
- * processor mispredicts half the time. */
-static inline double
-choose(int take, double a, double b)
+/* `take ? b : a` for floats without a branch: a branch on which of two
+ * costs is smaller is a coin toss the processor mispredicts half the time. */
+static inline float
+choose(int take, float a, float b)
 {
-    const double pair[2] = {a, b};
+    const float pair[2] = {a, b};
     return pair[take];
 }
 
@@ -88,35 +87,34 @@ pick_int(int take, int a, int b)
  * `bl[4]`: each state's previous state and level) are written (see
  * trellis.levels for the rule, ties included). */
 static inline void
-step(const float v, double *cost, int8_t *bs, int16_t *bl)
+step(const float v, float *cost, int8_t *bs, int16_t *bl)
 {
-    const double wide = (double)v;
     const int even = 2 * floor_int(v * 0.5f);
     const int odd = 2 * floor_int((v - 1.0f) * 0.5f) + 1;
-    const double d_e = (wide - (double)even) * (wide - (double)even);
-    const double d_e2 = (wide - (double)(even + 2)) * (wide - (double)(even + 2));
-    const double d_o = (wide - (double)odd) * (wide - (double)odd);
-    const double d_o2 = (wide - (double)(odd + 2)) * (wide - (double)(odd + 2));
-    const double d_z = wide * wide;
+    const float d_e = (v - (float)even) * (v - (float)even);
+    const float d_e2 = (v - (float)(even + 2)) * (v - (float)(even + 2));
+    const float d_o = (v - (float)odd) * (v - (float)odd);
+    const float d_o2 = (v - (float)(odd + 2)) * (v - (float)(odd + 2));
+    const float d_z = v * v;
     /* Q0 (states 0, 1): levels even / 2 and even / 2 + 1, one of each parity. */
     const int k_e = even >> 1;
     const int e_first = (k_e & 1) == 0;
     const int q0k[2] = {k_e + (k_e & 1), k_e + 1 - (k_e & 1)};  /* the even level, the odd one */
-    const double q0d[2] = {choose(e_first, d_e2, d_e), choose(e_first, d_e, d_e2)};
+    const float q0d[2] = {choose(e_first, d_e2, d_e), choose(e_first, d_e, d_e2)};
     /* Q1 (states 2, 3): levels of odd, odd + 2 and 0, the best of each parity. */
     const int k_o = odd_level(odd), k_o2 = odd_level(odd + 2);
     const int p_o = k_o & 1, p_o2 = k_o2 & 1;
     int q1k[2] = {k_o, k_o};
-    double q1d[2] = {choose(p_o, d_o, INFINITY), choose(p_o, INFINITY, d_o)};
-    const double d_even2 = choose(p_o2, d_o2, INFINITY), d_odd2 = choose(p_o2, INFINITY, d_o2);
+    float q1d[2] = {choose(p_o, d_o, INFINITY), choose(p_o, INFINITY, d_o)};
+    const float d_even2 = choose(p_o2, d_o2, INFINITY), d_odd2 = choose(p_o2, INFINITY, d_o2);
     PICK(q1k[0], q1d[0], k_o2, d_even2);
     PICK(q1k[1], q1d[1], k_o2, d_odd2);
     PICK(q1k[0], q1d[0], 0, d_z);
     /* Each state is reached from two: the lower one unless the other is cheaper. */
-    const double a0 = cost[0] + q0d[0], b0 = cost[1] + q0d[1];
-    const double a2 = cost[0] + q0d[1], b2 = cost[1] + q0d[0];
-    const double a1 = cost[2] + q1d[0], b1 = cost[3] + q1d[1];
-    const double a3 = cost[2] + q1d[1], b3 = cost[3] + q1d[0];
+    const float a0 = cost[0] + q0d[0], b0 = cost[1] + q0d[1];
+    const float a2 = cost[0] + q0d[1], b2 = cost[1] + q0d[0];
+    const float a1 = cost[2] + q1d[0], b1 = cost[3] + q1d[1];
+    const float a3 = cost[2] + q1d[1], b3 = cost[3] + q1d[0];
     const int t0 = b0 < a0, t1 = b1 < a1, t2 = b2 < a2, t3 = b3 < a3;
     cost[0] = choose(t0, a0, b0); bs[0] = (int8_t)t0; bl[0] = (int16_t)pick_int(t0, q0k[0], q0k[1]);
     cost[2] = choose(t2, a2, b2); bs[2] = (int8_t)t2; bl[2] = (int16_t)pick_int(t2, q0k[1], q0k[0]);
@@ -124,24 +122,189 @@ step(const float v, double *cost, int8_t *bs, int16_t *bl)
     cost[3] = choose(t3, a3, b3); bs[3] = (int8_t)(2 + t3); bl[3] = (int16_t)pick_int(t3, q1k[1], q1k[0]);
 }
 
-/* One segment of `length` values: the levels of least squared error, from
- * state 0, ending in the cheapest state (the lowest among equals). (Searching
- * four segments side by side, for the processor to overlap their steps,
- * measured no faster: 0.42 s for 16M values either way.) */
-static void
-search(const float *y, Py_ssize_t length, int16_t *out, int8_t *back_state, int16_t *back_level)
+/* The cheapest of four end states, the lowest among equals. */
+static inline int
+cheapest(const float *cost)
 {
-    double cost[4] = {0.0, INFINITY, INFINITY, INFINITY};
-    for (Py_ssize_t j = 0; j < length; j++)
-        step(y[j], cost, back_state + 4 * j, back_level + 4 * j);
     int state = 0;
     for (int s = 1; s < 4; s++)
         if (cost[s] < cost[state])
             state = s;
+    return state;
+}
+
+/* Buffers for the search of segments of `length` values. */
+typedef struct {
+    Py_ssize_t length;
+    int8_t *back_state;  /* one segment at a time: 4 a value */
+    int16_t *back_level;
+    float *lanes;        /* GROUP segments side by side: their values, interleaved */
+    float *lane_levels;  /* each value's 4 states' levels, GROUP lanes each */
+    uint8_t *lane_turns; /* each value's 4 states' choices, a bit a lane */
+} Work;
+
+#define GROUP 8
+
+static int
+work_init(Work *w, Py_ssize_t length)
+{
+    w->length = length;
+    w->back_state = malloc(4 * (size_t)length);
+    w->back_level = malloc(8 * (size_t)length);
+    w->lanes = malloc(GROUP * sizeof(float) * (size_t)length);
+    w->lane_levels = malloc(4 * GROUP * sizeof(float) * (size_t)length);
+    w->lane_turns = malloc(4 * (size_t)length);
+    return w->back_state && w->back_level && w->lanes && w->lane_levels && w->lane_turns;
+}
+
+static void
+work_free(Work *w)
+{
+    free(w->back_state);
+    free(w->back_level);
+    free(w->lanes);
+    free(w->lane_levels);
+    free(w->lane_turns);
+}
+
+/* One segment of `length` values: the levels of least squared error, from
+ * state 0, ending in the cheapest state (the lowest among equals). */
+static void
+search(const float *y, Py_ssize_t length, int16_t *out, Work *w)
+{
+    float cost[4] = {0.0f, INFINITY, INFINITY, INFINITY};
+    for (Py_ssize_t j = 0; j < length; j++)
+        step(y[j], cost, w->back_state + 4 * j, w->back_level + 4 * j);
+    int state = cheapest(cost);
     for (Py_ssize_t j = length - 1; j >= 0; j--) {
-        out[j] = back_level[4 * j + state];
-        state = back_state[4 * j + state];
+        out[j] = w->back_level[4 * j + state];
+        state = w->back_state[4 * j + state];
     }
+}
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_GROUPS 1
+
+/* `search` of GROUP segments of `length` values side by side, one in each
+ * lane of AVX2's float vectors: the same float operations, value after
+ * value, so the same levels. Each segment's steps depend on the one before,
+ * so one segment keeps a core waiting; eight in step keep it busy. */
+__attribute__((target("avx2"))) static void
+search_group(const float *y, Py_ssize_t length, int16_t *out, Work *w)
+{
+    float *lanes = w->lanes, *levels_at = w->lane_levels;
+    uint8_t *turns = w->lane_turns;
+    for (Py_ssize_t j = 0; j < length; j++)
+        for (int l = 0; l < GROUP; l++)
+            lanes[GROUP * j + l] = y[l * length + j];
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+    const __m256 zero = _mm256_setzero_ps(), inf = _mm256_set1_ps(INFINITY);
+    const __m256i lsb = _mm256_set1_epi32(1);
+    __m256 c0 = zero, c1 = inf, c2 = inf, c3 = inf;
+#define ODD_PARITY(k) _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_cvttps_epi32(k), lsb), lsb))
+#define SQUARE(x) _mm256_mul_ps((x), (x))
+    for (Py_ssize_t j = 0; j < length; j++) {
+        const __m256 v = _mm256_loadu_ps(lanes + GROUP * j);
+        const __m256 fe = _mm256_floor_ps(_mm256_mul_ps(v, half));
+        const __m256 even = _mm256_add_ps(fe, fe);
+        const __m256 fo = _mm256_floor_ps(_mm256_mul_ps(_mm256_sub_ps(v, one), half));
+        const __m256 odd = _mm256_add_ps(_mm256_add_ps(fo, fo), one);
+        const __m256 d_e = SQUARE(_mm256_sub_ps(v, even));
+        const __m256 d_e2 = SQUARE(_mm256_sub_ps(v, _mm256_add_ps(even, two)));
+        const __m256 d_o = SQUARE(_mm256_sub_ps(v, odd));
+        const __m256 d_o2 = SQUARE(_mm256_sub_ps(v, _mm256_add_ps(odd, two)));
+        const __m256 d_z = _mm256_mul_ps(v, v);
+        /* Q0: level fe (= even / 2) and fe + 1; the even one and the odd one. */
+        const __m256 e_odd = ODD_PARITY(fe);
+        const __m256 fe1 = _mm256_add_ps(fe, one);
+        const __m256 q0k0 = _mm256_blendv_ps(fe, fe1, e_odd), q0k1 = _mm256_blendv_ps(fe1, fe, e_odd);
+        const __m256 q0d0 = _mm256_blendv_ps(d_e, d_e2, e_odd), q0d1 = _mm256_blendv_ps(d_e2, d_e, e_odd);
+        /* Q1: levels of odd (odd + sign(odd)) / 2, of odd + 2, and 0. */
+        const __m256 odd2 = _mm256_add_ps(odd, two);
+        const __m256 k_o = _mm256_mul_ps(_mm256_add_ps(odd, _mm256_blendv_ps(one, _mm256_sub_ps(zero, one),
+                                                                            _mm256_cmp_ps(odd, zero, _CMP_LT_OQ))), half);
+        const __m256 k_o2 = _mm256_mul_ps(_mm256_add_ps(odd2, _mm256_blendv_ps(one, _mm256_sub_ps(zero, one),
+                                                                              _mm256_cmp_ps(odd2, zero, _CMP_LT_OQ))), half);
+        const __m256 p_o = ODD_PARITY(k_o), p_o2 = ODD_PARITY(k_o2);
+        __m256 q1k0 = k_o, q1k1 = k_o;
+        __m256 q1d0 = _mm256_blendv_ps(d_o, inf, p_o), q1d1 = _mm256_blendv_ps(inf, d_o, p_o);
+        const __m256 d_even2 = _mm256_blendv_ps(d_o2, inf, p_o2), d_odd2 = _mm256_blendv_ps(inf, d_o2, p_o2);
+        __m256 take = _mm256_cmp_ps(d_even2, q1d0, _CMP_LT_OQ);
+        q1d0 = _mm256_blendv_ps(q1d0, d_even2, take);
+        q1k0 = _mm256_blendv_ps(q1k0, k_o2, take);
+        take = _mm256_cmp_ps(d_odd2, q1d1, _CMP_LT_OQ);
+        q1d1 = _mm256_blendv_ps(q1d1, d_odd2, take);
+        q1k1 = _mm256_blendv_ps(q1k1, k_o2, take);
+        take = _mm256_cmp_ps(d_z, q1d0, _CMP_LT_OQ);
+        q1d0 = _mm256_blendv_ps(q1d0, d_z, take);
+        q1k0 = _mm256_blendv_ps(q1k0, zero, take);
+        /* The four states, each from the lower of its two unless the other is cheaper. */
+        const __m256 a0 = _mm256_add_ps(c0, q0d0), b0 = _mm256_add_ps(c1, q0d1);
+        const __m256 a2 = _mm256_add_ps(c0, q0d1), b2 = _mm256_add_ps(c1, q0d0);
+        const __m256 a1 = _mm256_add_ps(c2, q1d0), b1 = _mm256_add_ps(c3, q1d1);
+        const __m256 a3 = _mm256_add_ps(c2, q1d1), b3 = _mm256_add_ps(c3, q1d0);
+        const __m256 t0 = _mm256_cmp_ps(b0, a0, _CMP_LT_OQ), t1 = _mm256_cmp_ps(b1, a1, _CMP_LT_OQ);
+        const __m256 t2 = _mm256_cmp_ps(b2, a2, _CMP_LT_OQ), t3 = _mm256_cmp_ps(b3, a3, _CMP_LT_OQ);
+        c0 = _mm256_blendv_ps(a0, b0, t0);
+        c1 = _mm256_blendv_ps(a1, b1, t1);
+        c2 = _mm256_blendv_ps(a2, b2, t2);
+        c3 = _mm256_blendv_ps(a3, b3, t3);
+        float *at = levels_at + 4 * GROUP * j;
+        _mm256_storeu_ps(at, _mm256_blendv_ps(q0k0, q0k1, t0));
+        _mm256_storeu_ps(at + GROUP, _mm256_blendv_ps(q1k0, q1k1, t1));
+        _mm256_storeu_ps(at + 2 * GROUP, _mm256_blendv_ps(q0k1, q0k0, t2));
+        _mm256_storeu_ps(at + 3 * GROUP, _mm256_blendv_ps(q1k1, q1k0, t3));
+        turns[4 * j] = (uint8_t)_mm256_movemask_ps(t0);
+        turns[4 * j + 1] = (uint8_t)_mm256_movemask_ps(t1);
+        turns[4 * j + 2] = (uint8_t)_mm256_movemask_ps(t2);
+        turns[4 * j + 3] = (uint8_t)_mm256_movemask_ps(t3);
+    }
+#undef ODD_PARITY
+#undef SQUARE
+    float ends[4][GROUP];
+    _mm256_storeu_ps(ends[0], c0);
+    _mm256_storeu_ps(ends[1], c1);
+    _mm256_storeu_ps(ends[2], c2);
+    _mm256_storeu_ps(ends[3], c3);
+    for (int l = 0; l < GROUP; l++) {
+        const float cost[4] = {ends[0][l], ends[1][l], ends[2][l], ends[3][l]};
+        int state = cheapest(cost);
+        int16_t *lane_out = out + l * length;
+        for (Py_ssize_t j = length - 1; j >= 0; j--) {
+            lane_out[j] = (int16_t)levels_at[(4 * j + state) * GROUP + l];
+            /* states 0 and 2 come from 0 or 1; states 1 and 3 from 2 or 3 */
+            state = 2 * (state & 1) + ((turns[4 * j + state] >> l) & 1);
+        }
+    }
+}
+
+static int groups_run = -1;  /* whether this processor has AVX2; -1: not asked yet */
+
+static int
+use_groups(void)
+{
+    if (groups_run < 0) {
+        __builtin_cpu_init();
+        groups_run = __builtin_cpu_supports("avx2") ? 1 : 0;
+    }
+    return groups_run;
+}
+#endif
+
+/* The levels of `n` values, segment by segment (`search` each; GROUP
+ * segments at once where the processor can). */
+static void
+levels_of(const float *y, Py_ssize_t n, Py_ssize_t segment, int16_t *out, Work *w)
+{
+    Py_ssize_t start = 0;
+#ifdef HAVE_GROUPS
+    if (use_groups())
+        for (; n - start >= GROUP * segment; start += GROUP * segment)
+            search_group(y + start, segment, out + start, w);
+#endif
+    for (; start < n; start += segment)
+        search(y + start, start + segment < n ? segment : n - start, out + start, w);
 }
 
 /* levels(y, segment, out): see trellis.levels. */
@@ -161,32 +324,111 @@ levels(PyObject *self, PyObject *args)
     }
     Py_ssize_t n = y.len / 4;
     int ok = segment > 0 && out.len / 2 == n;
-    int8_t *back_state = NULL;
-    int16_t *back_level = NULL;
     if (ok && n) {
-        Py_ssize_t length = segment < n ? segment : n;
-        back_state = malloc(4 * (size_t)length);
-        back_level = malloc(8 * (size_t)length);
-        if (back_state == NULL || back_level == NULL) {
-            free(back_state);
-            free(back_level);
+        Work w;
+        if (!work_init(&w, segment < n ? segment : n)) {
+            work_free(&w);
             PyBuffer_Release(&y);
             PyBuffer_Release(&out);
             return PyErr_NoMemory();
         }
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t start = 0; start < n; start += segment) {
-            const Py_ssize_t stop = start + segment < n ? start + segment : n;
-            search((const float *)y.buf + start, stop - start, (int16_t *)out.buf + start, back_state, back_level);
-        }
+        levels_of((const float *)y.buf, n, segment, (int16_t *)out.buf, &w);
         Py_END_ALLOW_THREADS
+        work_free(&w);
     } else if (!ok) {
         PyErr_SetString(PyExc_ValueError, "levels: bad sizes");
     }
-    free(back_state);
-    free(back_level);
     PyBuffer_Release(&y);
     PyBuffer_Release(&out);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* search(y, segment, codes, counts, sums): see trellis._search_chunk. The
+ * levels of each segment (as `levels`), written as codes `k + MAX_LEVEL`;
+ * each reconstruction level `m`'s count of values and float64 sum of them
+ * added to `counts[m + 2 * MAX_LEVEL]` and `sums[...]`, in order. */
+#define MAX_LEVEL 127
+#define CELLS (4 * MAX_LEVEL + 1)
+static PyObject *
+search_codes(PyObject *self, PyObject *args)
+{
+    PyObject *yo, *co, *no, *so;
+    Py_ssize_t segment;
+    if (!PyArg_ParseTuple(args, "OnOOO", &yo, &segment, &co, &no, &so))
+        return NULL;
+    Py_buffer y, c, counts, sums;
+    if (get_buffer(yo, &y, 0, 4, "f", "y") < 0)
+        return NULL;
+    if (get_buffer(co, &c, 1, 1, "B", "codes") < 0) {
+        PyBuffer_Release(&y);
+        return NULL;
+    }
+    if (get_buffer(no, &counts, 1, 8, "qlL", "counts") < 0) {
+        PyBuffer_Release(&y);
+        PyBuffer_Release(&c);
+        return NULL;
+    }
+    if (get_buffer(so, &sums, 1, 8, "d", "sums") < 0) {
+        PyBuffer_Release(&y);
+        PyBuffer_Release(&c);
+        PyBuffer_Release(&counts);
+        return NULL;
+    }
+    const Py_ssize_t n = y.len / 4;
+    int ok = segment > 0 && c.len == n && counts.len == 8 * CELLS && sums.len == 8 * CELLS;
+    Work w = {0};
+    int16_t *k = NULL;
+    if (ok && n) {
+        const Py_ssize_t length = segment < n ? GROUP * segment : n;  /* the levels of a group at a time */
+        k = malloc(2 * (size_t)length);
+        if (k == NULL || !work_init(&w, segment < n ? segment : n)) {
+            free(k);
+            work_free(&w);
+            PyBuffer_Release(&y);
+            PyBuffer_Release(&c);
+            PyBuffer_Release(&counts);
+            PyBuffer_Release(&sums);
+            return PyErr_NoMemory();
+        }
+        const float *in = (const float *)y.buf;
+        uint8_t *codes = (uint8_t *)c.buf;
+        int64_t *count = (int64_t *)counts.buf;
+        double *sum = (double *)sums.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t group = 0; group < n && ok; group += GROUP * segment) {
+            const Py_ssize_t group_stop = group + GROUP * segment < n ? group + GROUP * segment : n;
+            levels_of(in + group, group_stop - group, segment, k, &w);
+            for (Py_ssize_t start = group; start < group_stop && ok; start += segment) {
+                const Py_ssize_t stop = start + segment < group_stop ? start + segment : group_stop;
+                const int16_t *kk = k + (start - group);
+                unsigned state = 0;
+                for (Py_ssize_t j = 0; j < stop - start; j++) {
+                    const int level = kk[j], sign = (level > 0) - (level < 0);
+                    const int cell = 2 * level - (int)(state >> 1) * sign + 2 * MAX_LEVEL;
+                    state = (state >> 1) | (((state ^ (unsigned)level) & 1u) << 1);
+                    if (cell < 0 || cell >= CELLS) {  /* |y| beyond LIMIT + 0.5: the caller's error */
+                        ok = 0;
+                        break;
+                    }
+                    count[cell]++;
+                    sum[cell] += (double)in[start + j];
+                    codes[start + j] = (uint8_t)(level + MAX_LEVEL);
+                }
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    if (!ok)
+        PyErr_SetString(PyExc_ValueError, "search: bad arguments, or values beyond the levels");
+    work_free(&w);
+    free(k);
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&c);
+    PyBuffer_Release(&counts);
+    PyBuffer_Release(&sums);
     if (!ok)
         return NULL;
     Py_RETURN_NONE;
@@ -409,6 +651,7 @@ lookup(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"levels", levels, METH_VARARGS, "The Viterbi search for each segment's levels (see trellis.levels)."},
+    {"search", search_codes, METH_VARARGS, "Levels as codes, with each reconstruction level's count and sum."},
     {"reconstruction", reconstruction, METH_VARARGS, "Levels to reconstruction levels (see trellis.reconstruction)."},
     {"indices", indices, METH_VARARGS, "Codes to table indices, and their range (see trellis.table_indices)."},
     {"lookup", lookup, METH_VARARGS, "Codes to their table's values, and the indices' range (see trellis.lookup)."},

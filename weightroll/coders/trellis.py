@@ -59,11 +59,11 @@ def levels(y, segment):
     The rule, ties included (the C loop and numpy follow it to the bit):
     each value's candidates are, on Q0, the even levels `e = 2 floor(y/2)`
     and `e + 2`; on Q1, the odd levels `o = 2 floor((y-1)/2) + 1` and `o + 2`,
-    and 0; each one's cost is its float64 squared difference from `y`. On
+    and 0; each one's cost is its float32 squared difference from `y`. On
     each grid, for each parity of `k`, the candidate of least cost is kept
     (the first in that order among equals). Each state is reached from two
     (see `TRANSITIONS`); the path through the lower one is kept unless the
-    other's float64 total is smaller. The search ends in the cheapest state
+    other's float32 total is smaller. The search ends in the cheapest state
     (the lowest among equals).
     """
     y = np.ascontiguousarray(y, np.float32).reshape(-1)
@@ -91,7 +91,7 @@ def _best_by_parity(candidates):
     parity's least `d` (the first among equals; d is inf where none)."""
     shape = candidates[0][0].shape
     best_k = [np.zeros(shape, np.int64), np.zeros(shape, np.int64)]
-    best_d = [np.full(shape, np.inf), np.full(shape, np.inf)]
+    best_d = [np.full(shape, np.inf, np.float32), np.full(shape, np.inf, np.float32)]
     for k, d in candidates:
         for parity in (0, 1):
             take = ((k & 1) == parity) & (d < best_d[parity])
@@ -103,24 +103,23 @@ def _best_by_parity(candidates):
 def _levels_numpy(y):
     """`levels` of equal segments, one per row of `y`, searched together."""
     rows, length = y.shape
-    cost = np.full((rows, 4), np.inf)
+    cost = np.full((rows, 4), np.inf, np.float32)
     cost[:, 0] = 0.0
     back_state = np.zeros((length, rows, 4), np.int8)
     back_level = np.zeros((length, rows, 4), np.int16)
     for j in range(length):
         column = y[:, j]
-        wide = column.astype(np.float64)
         even = (np.floor(column * np.float32(0.5)) * np.float32(2)).astype(np.int64)
         odd = (np.floor((column - np.float32(1)) * np.float32(0.5)) * np.float32(2) + np.float32(1)).astype(np.int64)
 
         def d(m):
-            diff = wide - m.astype(np.float64)
+            diff = column - m.astype(np.float32)
             return diff * diff
 
         q0k, q0d = _best_by_parity([(even // 2, d(even)), (even // 2 + 1, d(even + 2))])
         q1k, q1d = _best_by_parity([(level_of(odd, True), d(odd)), (level_of(odd + 2, True), d(odd + 2)),
-                                    (np.zeros(rows, np.int64), wide * wide)])
-        new = np.empty((rows, 4))
+                                    (np.zeros(rows, np.int64), column * column)])
+        new = np.empty((rows, 4), np.float32)
         # next state: (lower previous state, its parity), (higher previous state, its parity)
         for target, (low, p_low), (high, p_high), grid_k, grid_d in (
                 (0, (0, 0), (1, 1), q0k, q0d), (2, (0, 1), (1, 0), q0k, q0d),
@@ -264,11 +263,11 @@ def _search(size, blocks, segment):
     values, and float64 sum of the former's scaled values (indexed by
     `m + 2 * MAX_LEVEL`: outliers index the table too, but take no part in
     its means); and the outliers' flat indices. The blocks' scaled values gather in one
-    buffer, searched a whole number of segments at a time; the levels are
-    held as codes, one byte a value, and the reconstruction levels only a
-    buffer at a time."""
+    buffer, searched a whole number of segments at a time (`_search_chunk`);
+    the levels are held as codes, one byte a value."""
     codes = np.empty(size, np.uint8)
-    counts = np.zeros(2 * (2 * _M_MAX + 1), np.int64)  # inside values, then outliers
+    counts = np.zeros(2 * _M_MAX + 1, np.int64)
+    apart = np.zeros_like(counts)  # the outliers' counts
     sums = np.zeros(2 * _M_MAX + 1)
     outliers, waiting = [], []  # outliers' flat indices: all, and those not searched yet
     buffer = np.empty(max(block.size for _, block, *_ in blocks) + segment, np.float32)
@@ -281,27 +280,54 @@ def _search(size, blocks, segment):
             index = np.flatnonzero(outside)
             outliers.append(index + start)
             waiting.append(index + start)
-            y[index] = 0  # searched as zeros, then counted apart (their sums gain 0.0)
+            y[index] = 0  # searched as zeros (their sums gain 0.0), then counted apart
         held += block.size
         take = held if i == len(blocks) - 1 else held - held % segment
         if take:
-            k = levels(buffer[:take], segment)
-            cells = reconstruction(k, segment).astype(np.intp) + _M_MAX
-            k += np.int16(MAX_LEVEL)
-            codes[done: done + take] = k
+            chunk_codes, chunk_counts, chunk_sums = _search_chunk(buffer[:take], segment)
+            codes[done: done + take] = chunk_codes
+            counts += chunk_counts
+            sums += chunk_sums
             if waiting:  # the outliers searched now move to the outliers' counts
                 pending = np.concatenate(waiting)
                 now = pending < done + take
-                cells[pending[now] - done] += counts.size // 2
+                cells = _cells_at(chunk_codes, segment, pending[now] - done)
+                np.subtract.at(counts, cells, 1)
+                np.add.at(apart, cells, 1)
                 waiting = [pending[~now]] if not now.all() else []
-            counts += np.bincount(cells, minlength=counts.size)
-            sums += np.bincount(cells, weights=buffer[:take], minlength=counts.size)[: sums.size]
             buffer[: held - take] = buffer[take: held]
             held -= take
             done += take
     outlier_index = np.concatenate(outliers).astype(np.int64) if outliers else np.zeros(0, np.int64)
-    half = counts.size // 2
-    return codes, counts[:half], counts[:half] + counts[half:], sums, outlier_index
+    return codes, counts, counts + apart, sums, outlier_index
+
+
+def _search_chunk(y, segment):
+    """`(codes, counts, sums)` of scaled values `y` (a whole number of
+    segments, or the last values): each value's level plus `MAX_LEVEL`
+    (`levels`), and each reconstruction level's count and float64 sum of
+    the values, in order (as `np.bincount` sums them), indexed by `m + 2 * MAX_LEVEL`."""
+    if _trellis is not None:
+        codes = np.empty(y.size, np.uint8)
+        counts, sums = np.zeros(2 * _M_MAX + 1, np.int64), np.zeros(2 * _M_MAX + 1)
+        _trellis.search(y, segment, codes, counts, sums)
+        return codes, counts, sums
+    k = levels(y, segment)
+    cells = reconstruction(k, segment).astype(np.intp) + _M_MAX
+    counts = np.bincount(cells, minlength=2 * _M_MAX + 1)
+    sums = np.bincount(cells, weights=y, minlength=2 * _M_MAX + 1)
+    return (k + MAX_LEVEL).astype(np.uint8), counts, sums
+
+
+def _cells_at(codes, segment, positions):
+    """The reconstruction levels (plus `2 * MAX_LEVEL`) of the codes at
+    `positions`, each from the start of its segment."""
+    cells = np.empty(positions.size, np.intp)
+    for i, p in enumerate(positions):
+        first = p - p % segment
+        k = codes[first: p + 1].astype(np.int16) - np.int16(MAX_LEVEL)
+        cells[i] = int(reconstruction(k, segment)[-1]) + _M_MAX
+    return cells
 
 
 def _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest):
@@ -314,8 +340,8 @@ def _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest):
     hasher = hashlib.sha256() if digest else None
     for start, block, _, block_scale, mode, first in blocks:
         lead = start % t["segment"]
-        index = table_indices(codes[start - lead: start + block.size], t["segment"], t["zero"], t["low"])[0][lead:]
-        out = np.take(table, index).reshape(block.shape)
+        out = np.empty(block.shape, np.float32)
+        lookup(codes[start - lead: start + block.size], table, out, t, lead)
         if block_scale is not None:
             out *= uniform._shaped(block_scale, mode)
         if outlier_index.size:
