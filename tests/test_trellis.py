@@ -138,6 +138,24 @@ def test_a_large_tensor_gets_trellis_codes_smaller_than_uniform_ones_at_its_tole
     assert uniform_choice.code.entropy_bits - trellis_choice.code.entropy_bits > 0.12
 
 
+@pytest.mark.parametrize("check", [True, False])
+def test_a_big_tensor_whose_first_sample_misleads_is_coded_whole_once(check, monkeypatch):
+    # Every 32nd row (what the 32,768-value sample takes) is small beside the
+    # channels' scales: the error found on the sample is not the whole's.
+    w = np.random.default_rng(0).laplace(size=(1 << 16, 16)).astype(np.float32)
+    w[::32] *= 0.3  # seeds 0 to 4 all code twice without the check
+    monkeypatch.setattr(select, "_CONFIRM_FROM", 1 << 18 if check else 1 << 40)
+    monkeypatch.setattr(select, "_CONFIRM", 1 << 17)
+    whole = []
+    for coder in (trellis, uniform):
+        monkeypatch.setattr(coder, "encode", lambda x, *a, encode=coder.encode, **k: (
+            whole.append(x.size == w.size), encode(x, *a, **k))[1])
+    choice = select.choose(w, 0.01, 4)
+    assert choice.code.trellis is not None and choice.measured.error <= 0.01
+    assert sum(whole) == 1 if check else sum(whole) > 1
+    assert choice.measured.error >= 0.95 * 0.01  # the check aims close to the tolerance, not far below it
+
+
 def test_short_floats_keep_eleven_significant_bits_in_float32s_range():
     values = np.array([1.0, 1.0 + 2 ** -11, 1.0 + 3 * 2 ** -11, 1e-30, 3e30, -2.5, 0.1], np.float32)
     short = uniform.short_floats(values)

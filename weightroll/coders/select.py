@@ -85,11 +85,11 @@ def _view(x):
     return x.reshape(-1, x.shape[-1]) if x.ndim >= 2 else x.reshape(-1)
 
 
-def _sample(view):
-    """Every k-th row of the channel matrix: each channel keeps its samples.
-    A matrix of fewer rows than that (a few very long rows) gives every k-th
-    column of each row instead."""
-    stride = max(1, view.size // _SAMPLE)
+def _sample(view, size=_SAMPLE):
+    """Every k-th row of the channel matrix, about `size` values: each
+    channel keeps its samples. A matrix of fewer rows than that (a few very
+    long rows) gives every k-th column of each row instead."""
+    stride = max(1, view.size // size)
     if view.ndim == 2 and view.shape[0] < stride:
         return view[:, ::stride]
     return view[::stride]
@@ -133,6 +133,31 @@ def _search_step(code_at, error_of, step, tolerance):
             break
         step *= min(max(tolerance / err, 0.5), 2.0) * (0.995 if err > tolerance else 1.0)
     return best if best is not None else (step, code_at(step))
+
+
+# A tensor of this many values or more has its step checked on a sample of
+# `_CONFIRM` values before it is coded whole: its first sample (`_SAMPLE`
+# values, a few rows of a big matrix) may miss the tolerance by a little,
+# and coding the tensor again costs far more than the check.
+_CONFIRM_FROM = 1 << 23
+_CONFIRM = 1 << 20
+# The error the checked step aims at, as a fraction of the tolerance: the
+# check's own sampling error is under 0.1% (sqrt(1 / (2 * _CONFIRM))).
+_CONFIRM_AIM = 0.99
+
+
+def _confirmed_step(coder, x, view, axis, step, tolerance, native):
+    """`step`, scaled once so that the error on a sample of `_CONFIRM`
+    values is `_CONFIRM_AIM` of the tolerance (error grows about linearly with
+    the step), where it lies outside [`_CLOSE_ENOUGH`, 1] of that aim."""
+    sample = _sample(view, _CONFIRM)
+    view_axis = None if axis is None else (0 if axis == 0 else 1)
+    code = coder(sample, step, view_axis, keep_decoded=not native)
+    err = (code.measured if native else measure(sample, code.decoded)).error
+    aim = _CONFIRM_AIM * tolerance
+    if err > 0 and not _CLOSE_ENOUGH * aim <= err <= aim:
+        step *= min(max(aim / err, 0.5), 2.0)
+    return step
 
 
 def _estimate_bytes(result, m, n, scale_count):
@@ -194,6 +219,8 @@ def choose(values, tolerance, itemsize, keep_decoded=True, digest=False, depende
     # The coder measures float32 values; other dtypes are measured as they
     # will be stored (a float16 tensor's rounding can tip it over).
     native = x.dtype == np.float32
+    if x.size >= _CONFIRM_FROM:
+        step = _confirmed_step(coder, x, view, axis, step, tolerance, native)
     for _ in range(6):
         code = coder(x, step, axis, keep_decoded=keep_decoded or not native, digest=digest)
         measured = code.measured if native else measure(x, code.decoded)
