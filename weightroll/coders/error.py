@@ -183,10 +183,21 @@ class ErrorSums:
         self.sq = self.ref = self.high = self.low = 0.0
         self.sq_c, self.ref_c = np.zeros(channels or 1), np.zeros(channels or 1)
 
-    def add(self, original, decoded, first=0):
+    def add(self, original, decoded, first=0, kernel=None):
         """Add a block: `original` and `decoded` of one shape, either a
         whole number of output-channel rows, or (a block narrower than the
-        channels) one row's channels `first` on, when `channels` is set."""
+        channels) one row's channels `first` on, when `channels` is set.
+
+        With `kernel` (the uniform coder's C kernel, `uniform._kernel`), a
+        float32 matrix block is summed by it: the same sums, in one pass each.
+        """
+        if kernel is not None and original.ndim == 2 and original.dtype == np.float32 and original.size:
+            e = np.subtract(original, decoded, dtype=np.float32)
+            channels = self.channels or 0
+            ref = kernel.reference(original, original.shape[1], channels, first, self.ref_c if channels else None)
+            sq = kernel.reference(e, e.shape[1], channels, first, self.sq_c if channels else None)
+            self.add_totals(sq, ref, float(np.abs(e).max()))
+            return
         self.add_reference(original, first)
         self.add_error(original - decoded, first)
 
@@ -252,14 +263,16 @@ class ErrorSums:
 def measure(original, decoded):
     """The `Measured` error of `decoded` (cast to `original`'s dtype, as it
     will be stored), in one pass over the error, `BLOCK` values at a time."""
+    from weightroll.coders import uniform  # its C kernel sums float32 blocks (uniform imports this module)
+
     a = np.asarray(original)
-    d = np.asarray(decoded, dtype=a.dtype)
-    if a.dtype.name == "bfloat16":  # rounded as stored, then measured in float32
-        a, d = a.astype(np.float32), d.astype(np.float32)
     channels = a.shape[-1] if a.ndim >= 2 and a.size else None
-    a2, d2 = a.reshape(-1, channels or 1), d.reshape(-1, channels or 1)
+    a2, d2 = a.reshape(-1, channels or 1), np.asarray(decoded).reshape(-1, channels or 1)
     rows = max(1, BLOCK // (channels or 1))
     sums = ErrorSums(channels)
-    for start in range(0, a2.shape[0], rows):
-        sums.add(a2[start: start + rows], d2[start: start + rows])
+    for start in range(0, a2.shape[0], rows):  # a block at a time: no copy of the whole tensor
+        block, out = a2[start: start + rows], d2[start: start + rows].astype(a.dtype)
+        if a.dtype.name == "bfloat16":  # rounded as stored, then measured in float32
+            block, out = block.astype(np.float32), out.astype(np.float32)
+        sums.add(block, out, kernel=uniform._kernel if channels else None)
     return sums.result()

@@ -349,15 +349,7 @@ def _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest):
             if hi > lo:
                 here = outlier_index[lo:hi] - start
                 out.reshape(-1)[here] = block.reshape(-1)[here]
-        if uniform._kernel is not None and mode != uniform._EVERY:  # the same sums, in C
-            e = np.subtract(block, out)
-            channels = errors.channels or 0
-            ref = uniform._kernel.reference(block, block.shape[1], channels, first,
-                                            errors.ref_c if channels else None)
-            sq = uniform._kernel.reference(e, e.shape[1], channels, first, errors.sq_c if channels else None)
-            errors.add_totals(sq, ref, float(np.abs(e).max()))
-        else:
-            errors.add(block, out, first)
+        errors.add(block, out, first, kernel=uniform._kernel if mode != uniform._EVERY else None)
         if hasher is not None:
             hasher.update(out)
         if decoded is not None:
