@@ -47,7 +47,8 @@ def test_empty_and_constant_tensors():
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("case", ["few", "grid", "many", "zeros", "negative_zeros", "both_zeros"])
+@pytest.mark.parametrize("case", ["few", "grid", "many", "zeros", "negative_zeros", "both_zeros", "grid_long",
+                                  "many_late"])
 def test_16_bit_lossless_codes_by_bit_pattern_equal_the_general_path(dtype, case):
     """`select._lossless` counts a 16-bit tensor's bit patterns instead of sorting a
     float64 copy; its table and codes are `fit_codebook`'s, bit for bit."""
@@ -64,6 +65,10 @@ def test_16_bit_lossless_codes_by_bit_pattern_equal_the_general_path(dtype, case
         "zeros": lambda: np.zeros((50, 50)),
         "negative_zeros": lambda: np.full((50, 50), -0.0),
         "both_zeros": lambda: rng.choice(np.array([0.0, -0.0, 1.0]), size=(100, 10)),
+        # more values than one chunk of patterns (65,536): 200 distinct in all, or past 256 only late
+        "grid_long": lambda: rng.integers(-100, 100, size=(800, 100)) / 64,
+        "many_late": lambda: np.concatenate([rng.integers(-100, 100, 70_000) / 64,
+                                             rng.normal(size=10_000)]).reshape(800, 100),
     }[case]().astype(dt)
     table, codes = select._lossless(x)
     flat = x.reshape(-1)

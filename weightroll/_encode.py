@@ -378,7 +378,7 @@ def _result(path, array, storage, coding, keep, digest=None):
         measured = coding.pop("measured", None)
         if coding.pop("exact", False):  # a lossless code decodes to the values themselves
             result["stats"] = report.exact_error(array)
-        elif measured is not None and array.dtype == np.float32:  # measured on these very values
+        elif measured is not None:  # measured on these very values (as stored: select.choose)
             result["stats"] = report.error_from_sums(measured.sq_err, measured.sq_ref, measured.max_abs)
         else:
             result["stats"] = report.tensor_error(array, out)

@@ -346,8 +346,9 @@ levels(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* search(y, segment, codes, counts, sums): see trellis._search_chunk. The
- * levels of each segment (as `levels`), written as codes `k + MAX_LEVEL`;
+/* search(y, segment, codes, counts, sums, level_counts): see
+ * trellis._search_chunk. The levels of each segment (as `levels`), written
+ * as codes `k + MAX_LEVEL` and counted in `level_counts[k + MAX_LEVEL]`;
  * each reconstruction level `m`'s count of values and float64 sum of them
  * added to `counts[m + 2 * MAX_LEVEL]` and `sums[...]`, in order. */
 #define MAX_LEVEL 127
@@ -355,11 +356,11 @@ levels(PyObject *self, PyObject *args)
 static PyObject *
 search_codes(PyObject *self, PyObject *args)
 {
-    PyObject *yo, *co, *no, *so;
+    PyObject *yo, *co, *no, *so, *lo;
     Py_ssize_t segment;
-    if (!PyArg_ParseTuple(args, "OnOOO", &yo, &segment, &co, &no, &so))
+    if (!PyArg_ParseTuple(args, "OnOOOO", &yo, &segment, &co, &no, &so, &lo))
         return NULL;
-    Py_buffer y, c, counts, sums;
+    Py_buffer y, c, counts, sums, level_counts;
     if (get_buffer(yo, &y, 0, 4, "f", "y") < 0)
         return NULL;
     if (get_buffer(co, &c, 1, 1, "B", "codes") < 0) {
@@ -377,8 +378,16 @@ search_codes(PyObject *self, PyObject *args)
         PyBuffer_Release(&counts);
         return NULL;
     }
+    if (get_buffer(lo, &level_counts, 1, 8, "qlL", "level_counts") < 0) {
+        PyBuffer_Release(&y);
+        PyBuffer_Release(&c);
+        PyBuffer_Release(&counts);
+        PyBuffer_Release(&sums);
+        return NULL;
+    }
     const Py_ssize_t n = y.len / 4;
-    int ok = segment > 0 && c.len == n && counts.len == 8 * CELLS && sums.len == 8 * CELLS;
+    int ok = segment > 0 && c.len == n && counts.len == 8 * CELLS && sums.len == 8 * CELLS
+             && level_counts.len == 8 * (2 * MAX_LEVEL + 1);
     Work w = {0};
     int16_t *k = NULL;
     if (ok && n) {
@@ -391,12 +400,14 @@ search_codes(PyObject *self, PyObject *args)
             PyBuffer_Release(&c);
             PyBuffer_Release(&counts);
             PyBuffer_Release(&sums);
+            PyBuffer_Release(&level_counts);
             return PyErr_NoMemory();
         }
         const float *in = (const float *)y.buf;
         uint8_t *codes = (uint8_t *)c.buf;
         int64_t *count = (int64_t *)counts.buf;
         double *sum = (double *)sums.buf;
+        int64_t *level_count = (int64_t *)level_counts.buf;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t group = 0; group < n && ok; group += GROUP * segment) {
             const Py_ssize_t group_stop = group + GROUP * segment < n ? group + GROUP * segment : n;
@@ -415,6 +426,7 @@ search_codes(PyObject *self, PyObject *args)
                     }
                     count[cell]++;
                     sum[cell] += (double)in[start + j];
+                    level_count[level + MAX_LEVEL]++;
                     codes[start + j] = (uint8_t)(level + MAX_LEVEL);
                 }
             }
@@ -429,6 +441,7 @@ search_codes(PyObject *self, PyObject *args)
     PyBuffer_Release(&c);
     PyBuffer_Release(&counts);
     PyBuffer_Release(&sums);
+    PyBuffer_Release(&level_counts);
     if (!ok)
         return NULL;
     Py_RETURN_NONE;

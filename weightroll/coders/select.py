@@ -255,16 +255,20 @@ def _lossless(x):
 
 def _lossless_16(flat):
     """`_lossless` of a 16-bit float tensor (bfloat16, float16) by counting its
-    bit patterns: one pass and a 65,536-entry table, where sorting a float64
-    copy cost 16 bytes a value (5 GB for a 205M-value bfloat16 embedding).
+    bit patterns: one pass at most, marking them in a 65,536-entry table a
+    chunk at a time (stopping past 256), where sorting a float64 copy cost
+    16 bytes a value (5 GB for a 205M-value bfloat16 embedding).
     Gives `codebook.fit_codebook`'s table and codes, or `(None, None)` for
     more than 256 distinct values; None (use the general path) when both
     zeros are present, whose one table entry the general path picks by sort
     order."""
     bits = flat.view(np.uint16)
-    patterns = np.flatnonzero(np.bincount(bits, minlength=1 << 16)).astype(np.uint16)
-    if patterns.size > 256:
-        return None, None
+    seen = np.zeros(1 << 16, bool)
+    for start in range(0, bits.size, _PATTERN_CHUNK):  # most tensors pass 256 patterns in the first chunks
+        seen[bits[start: start + _PATTERN_CHUNK]] = True
+        if np.count_nonzero(seen) > 256:
+            return None, None
+    patterns = np.flatnonzero(seen).astype(np.uint16)
     if 0x0000 in patterns and 0x8000 in patterns:
         return None
     values = patterns.view(flat.dtype).astype(np.float32)
@@ -272,6 +276,10 @@ def _lossless_16(flat):
     lookup = np.zeros(1 << 16, np.uint8)
     lookup[patterns] = np.searchsorted(table, values)
     return table, lookup[bits]
+
+
+# Bit patterns of a 16-bit tensor marked at a time (`_lossless_16`).
+_PATTERN_CHUNK = 1 << 16
 
 
 def _more_distinct(values, limit):

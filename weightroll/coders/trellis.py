@@ -29,7 +29,7 @@ import hashlib
 
 import numpy as np
 
-from weightroll._entropy import bits_from_counts, code_counts
+from weightroll._entropy import bits_from_counts
 from weightroll.coders import uniform
 from weightroll.coders.error import ErrorSums
 
@@ -236,7 +236,7 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False, segment=SEG
         raise ValueError("Trellis codes need at least one value.")
     scale, scales = uniform._scaling(x, axis)
     blocks = list(uniform._blocks(x, uniform._inverse(scale, scales, step), scales, axis))
-    codes, counts, every, sums, outlier_index = _search(x.size, blocks, segment)
+    codes, counts, every, sums, outlier_index, level_counts = _search(x.size, blocks, segment)
     lowest = int(codes.min())
     codes -= np.uint8(lowest)  # the lowest level's code is 0
     zero = MAX_LEVEL - lowest
@@ -252,7 +252,7 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False, segment=SEG
     measured, decoded, sha256 = _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest)
     return uniform.UniformCode(
         codes, table, scales, axis, outlier_index, decoded, step,
-        entropy_bits=bits_from_counts(code_counts(codes)), measured=measured, sha256=sha256,
+        entropy_bits=bits_from_counts(level_counts), measured=measured, sha256=sha256,
         trellis=t)
 
 
@@ -262,13 +262,15 @@ def _search(size, blocks, segment):
     reconstruction level's count of values that are not outliers, of all
     values, and float64 sum of the former's scaled values (indexed by
     `m + 2 * MAX_LEVEL`: outliers index the table too, but take no part in
-    its means); and the outliers' flat indices. The blocks' scaled values gather in one
+    its means); the outliers' flat indices; and each level's count (of
+    `k + MAX_LEVEL`, for the codes' entropy). The blocks' scaled values gather in one
     buffer, searched a whole number of segments at a time (`_search_chunk`);
     the levels are held as codes, one byte a value."""
     codes = np.empty(size, np.uint8)
     counts = np.zeros(2 * _M_MAX + 1, np.int64)
     apart = np.zeros_like(counts)  # the outliers' counts
     sums = np.zeros(2 * _M_MAX + 1)
+    level_counts = np.zeros(2 * MAX_LEVEL + 1, np.int64)
     outliers, waiting = [], []  # outliers' flat indices: all, and those not searched yet
     buffer = np.empty(max(block.size for _, block, *_ in blocks) + segment, np.float32)
     held = done = 0  # values in the buffer not searched yet (fewer than a segment), and values searched
@@ -284,14 +286,16 @@ def _search(size, blocks, segment):
         held += block.size
         take = held if i == len(blocks) - 1 else held - held % segment
         if take:
-            chunk_codes, chunk_counts, chunk_sums = _search_chunk(buffer[:take], segment)
+            chunk_codes, chunk_counts, chunk_sums, chunk_levels = _search_chunk(buffer[:take], segment)
             codes[done: done + take] = chunk_codes
             counts += chunk_counts
             sums += chunk_sums
+            level_counts += chunk_levels
             if waiting:  # the outliers searched now move to the outliers' counts
                 pending = np.concatenate(waiting)
                 now = pending < done + take
-                cells = _cells_at(chunk_codes, segment, pending[now] - done)
+                k = chunk_codes.astype(np.int16) - np.int16(MAX_LEVEL)  # `done` starts a segment
+                cells = reconstruction(k, segment)[pending[now] - done].astype(np.intp) + _M_MAX
                 np.subtract.at(counts, cells, 1)
                 np.add.at(apart, cells, 1)
                 waiting = [pending[~now]] if not now.all() else []
@@ -299,35 +303,27 @@ def _search(size, blocks, segment):
             held -= take
             done += take
     outlier_index = np.concatenate(outliers).astype(np.int64) if outliers else np.zeros(0, np.int64)
-    return codes, counts, counts + apart, sums, outlier_index
+    return codes, counts, counts + apart, sums, outlier_index, level_counts
 
 
 def _search_chunk(y, segment):
-    """`(codes, counts, sums)` of scaled values `y` (a whole number of
-    segments, or the last values): each value's level plus `MAX_LEVEL`
-    (`levels`), and each reconstruction level's count and float64 sum of
-    the values, in order (as `np.bincount` sums them), indexed by `m + 2 * MAX_LEVEL`."""
+    """`(codes, counts, sums, level_counts)` of scaled values `y` (a whole
+    number of segments, or the last values): each value's level plus
+    `MAX_LEVEL` (`levels`); each reconstruction level's count and float64 sum
+    of the values, in order (as `np.bincount` sums them), indexed by
+    `m + 2 * MAX_LEVEL`; and each code's count."""
     if _trellis is not None:
         codes = np.empty(y.size, np.uint8)
         counts, sums = np.zeros(2 * _M_MAX + 1, np.int64), np.zeros(2 * _M_MAX + 1)
-        _trellis.search(y, segment, codes, counts, sums)
-        return codes, counts, sums
+        level_counts = np.zeros(2 * MAX_LEVEL + 1, np.int64)
+        _trellis.search(y, segment, codes, counts, sums, level_counts)
+        return codes, counts, sums, level_counts
     k = levels(y, segment)
     cells = reconstruction(k, segment).astype(np.intp) + _M_MAX
     counts = np.bincount(cells, minlength=2 * _M_MAX + 1)
     sums = np.bincount(cells, weights=y, minlength=2 * _M_MAX + 1)
-    return (k + MAX_LEVEL).astype(np.uint8), counts, sums
-
-
-def _cells_at(codes, segment, positions):
-    """The reconstruction levels (plus `2 * MAX_LEVEL`) of the codes at
-    `positions`, each from the start of its segment."""
-    cells = np.empty(positions.size, np.intp)
-    for i, p in enumerate(positions):
-        first = p - p % segment
-        k = codes[first: p + 1].astype(np.int16) - np.int16(MAX_LEVEL)
-        cells[i] = int(reconstruction(k, segment)[-1]) + _M_MAX
-    return cells
+    codes = (k + MAX_LEVEL).astype(np.uint8)
+    return codes, counts, sums, np.bincount(codes, minlength=2 * MAX_LEVEL + 1)
 
 
 def _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest):
