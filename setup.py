@@ -1,10 +1,12 @@
 """Builds the optional C extensions: the uniform coder's kernel
-(weightroll/coders/_kernel.c) and the trellis coder's loops
-(weightroll/coders/_trellis.c).
+(weightroll/coders/_kernel.c), the trellis coder's loops
+(weightroll/coders/_trellis.c) and the code image's inflater
+(weightroll/_format/_inflate.c).
 
-Everything else is declared in pyproject.toml. Both are optional: where
-they cannot be compiled, the install goes on and the coders use numpy, which
-computes the same codes, error sums and so the same archives, more slowly.
+Everything else is declared in pyproject.toml. All three are optional: where
+they cannot be compiled, the install goes on, the coders use numpy, which
+computes the same codes, error sums and so the same archives, and zlib-ng
+inflates the code image, to the same pixels, more slowly.
 """
 
 from setuptools import Extension, setup
@@ -24,6 +26,7 @@ setup(
     ext_modules=[
         Extension("weightroll.coders._kernel", ["weightroll/coders/_kernel.c"], optional=True),
         Extension("weightroll.coders._trellis", ["weightroll/coders/_trellis.c"], optional=True),
+        Extension("weightroll._format._inflate", ["weightroll/_format/_inflate.c"], optional=True),
     ],
     cmdclass={"build_ext": BuildExt},
 )

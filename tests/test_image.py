@@ -1,5 +1,6 @@
 import hashlib
 import io
+import os
 import struct
 import zlib
 
@@ -116,6 +117,7 @@ def _count_parts(monkeypatch):
         return inflate_range(stream, first, stop, *args, **kwargs)
 
     monkeypatch.setattr(image, "_inflate_range", counted)
+    monkeypatch.setattr(image, "_fast_inflate", None)  # these tests are of the zlib-ng path
     monkeypatch.setattr(image, "_PARALLEL_INFLATE_BYTES", 0)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     return calls
@@ -150,3 +152,108 @@ def test_a_stream_that_refers_back_across_a_cut_is_inflated_as_one(monkeypatch):
     pixels = image.decode_png(png, width, height, width * height)
     np.testing.assert_array_equal(pixels, raw.reshape(height, width + 1)[:, 1:].reshape(-1))
     assert len(parts) >= 2 and parts[-1][0] == 2  # tried in parts, then inflated whole
+
+
+# ------------------------------------------------- the C inflater (_inflate.c)
+
+needs_inflater = pytest.mark.skipif(image._fast_inflate is None, reason="the C inflater is not built")
+
+
+def test_the_c_inflater_is_built_where_ci_requires_it():
+    if os.environ.get("WEIGHTROLL_REQUIRE_KERNEL") != "1":
+        pytest.skip("WEIGHTROLL_REQUIRE_KERNEL=1 is set by .ci/run")
+    assert image._fast_inflate is not None, "setup.py did not build weightroll/_format/_inflate.c"
+
+
+class _Rows:
+    """Counts the C inflater's parts: `(start, last, result)` each."""
+
+    def __init__(self, monkeypatch):
+        self.calls, self.real = [], image._fast_inflate
+        monkeypatch.setattr(image, "_fast_inflate", self)
+        monkeypatch.setattr(image, "_PARALLEL_INFLATE_BYTES", 0)
+        monkeypatch.setattr("os.cpu_count", lambda: 2)
+
+    def rows(self, pieces, out, width, start, limit, last):
+        result = self.real.rows(pieces, out, width, start, limit, last)
+        self.calls.append((start, last, result))
+        return result
+
+    def marks(self, data, start, end):
+        return self.real.marks(data, start, end)
+
+
+@needs_inflater
+def test_the_c_inflater_puts_each_part_straight_into_its_rows(rng, monkeypatch):
+    codes, png, width, height = _tall_png(rng)
+    parts = _Rows(monkeypatch)
+    np.testing.assert_array_equal(image.decode_png(png, width, height, codes.size), codes)
+    piece = image._PIECE_ROWS * (width + 1)
+    assert len(parts.calls) > 1 and all(result is not None for *_, result in parts.calls)
+    calls = sorted(parts.calls, key=lambda call: call[0])  # in the order of the stream (they run in parallel)
+    assert all(start % piece == 0 for start, *_ in calls) and [last for _, last, _ in calls] == [False] * (
+        len(calls) - 1) + [True]
+
+
+@needs_inflater
+@pytest.mark.parametrize("pieces", [0, 1, 3])
+def test_the_c_inflater_and_zlib_ng_give_the_same_pixels(rng, monkeypatch, pieces):
+    codes = rng.integers(0, 256, size=pieces * image._PIECE_ROWS * 4096 + 777).astype(np.uint8)
+    codes[::5] = 17  # some codes more common than others: a real Huffman code, short and long
+    png, width, height = image.encode_png(codes)
+    fast = image.decode_png(bytes(png), width, height, codes.size)
+    monkeypatch.setattr(image, "_fast_inflate", None)
+    np.testing.assert_array_equal(fast, image.decode_png(bytes(png), width, height, codes.size))
+    np.testing.assert_array_equal(fast, codes)
+
+
+@needs_inflater
+def test_matches_filters_and_false_flush_marks_go_to_zlib_ng(rng, monkeypatch):
+    width, height = 4096, 600
+    row = np.arange(width + 1, dtype=np.uint8) % 7
+    row[0] = 0
+    raw = np.tile(row, height)
+    lz77 = bytes(image._png_from_stream([zlib.compress(raw.tobytes(), 9)], width, height))
+    buffer = io.BytesIO()
+    Image.fromarray(raw.reshape(height, width + 1)[:, 1:]).save(buffer, format="PNG")  # Pillow's own filters
+    parts = _Rows(monkeypatch)
+    for png in (lz77, buffer.getvalue()):
+        pixels = image.decode_png(png, width, height, width * height)
+        np.testing.assert_array_equal(pixels, raw.reshape(height, width + 1)[:, 1:].reshape(-1))
+    assert any(result is None for *_, result in parts.calls)
+    codes, png, width, height = _tall_png(rng)
+    # As if a false mark lay before the first cut: every part's start one piece late.
+    cut, count = image._Stream.cut_after_flushes, image._Stream.count_flushes
+    monkeypatch.setattr(image._Stream, "cut_after_flushes", lambda self, n: cut(self, n)[:-1])
+    monkeypatch.setattr(image._Stream, "count_flushes", lambda self, stops: [c + 1 for c in count(self, stops)])
+    parts.calls.clear()
+    np.testing.assert_array_equal(image.decode_png(png, width, height, codes.size), codes)
+    assert parts.calls  # tried, refused where the parts do not meet, and inflated by zlib-ng
+
+
+def _outcome(png, width, height, n):
+    try:
+        return image.decode_png(png, width, height, n).tobytes()
+    except ArchiveError as e:
+        return type(e)
+
+
+@needs_inflater
+def test_damaged_streams_give_what_zlib_ng_gives(rng, monkeypatch):
+    codes, png, width, height = _tall_png(rng, pieces=2)
+    stream = image._Stream.of_png(png)
+    data = bytearray(b"".join(stream.views(0, stream.size)))
+    monkeypatch.setattr(image, "_PARALLEL_INFLATE_BYTES", 0)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    fast = image._fast_inflate
+    for trial in range(150):
+        damaged = bytearray(data)
+        for at in rng.integers(2, len(data), size=int(rng.integers(1, 4))):
+            damaged[at] ^= int(rng.integers(1, 256))
+        if trial % 3 == 0:  # cut short
+            damaged = damaged[: int(rng.integers(2, len(damaged)))]
+        bad = bytes(image._png_from_stream([bytes(damaged)], width, height))
+        monkeypatch.setattr(image, "_fast_inflate", fast)
+        with_c = _outcome(bad, width, height, codes.size)
+        monkeypatch.setattr(image, "_fast_inflate", None)
+        assert with_c == _outcome(bad, width, height, codes.size)

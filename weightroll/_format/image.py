@@ -18,6 +18,11 @@ from weightroll._format import limits, rules
 from weightroll._parallel import MAX_WORKERS, parallel_map
 from weightroll.errors import ArchiveError, LimitError
 
+try:  # the inflater for this format's own streams (setup.py builds it where a compiler is found)
+    from weightroll._format import _inflate as _fast_inflate
+except ImportError:  # zlib-ng inflates them, more slowly
+    _fast_inflate = None
+
 # Rows of 4096 pixels keep a 100M-parameter model's image at 4096 x 24415:
 # a valid PNG that image viewers open, with a small per-row filter overhead.
 MAX_WRITE_WIDTH = 4096
@@ -314,6 +319,23 @@ class _Stream:
         return [view[start + max(first - at, 0): start + min(stop - at, end - start)]
                 for at, start, end in self.spans if at < stop and at + end - start > first]
 
+    def count_flushes(self, stops):
+        """How many full-flush marks lie in stream bytes `[0, stop)` for
+        each of the increasing `stops`, across IDAT chunks too; one pass
+        (by the C inflater's `marks`)."""
+        counts, found, tail, stops = [], 0, b"", list(stops)
+        for at, start, end in self.spans:
+            while stops and stops[0] <= at + end - start:  # a stop within (or at the end of) this chunk
+                cut = start + stops.pop(0) - at
+                counts.append(found + _fast_inflate.marks(self.data, start, cut) +
+                              (tail + bytes(self.data[start: min(start + 3, cut)])).count(_FULL_FLUSH_MARK))
+            if not stops:
+                break
+            found += _fast_inflate.marks(self.data, start, end)
+            found += (tail + bytes(self.data[start: min(start + 3, end)])).count(_FULL_FLUSH_MARK)  # across chunks
+            tail = bytes(self.data[max(end - 3, start): end])
+        return counts
+
     def cut_after_flushes(self, count):
         """Stream offsets just after a full-flush mark, the first at or after
         each of `count - 1` equal shares of the stream (fewer where none is)."""
@@ -455,6 +477,10 @@ def _inflate(stream, out, width, raw_size):
     """
     workers = min(os.cpu_count() or 1, MAX_WORKERS)
     cuts = stream.cut_after_flushes(workers * _PARTS_PER_CORE) if raw_size >= _PARALLEL_INFLATE_BYTES else []
+    if _fast_inflate is not None:
+        done = _inflate_pieces(stream, cuts if workers > 1 else [], out, width, raw_size)
+        if done is not None:
+            return done
     if workers > 1 and cuts:
         parts = _inflate_parts(stream, [2, *cuts, stream.size], out, width, raw_size)
     else:
@@ -469,6 +495,39 @@ def _inflate(stream, out, width, raw_size):
     for part_length, part_adler, _, _ in parts:
         adler, length = _adler32_concat(adler, part_adler, part_length), length + part_length
     return length == raw_size and parts[-1][2] == struct.pack(">I", adler)
+
+
+def _inflate_pieces(stream, cuts, out, width, raw_size):
+    """`_inflate` by the C inflater, for a stream as `_deflate_rows` writes
+    it: pieces of `_PIECE_ROWS` rows, each after the first starting after a
+    full flush, with literals only. A part that starts after the `j`-th
+    flush mark starts at raw byte `j` pieces in, so each part is inflated
+    straight into its rows, on the cores there are. None where this does
+    not hold (another writer's stream, a match, four bytes that look like a
+    flush but are not one: the parts do not meet end to end): `_inflate`
+    then inflates it with zlib-ng; else whether it is sound (the Adler-32 of
+    all the parts' bytes)."""
+    piece = _PIECE_ROWS * (width + 1)
+    starts = [0] + [count * piece for count in stream.count_flushes(cuts)]
+    bounds = [2, *cuts, stream.size]
+    if any(a >= b for a, b in zip(starts, starts[1:])) or starts[-1] >= raw_size:
+        return None
+
+    def run(i):
+        last = i == len(starts) - 1
+        return _fast_inflate.rows(stream.views(bounds[i], bounds[i + 1]), out, width, starts[i],
+                                  raw_size if last else starts[i + 1], last)
+
+    parts = parallel_map(run, range(len(starts)))
+    if any(part is None for part in parts):
+        return None
+    ends = [start + part[0] for start, part in zip(starts, parts)]
+    if ends != starts[1:] + [raw_size]:
+        return None
+    adler = 1
+    for length, part_adler, _ in parts:
+        adler = _adler32_concat(adler, part_adler, length)
+    return parts[-1][2] == struct.pack(">I", adler)
 
 
 def _inflate_parts(stream, bounds, out, width, raw_size):
