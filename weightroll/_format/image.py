@@ -109,14 +109,14 @@ def _deflate_rows(codes, width, height, level, strategy):
         stop = min(first + _PIECE_ROWS, height)
         raw = _raw_rows(codes, width, first, stop)
         packer = zlib_ng.compressobj(level, zlib.DEFLATED, -15, 9, strategy)
-        data = packer.compress(raw) + packer.flush(zlib.Z_FINISH if stop == height else zlib.Z_FULL_FLUSH)
-        return data, zlib_ng.adler32(raw), len(raw)
+        data = (packer.compress(raw), packer.flush(zlib.Z_FINISH if stop == height else zlib.Z_FULL_FLUSH))
+        return data, zlib_ng.adler32(raw), len(raw)  # the two byte strings kept apart: no copy joins them
 
     pieces = parallel_map(piece, range(0, height, _PIECE_ROWS))
     adler = 1
     for _, piece_adler, length in pieces:
         adler = _adler32_concat(adler, piece_adler, length)
-    return [_ZLIB_HEADER_LEVEL_9] + [data for data, _, _ in pieces] + [struct.pack(">I", adler)]
+    return [_ZLIB_HEADER_LEVEL_9] + [part for data, _, _ in pieces for part in data] + [struct.pack(">I", adler)]
 
 
 def _png_from_stream(parts, width, height):

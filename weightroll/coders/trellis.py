@@ -286,8 +286,8 @@ def _search(size, blocks, segment):
         held += block.size
         take = held if i == len(blocks) - 1 else held - held % segment
         if take:
-            chunk_codes, chunk_counts, chunk_sums, chunk_levels = _search_chunk(buffer[:take], segment)
-            codes[done: done + take] = chunk_codes
+            chunk_codes = codes[done: done + take]
+            chunk_counts, chunk_sums, chunk_levels = _search_chunk(buffer[:take], segment, chunk_codes)
             counts += chunk_counts
             sums += chunk_sums
             level_counts += chunk_levels
@@ -306,24 +306,23 @@ def _search(size, blocks, segment):
     return codes, counts, counts + apart, sums, outlier_index, level_counts
 
 
-def _search_chunk(y, segment):
-    """`(codes, counts, sums, level_counts)` of scaled values `y` (a whole
-    number of segments, or the last values): each value's level plus
-    `MAX_LEVEL` (`levels`); each reconstruction level's count and float64 sum
-    of the values, in order (as `np.bincount` sums them), indexed by
-    `m + 2 * MAX_LEVEL`; and each code's count."""
+def _search_chunk(y, segment, codes):
+    """`(counts, sums, level_counts)` of scaled values `y` (a whole number
+    of segments, or the last values), whose codes (each level plus
+    `MAX_LEVEL`, `levels`) it writes into `codes`: each reconstruction
+    level's count and float64 sum of the values, in order (as `np.bincount`
+    sums them), indexed by `m + 2 * MAX_LEVEL`; and each code's count."""
     if _trellis is not None:
-        codes = np.empty(y.size, np.uint8)
         counts, sums = np.zeros(2 * _M_MAX + 1, np.int64), np.zeros(2 * _M_MAX + 1)
         level_counts = np.zeros(2 * MAX_LEVEL + 1, np.int64)
         _trellis.search(y, segment, codes, counts, sums, level_counts)
-        return codes, counts, sums, level_counts
+        return counts, sums, level_counts
     k = levels(y, segment)
     cells = reconstruction(k, segment).astype(np.intp) + _M_MAX
     counts = np.bincount(cells, minlength=2 * _M_MAX + 1)
     sums = np.bincount(cells, weights=y, minlength=2 * _M_MAX + 1)
-    codes = (k + MAX_LEVEL).astype(np.uint8)
-    return codes, counts, sums, np.bincount(codes, minlength=2 * MAX_LEVEL + 1)
+    codes[...] = k + MAX_LEVEL
+    return counts, sums, np.bincount(codes, minlength=2 * MAX_LEVEL + 1)
 
 
 def _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest):
@@ -334,9 +333,10 @@ def _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest):
     decoded = np.empty(x.size, np.float32) if keep_decoded else None
     errors = ErrorSums(x.shape[-1] if x.ndim >= 2 else None)
     hasher = hashlib.sha256() if digest else None
+    buffer = np.empty(max(block.size for _, block, *_ in blocks), np.float32)  # one for every block
     for start, block, _, block_scale, mode, first in blocks:
         lead = start % t["segment"]
-        out = np.empty(block.shape, np.float32)
+        out = buffer[: block.size].reshape(block.shape)
         lookup(codes[start - lead: start + block.size], table, out, t, lead)
         if block_scale is not None:
             out *= uniform._shaped(block_scale, mode)
