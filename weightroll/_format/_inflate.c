@@ -19,7 +19,7 @@
 #define OK 0
 #define FALLBACK 1
 
-#define FAST_BITS 11
+#define FAST_BITS 12
 #define MAX_BITS 15
 #define LITERALS 288
 
@@ -80,9 +80,12 @@ take(Input *in, int n)
 
 /* A canonical Huffman code: a table of the codes up to FAST_BITS long,
  * indexed by the next FAST_BITS bits (entry: length << 9 | symbol, 0 for a
- * longer code), and, for those, the counts and symbols of each length. */
+ * longer code), and, for those, the counts and symbols of each length. For
+ * a literal/length code, `pair` gives the literals those bits start with,
+ * one or two (see `pair_entry`), so that the hot loop takes two at once. */
 typedef struct {
     uint16_t fast[1 << FAST_BITS];
+    uint32_t pair[1 << FAST_BITS];
     uint16_t count[MAX_BITS + 1];
     uint16_t symbol[LITERALS];
 } Code;
@@ -90,7 +93,7 @@ typedef struct {
 /* Build `code` from `n` code lengths; FALLBACK for an over-subscribed or
  * incomplete code (zlib decides those), or one without any symbol. */
 static int
-build(Code *code, const uint8_t *lengths, int n)
+build(Code *code, const uint8_t *lengths, int n, int pairs)
 {
     uint16_t offsets[MAX_BITS + 2];
     memset(code->count, 0, sizeof(code->count));
@@ -127,6 +130,20 @@ build(Code *code, const uint8_t *lengths, int n)
             for (unsigned e = reversed; e < (1u << FAST_BITS); e += 1u << len)
                 code->fast[e] = (uint16_t)(len << 9 | code->symbol[i]);
         }
+    /* pair[e]: bits 0-1 how many literals the bits e begin with (0: none, a
+     * longer code or another symbol: the slow way), 2-5 the first one's
+     * length, 8-12 both lengths, 16-23 and 24-31 the literals. */
+    for (unsigned e = 0; pairs && e < (1u << FAST_BITS); e++) {
+        const unsigned first = code->fast[e];
+        uint32_t entry = 0;
+        if (first && (first & 511) < 256) {
+            const unsigned len = first >> 9, second = code->fast[e >> len];
+            entry = 1u | len << 2 | len << 8 | (first & 255) << 16;
+            if (second && (second & 511) < 256 && len + (second >> 9) <= FAST_BITS)
+                entry = 2u | len << 2 | (len + (second >> 9)) << 8 | (first & 255) << 16 | (second & 255) << 24;
+        }
+        code->pair[e] = entry;
+    }
     return OK;
 }
 
@@ -217,7 +234,7 @@ reduce(Output *out)
 static int
 literals(Input *in, const Code *code, Output *out)
 {
-    const uint16_t *fast = code->fast;
+    const uint32_t *pair = code->pair;
     for (;;) {
         Py_ssize_t run = out->stride - out->column;
         if (out->column == 0 || run > out->left || run > ADLER_RUN - out->since)
@@ -228,8 +245,8 @@ literals(Input *in, const Code *code, Output *out)
         uint64_t bits = in->bits;
         int have = in->have;
         const uint8_t *at = in->at;
-        while (p < stop) {
-            if (have < MAX_BITS) {
+        while (stop - p >= 2) {  /* the row's last pixel, if it comes alone, the slow way */
+            if (have < FAST_BITS) {
                 if (in->end - at < 8)
                     break;
                 uint64_t word;
@@ -241,15 +258,22 @@ literals(Input *in, const Code *code, Output *out)
                 at += (63 - have) >> 3;
                 have |= 56;
             }
-            const unsigned entry = fast[bits & ((1u << FAST_BITS) - 1)];
-            const unsigned symbol = entry & 511;
-            if (entry == 0 || symbol >= 256)
+            const uint32_t entry = pair[bits & ((1u << FAST_BITS) - 1)];
+            if (!(entry & 3))
                 break;
-            bits >>= entry >> 9;
-            have -= (int)(entry >> 9);
-            *p++ = (uint8_t)symbol;
-            a += symbol;
+            /* One literal or two, without a branch on which (a coin toss):
+             * both bytes written, the second overwritten later if not one. */
+            const unsigned two = (entry & 3) >> 1, first = (entry >> 16) & 255, second = entry >> 24;
+            const unsigned len = (entry >> 8) & 31;
+            bits >>= len;
+            have -= (int)len;
+            p[0] = (uint8_t)first;
+            p[1] = (uint8_t)second;
+            p += 1 + two;
+            a += first;
             b += a;
+            a += second;  /* 0 for one literal */
+            b += a & (0u - two);
         }
         const Py_ssize_t done = p - out->pixel;
         in->bits = bits;
@@ -291,7 +315,7 @@ dynamic_header(Input *in, Code *literals, Code *scratch)
             return FALLBACK;
         lengths[LENGTH_ORDER[i]] = (uint8_t)v;
     }
-    if (build(scratch, lengths, 19) != OK)
+    if (build(scratch, lengths, 19, 0) != OK)
         return FALLBACK;
     const int n = (int)(hlit + 257 + hdist + 1);
     memset(lengths, 0, sizeof(lengths));
@@ -338,7 +362,7 @@ dynamic_header(Input *in, Code *literals, Code *scratch)
     }
     if (used && left)
         return FALLBACK;
-    return build(literals, lengths, (int)(hlit + 257));
+    return build(literals, lengths, (int)(hlit + 257), 1);
 }
 
 /* The fixed literal/length code (RFC 1951, 3.2.6), built when the module is. */
@@ -531,7 +555,7 @@ PyInit__inflate(void)
     memset(lengths + 144, 9, 112);
     memset(lengths + 256, 7, 24);
     memset(lengths + 280, 8, 8);
-    if (build(&fixed, lengths, LITERALS) != OK) {
+    if (build(&fixed, lengths, LITERALS, 1) != OK) {
         PyErr_SetString(PyExc_RuntimeError, "_inflate: the fixed Huffman code did not build");
         return NULL;
     }

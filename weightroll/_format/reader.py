@@ -53,21 +53,17 @@ class RolledArchive:
         """`{name: size}` of every zip member, manifest included, in file order."""
         return {name: self._members.size(name) for name in self._members.names}
 
-    def verify_members(self, keep_image=True):
+    def verify_members(self):
         """Check every listed member's zip CRC and SHA-256 (R22, R23), once.
 
-        The members this reader decodes are kept for `member()`; the others
-        (members of a later minor version) are hashed in pieces and dropped.
-
-        Args:
-            keep_image: keep the code image's bytes too. With `False` they are
-                hashed in pieces and read (and checked) again when decoded, so
-                that they are not held meanwhile (while Keras builds a model).
+        The members this reader decodes are kept for `member()` (the code
+        image until `codes()` decodes it); the others (members of a later
+        minor version) are hashed in pieces and dropped.
         """
         if self._all_verified:
             return
         for name in self.manifest["members"]:
-            if name in _DECODED_MEMBERS and (keep_image or name != mf.IMAGE_MEMBER):
+            if name in _DECODED_MEMBERS:
                 self.member(name)
             elif name not in self._verified:
                 self._check_sha256(name, self._members.sha256(name))
