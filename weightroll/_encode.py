@@ -465,9 +465,10 @@ def _code(path, array, bits, tolerance, keep=True, dependent=True):
             raise WrollError(f"The code given for '{path}' has {tol.codes.size} values; the tensor has {array.size}.")
         choice = select.Choice("uniform", select.uniform_bytes(tol), tol)
     else:
-        # The decoded values are hashed as they are made, float32 ones only:
-        # others are digested in their own dtype once cast back.
-        in_place = array.dtype == np.float32
+        # The decoded values are hashed as they are made, float32 ones and
+        # 16-bit floats (rounded as stored): others are digested in their own
+        # dtype once cast back.
+        in_place = array.dtype == np.float32 or array.dtype.name in ("float16", "bfloat16")
         choice = select.choose(array, tol, array.dtype.itemsize, keep_decoded=keep or not in_place,
                                digest=in_place, dependent=dependent)
     if choice.kind == "lossless":

@@ -146,14 +146,15 @@ _CONFIRM = 1 << 20
 _CONFIRM_AIM = 0.99
 
 
-def _confirmed_step(coder, x, view, axis, step, tolerance, native):
+def _confirmed_step(coder, x, view, axis, step, tolerance, stored):
     """`step`, scaled once so that the error on a sample of `_CONFIRM`
     values is `_CONFIRM_AIM` of the tolerance (error grows about linearly with
     the step), where it lies outside [`_CLOSE_ENOUGH`, 1] of that aim."""
     sample = _sample(view, _CONFIRM)
     view_axis = None if axis is None else (0 if axis == 0 else 1)
-    code = coder(sample, step, view_axis, keep_decoded=not native)
-    err = (code.measured if native else measure(sample, code.decoded)).error
+    measured_here = stored is not False  # float32, or rounded to `stored` by the coder
+    code = coder(sample, step, view_axis, keep_decoded=not measured_here, stored=stored if measured_here else None)
+    err = (code.measured if measured_here else measure(sample, code.decoded)).error
     aim = _CONFIRM_AIM * tolerance
     if err > 0 and not _CLOSE_ENOUGH * aim <= err <= aim:
         step *= min(max(aim / err, 0.5), 2.0)
@@ -216,13 +217,16 @@ def choose(values, tolerance, itemsize, keep_decoded=True, digest=False, depende
             estimate, step, coder = trellis_estimate, trellis_step, trellis.encode
     if estimate >= best.estimated_bytes:
         return best
-    # The coder measures float32 values; other dtypes are measured as they
-    # will be stored (a float16 tensor's rounding can tip it over).
-    native = x.dtype == np.float32
+    # The coder measures float32 values, and 16-bit floats rounded as they
+    # will be stored (a float16 tensor's rounding can tip it over); other
+    # dtypes (float64) are measured here, from the decoded values.
+    stored = _stored(x.dtype)
+    native = stored is not False
     if x.size >= _CONFIRM_FROM:
-        step = _confirmed_step(coder, x, view, axis, step, tolerance, native)
+        step = _confirmed_step(coder, x, view, axis, step, tolerance, stored)
     for _ in range(6):
-        code = coder(x, step, axis, keep_decoded=keep_decoded or not native, digest=digest)
+        code = coder(x, step, axis, keep_decoded=keep_decoded or not native, digest=digest,
+                     stored=stored if native else None)
         measured = code.measured if native else measure(x, code.decoded)
         if not (native or keep_decoded):
             code.decoded = None
@@ -232,6 +236,15 @@ def choose(values, tolerance, itemsize, keep_decoded=True, digest=False, depende
             return Choice("uniform", cost, code, measured) if cost < best.estimated_bytes else best
         step *= 0.97 * tolerance / err
     return best
+
+
+def _stored(dtype):
+    """What a coder rounds decoded values of `dtype` to: None for float32
+    (nothing), the dtype for 16-bit floats; False for others (the caller
+    measures them)."""
+    if dtype == np.float32:
+        return None
+    return dtype if dtype.name in ("float16", "bfloat16") else False
 
 
 def _lossless(x):

@@ -207,7 +207,7 @@ def lookup(codes, table, out, trellis=None, skip=0):
     return int(inside.size - np.count_nonzero(inside))
 
 
-def encode(values, step, axis=None, keep_decoded=True, digest=False, segment=SEGMENT):
+def encode(values, step, axis=None, keep_decoded=True, digest=False, segment=SEGMENT, stored=None):
     """Trellis-code `values` with reconstruction levels `step` apart, after
     per-channel scaling (as `uniform.encode` scales them).
 
@@ -225,6 +225,8 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False, segment=SEG
         keep_decoded: return the decoded tensor.
         digest: also hash the decoded float32 values (`sha256`).
         segment: codes per segment (the state restarts at 0 at each).
+        stored: the 16-bit float dtype the values are stored in, or None
+            (as `uniform.encode` takes it).
 
     Returns:
         A `uniform.UniformCode` whose `trellis` holds the manifest's
@@ -249,7 +251,7 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False, segment=SEG
     if axis is None:
         table = uniform._times_scale(table, scale)
     t = {"segment": int(segment), "zero": zero, "low": m_low}
-    measured, decoded, sha256 = _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest)
+    measured, decoded, sha256 = _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest, stored)
     return uniform.UniformCode(
         codes, table, scales, axis, outlier_index, decoded, step,
         entropy_bits=bits_from_counts(level_counts), measured=measured, sha256=sha256,
@@ -325,11 +327,12 @@ def _search_chunk(y, segment, codes):
     return counts, sums, np.bincount(codes, minlength=2 * MAX_LEVEL + 1)
 
 
-def _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest):
+def _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest, stored):
     """The second pass of `encode`: `(measured, decoded, sha256)`, the
     decoded values' `error.Measured` error, the decoded tensor (or None
     unless `keep_decoded`) and their SHA-256 (or None unless `digest`).
-    Each block is decoded from its codes as a reader decodes it."""
+    Each block is decoded from its codes as a reader decodes it (and
+    rounded to `stored`, if given, before it is measured and hashed)."""
     decoded = np.empty(x.size, np.float32) if keep_decoded else None
     errors = ErrorSums(x.shape[-1] if x.ndim >= 2 else None)
     hasher = hashlib.sha256() if digest else None
@@ -345,9 +348,12 @@ def _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest):
             if hi > lo:
                 here = outlier_index[lo:hi] - start
                 out.reshape(-1)[here] = block.reshape(-1)[here]
+        held = out
+        if stored is not None:
+            held, out = uniform.as_stored(out, block, None, stored)
         errors.add(block, out, first, kernel=uniform._kernel if mode != uniform._EVERY else None)
         if hasher is not None:
-            hasher.update(out)
+            hasher.update(uniform._little_endian(held))
         if decoded is not None:
             decoded[start: start + out.size] = out.reshape(-1)
     return errors.result(), None if decoded is None else decoded.reshape(x.shape), (

@@ -262,7 +262,7 @@ def _table_sample(x, inverse, axis):
     return flat[positions] * inverse[positions % x.shape[-1]]
 
 
-def encode(values, step, axis=None, keep_decoded=True, digest=False):
+def encode(values, step, axis=None, keep_decoded=True, digest=False, stored=None):
     """Code `values` on a uniform grid of `step` after per-channel scaling.
 
     The codes are decoded and measured block by block as they are made, so
@@ -276,6 +276,10 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
         keep_decoded: return the decoded tensor; without it `decoded` is None
             and no decoded copy of the tensor is ever held.
         digest: also hash the decoded float32 values (`sha256`).
+        stored: the 16-bit float dtype the values are stored in, or None
+            for float32: the decoded values are rounded to it before they
+            are measured, kept and hashed (in that dtype), as a reader gets
+            them (`as_stored`).
 
     Returns:
         A `UniformCode`, its `measured` error filled in.
@@ -297,6 +301,7 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
     codes = np.empty(flat.size, np.uint8)
     decoded = np.empty(flat.size, np.float32) if keep_decoded else None
     sums = ErrorSums(x.shape[-1] if x.ndim >= 2 else None)
+    kept = ErrorSums(sums.channels) if stored is not None else sums  # the error as stored
     hasher = hashlib.sha256() if digest else None
     outliers, lo, hi = [], None, None
     for start, block, factors, block_scale, mode, first in _blocks(x, inverse, scales, axis):
@@ -305,8 +310,12 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
         if index is not None:
             outliers.append(index.astype(np.int64) + start)
         lo, hi = (low, high) if lo is None else (min(lo, low), max(hi, high))
+        held = out
+        if stored is not None:
+            held, out = as_stored(out.reshape(block.shape), block, index, stored)
+            kept.add(block, out, first, kernel=_kernel if mode != _EVERY else None)
         if hasher is not None:
-            hasher.update(out)
+            hasher.update(_little_endian(held))
         if decoded is not None:
             decoded[start: start + out.size] = out.reshape(-1)
     lo, hi = (lo, hi) if lo is not None else (0, 0)
@@ -315,8 +324,25 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False):
     table = table[lo + _HALF_RANGE: hi + _HALF_RANGE + 1]
     return UniformCode(codes, table, scales, axis, outlier_index,
                        None if decoded is None else decoded.reshape(x.shape), step,
-                       entropy_bits=bits_from_counts(level_counts), measured=sums.result(),
+                       entropy_bits=bits_from_counts(level_counts), measured=kept.result(),
                        sha256=None if hasher is None else hasher.hexdigest())
+
+
+def as_stored(out, block, index, stored):
+    """`(held, out)`: decoded float32 values `out` (the shape of `block`)
+    with the outliers at flat `index` (or None) given their exact values
+    from `block`, rounded to the dtype `stored` (`held`), and those again
+    as float32."""
+    if index is not None and index.size:
+        out = np.array(out)
+        out.reshape(-1)[index] = block.reshape(-1)[index]
+    held = out.astype(stored)
+    return held, held.astype(np.float32)
+
+
+def _little_endian(array):
+    """`array`'s values as little-endian bytes (the digests' form), in place where they are."""
+    return array if np.little_endian or array.itemsize == 1 else array.view(f"u{array.itemsize}").byteswap()
 
 
 def _code_block(block, factors, scale, mode, table, codes, sums, first):
