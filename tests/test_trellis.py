@@ -156,6 +156,27 @@ def test_a_big_tensor_whose_first_sample_misleads_is_coded_whole_once(check, mon
     assert choice.measured.error >= 0.95 * 0.01  # the check aims close to the tolerance, not far below it
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("dependent", [True, False])  # trellis codes, uniform codes
+def test_16_bit_floats_are_measured_and_hashed_as_stored_without_a_decoded_copy(dtype, dependent):
+    import hashlib
+
+    import ml_dtypes
+
+    dt = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+    w = (np.random.default_rng(4).laplace(size=(300, 70)) * 0.05).astype(dt)
+    w[3, 5], w[200, 9] = 9.0, -12.0  # outliers, stored exactly
+    lean = select.choose(w, 0.01, 2, keep_decoded=False, digest=True, dependent=dependent)
+    full = select.choose(w, 0.01, 2, keep_decoded=True, digest=True, dependent=dependent)
+    assert (lean.code.trellis is not None) == dependent and lean.code.decoded is None
+    assert lean.code.outlier_index.size == 2
+    stored = full.code.decoded.astype(dt)
+    assert np.array_equal(stored.reshape(-1)[lean.code.outlier_index], w.reshape(-1)[lean.code.outlier_index])
+    assert lean.code.sha256 == full.code.sha256 == hashlib.sha256(stored.tobytes()).hexdigest()
+    assert lean.measured == full.measured == error.measure(w, full.code.decoded)
+    assert lean.measured.error <= 0.01
+
+
 def test_short_floats_keep_eleven_significant_bits_in_float32s_range():
     values = np.array([1.0, 1.0 + 2 ** -11, 1.0 + 3 * 2 ** -11, 1e-30, 3e30, -2.5, 0.1], np.float32)
     short = uniform.short_floats(values)

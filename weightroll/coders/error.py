@@ -272,7 +272,7 @@ def measure(original, decoded):
     sums = ErrorSums(channels)
     for start in range(0, a2.shape[0], rows):  # a block at a time: no copy of the whole tensor
         block, out = a2[start: start + rows], d2[start: start + rows].astype(a.dtype)
-        if a.dtype.name == "bfloat16":  # rounded as stored, then measured in float32
+        if a.dtype.name in ("bfloat16", "float16"):  # rounded as stored, then measured in float32 (as the coders do)
             block, out = block.astype(np.float32), out.astype(np.float32)
         sums.add(block, out, kernel=uniform._kernel if channels else None)
     return sums.result()
