@@ -13,7 +13,7 @@ from weightroll._entropy import bits_per_code
 from weightroll._format import manifest as mf
 from weightroll._format.digest import coding_sha256, little_endian_bytes, reference_key, tensor_digest  # noqa: F401
 from weightroll._parallel import parallel_map
-from weightroll.coders import codebook, mlp, select, uniform
+from weightroll.coders import codebook, error, mlp, select, uniform
 from weightroll.errors import WrollError
 
 DECODERS = mf.DECODER_KINDS
@@ -468,7 +468,7 @@ def _code(path, array, bits, tolerance, keep=True, dependent=True):
         # The decoded values are hashed as they are made, float32 ones and
         # 16-bit floats (rounded as stored): others are digested in their own
         # dtype once cast back.
-        in_place = array.dtype == np.float32 or array.dtype.name in ("float16", "bfloat16")
+        in_place = array.dtype == np.float32 or array.dtype.name in error.SIXTEEN_BIT_FLOATS
         choice = select.choose(array, tol, array.dtype.itemsize, keep_decoded=keep or not in_place,
                                digest=in_place, dependent=dependent)
     if choice.kind == "lossless":

@@ -260,6 +260,11 @@ class ErrorSums:
         return float((sq_c[nonzero] / ref_c[nonzero]).max()) if nonzero.any() else 0.0
 
 
+# The 16-bit float dtypes whose decoded values are rounded as stored (to
+# them) before they are measured and hashed, by `measure` and the coders.
+SIXTEEN_BIT_FLOATS = ("float16", "bfloat16")
+
+
 def measure(original, decoded):
     """The `Measured` error of `decoded` (cast to `original`'s dtype, as it
     will be stored), in one pass over the error, `BLOCK` values at a time."""
@@ -272,7 +277,7 @@ def measure(original, decoded):
     sums = ErrorSums(channels)
     for start in range(0, a2.shape[0], rows):  # a block at a time: no copy of the whole tensor
         block, out = a2[start: start + rows], d2[start: start + rows].astype(a.dtype)
-        if a.dtype.name in ("bfloat16", "float16"):  # rounded as stored, then measured in float32 (as the coders do)
+        if a.dtype.name in SIXTEEN_BIT_FLOATS:  # rounded as stored, then measured in float32 (as the coders do)
             block, out = block.astype(np.float32), out.astype(np.float32)
         sums.add(block, out, kernel=uniform._kernel if channels else None)
     return sums.result()

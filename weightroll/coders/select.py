@@ -15,7 +15,7 @@ import numpy as np
 
 from weightroll._entropy import bits_per_code
 from weightroll.coders import codebook, trellis, uniform
-from weightroll.coders.error import measure, sum_of_squares
+from weightroll.coders.error import SIXTEEN_BIT_FLOATS, measure, sum_of_squares
 
 # Search on a strided sample of this many values at most, then code the
 # whole tensor once at the chosen step.
@@ -244,7 +244,7 @@ def _stored(dtype):
     measures them)."""
     if dtype == np.float32:
         return None
-    return dtype if dtype.name in ("float16", "bfloat16") else False
+    return dtype if dtype.name in SIXTEEN_BIT_FLOATS else False
 
 
 def _lossless(x):
