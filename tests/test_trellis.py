@@ -195,3 +195,27 @@ def test_a_tensor_whose_levels_are_all_positive_codes_with_a_negative_zero():
     index, lowest, highest = trellis.table_indices(code.codes, **code.trellis)
     assert lowest >= 0 and highest < code.table.size
     assert np.array_equal(code.table[index], code.decoded)
+
+
+@pytest.mark.parametrize("coder", [trellis.encode, uniform.encode])
+@pytest.mark.parametrize("shape, axis", [((2_000, 1_000), None), ((2_000, 1_000), 1), ((2_000, 1_000), 0),
+                                         ((30, 70_000), None), ((2_000_000,), None),
+                                         ((3, 70_000), 1), ((3, 70_000), 0)])  # long rows; as many scales as values
+def test_16_bit_floats_code_as_their_float32_values_do_without_a_float32_copy(coder, shape, axis):
+    import tracemalloc
+
+    import ml_dtypes
+
+    w = (np.random.default_rng(5).laplace(size=shape) * 0.05).astype(ml_dtypes.bfloat16)
+    w.reshape(-1)[[7, 12345]] = [9.0, -12.0]  # outliers, stored exactly
+    tracemalloc.start()
+    lean = coder(w, 0.05, axis, keep_decoded=False, digest=True, stored=w.dtype)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    wide = coder(w.astype(np.float32), 0.05, axis, keep_decoded=False, digest=True, stored=w.dtype)
+    assert np.array_equal(lean.codes, wide.codes) and np.array_equal(lean.table, wide.table)
+    assert np.array_equal(lean.outlier_index, wide.outlier_index)
+    assert (lean.scales is None) == (axis is None) and (axis is None or np.array_equal(lean.scales, wide.scales))
+    assert lean.sha256 == wide.sha256 and lean.measured == wide.measured and lean.trellis == wide.trellis
+    if w.size > 1_000_000:  # the codes (a byte a value), a few blocks, the channels' sums: no float32 copy
+        assert peak < 2 * w.size + 32 * (shape[-1] if len(shape) > 1 else 0) < 4 * w.size, peak

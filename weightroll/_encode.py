@@ -338,14 +338,23 @@ def _storage(path, array, base_keys):
 def _codable(array):
     """Whether codes can hold a float tensor: no NaN or infinity, and a sum
     of squares that float32 arithmetic can hold (the coder measures its
-    error in float32; weights beyond ~1e19 are stored exactly). One BLAS
-    pass, with no temporary for float32 and float64 (float16 is copied to
-    float32 first)."""
+    error in float32; weights beyond ~1e19 are stored exactly). BLAS dot
+    products with no temporary for float32 and float64; 16-bit floats are
+    made float32 a chunk at a time."""
     flat = array.reshape(-1)
-    if flat.dtype not in (np.float32, np.float64):
-        flat = flat.astype(np.float32)
+    if flat.dtype in (np.float32, np.float64):
+        chunks = [flat]
+    else:
+        chunks = (flat[start: start + _CODABLE_CHUNK].astype(np.float32)
+                  for start in range(0, flat.size, _CODABLE_CHUNK))
+    total = np.float32(0)
     with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(np.float32(np.dot(flat, flat))))
+        for chunk in chunks:
+            total = np.float32(total + np.float32(np.dot(chunk, chunk)))
+        return bool(np.isfinite(total))
+
+
+_CODABLE_CHUNK = 1 << 20
 
 
 def _encode_one(path, source, bits, tolerance, base_keys, keep, dependent=True):

@@ -233,11 +233,11 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False, segment=SEG
         `{"segment", "zero", "low"}`: codes are `k + zero`, and the table's
         first entry is reconstruction level `low`.
     """
-    x = np.ascontiguousarray(values, np.float32)
+    x = uniform.working(values)
     if x.size == 0:
         raise ValueError("Trellis codes need at least one value.")
     scale, scales = uniform._scaling(x, axis)
-    blocks = list(uniform._blocks(x, uniform._inverse(scale, scales, step), scales, axis))
+    blocks = list(uniform._blocks(x, uniform._inverse(scale, scales, step), scales, axis))  # views of x
     codes, counts, every, sums, outlier_index, level_counts = _search(x.size, blocks, segment)
     lowest = int(codes.min())
     codes -= np.uint8(lowest)  # the lowest level's code is 0
@@ -278,7 +278,7 @@ def _search(size, blocks, segment):
     held = done = 0  # values in the buffer not searched yet (fewer than a segment), and values searched
     for i, (start, block, factors, _, mode, _) in enumerate(blocks):
         y = buffer[held: held + block.size]
-        np.multiply(block, uniform._shaped(factors, mode), out=y.reshape(block.shape))
+        np.multiply(uniform.float32(block), uniform._shaped(factors, mode), out=y.reshape(block.shape))
         outside = ~(np.abs(y) <= LIMIT + 0.5)  # rounds beyond LIMIT levels (or NaN)
         if outside.any():
             index = np.flatnonzero(outside)
@@ -338,6 +338,7 @@ def _measure(x, blocks, codes, t, table, outlier_index, keep_decoded, digest, st
     hasher = hashlib.sha256() if digest else None
     buffer = np.empty(max(block.size for _, block, *_ in blocks), np.float32)  # one for every block
     for start, block, _, block_scale, mode, first in blocks:
+        block = uniform.float32(block)
         lead = start % t["segment"]
         out = buffer[: block.size].reshape(block.shape)
         lookup(codes[start - lead: start + block.size], table, out, t, lead)

@@ -96,9 +96,27 @@ def channel_scales(values, axis):
     return short_floats(rms.astype(np.float32))
 
 
+def working(values):
+    """`values` as the coders work on them: C-contiguous, in float32, except
+    16-bit floats (bfloat16, float16), which stay as they are and are made
+    float32 a block at a time (`float32`), so that coding a big 16-bit
+    tensor holds no float32 copy of it."""
+    x = np.asarray(values)
+    if x.dtype.name in error.SIXTEEN_BIT_FLOATS:
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x, np.float32)
+
+
+def float32(block):
+    """A block of `working` values in float32 (itself when it already is):
+    16-bit floats convert exactly, so every figure is the same bits as if
+    the tensor had been float32 from the start."""
+    return block if block.dtype == np.float32 else np.ascontiguousarray(block, np.float32)
+
+
 def _kernel_takes(m):
-    """Whether the kernel can sum `m` as it is: C-contiguous float32 values."""
-    return _kernel is not None and m.dtype == np.float32 and m.flags.c_contiguous and m.size
+    """Whether the kernel can sum `m` (in float32 blocks): C-contiguous values."""
+    return _kernel is not None and m.dtype.kind == "f" and m.dtype.itemsize <= 4 and m.flags.c_contiguous and m.size
 
 
 def _sum_of_squares(flat):
@@ -107,17 +125,22 @@ def _sum_of_squares(flat):
         return error.sum_of_squares(flat)
     out = 0.0
     for start in range(0, flat.size, error.BLOCK):
-        block = flat[start: start + error.BLOCK]
+        block = float32(flat[start: start + error.BLOCK])
         out += _kernel.reference(block, block.size, 0, 0, None)
     return out
 
 
 def _column_sums(m):
-    """`error.channel_sums` of a 2-D array, by the kernel where it is built."""
-    if not _kernel_takes(m):
-        return error.channel_sums(m)
+    """`error.channel_sums` of a 2-D array, by the kernel where it is built,
+    a block of rows at a time (each channel's squares still added in order)."""
     sums = np.zeros(m.shape[1])
-    _kernel.reference(m, m.shape[1], m.shape[1], 0, sums)
+    rows = max(1, _BLOCK // max(1, m.shape[1]))
+    for start in range(0, m.shape[0], rows):
+        block = m[start: start + rows]
+        if _kernel_takes(m):
+            _kernel.reference(float32(block), m.shape[1], m.shape[1], 0, sums)
+        else:
+            error.channel_sums(block, sums)
     return sums
 
 
@@ -129,7 +152,7 @@ def _row_sums(m):
     sums = np.zeros(m.shape[0])
     columns = max(1, _BLOCK // m.shape[0])
     for start in range(0, m.shape[1], columns):
-        piece = np.ascontiguousarray(m[:, start: start + columns].T)
+        piece = np.ascontiguousarray(m[:, start: start + columns].T, np.float32)
         _kernel.reference(piece, m.shape[0], m.shape[0], 0, sums)
     return sums
 
@@ -154,8 +177,9 @@ _BLOCK = error.BLOCK
 
 def _blocks(x, inverse, scales, axis):
     """`(start, block, factors, scale, mode, first)` for blocks of about
-    `_BLOCK` values of `x` in C order: `block` a 2-D view of the values from
-    flat position `start` on; `factors` what each value is multiplied by to
+    `_BLOCK` values of `x` (`working` values) in C order: `block` a 2-D view
+    of the values from flat position `start` on (made float32 by the caller:
+    `float32`); `factors` what each value is multiplied by to
     be in grid steps, and `scale` what its decoded value is multiplied by
     (None for one scale, the table's), both float32 and laid out by `mode`
     (see `_shaped`). A block holds whole rows of the last axis, or, when a
@@ -242,24 +266,25 @@ def _table_sample(x, inverse, axis):
     does, without index arrays."""
     stride = max(1, x.size // _TABLE_SAMPLE)
     if axis is not None and x.ndim >= 2 and axis not in (0, x.ndim - 1):  # rows of the scaled channel matrix
-        scaled = (x * broadcast_scales(inverse, x.shape, axis)).reshape(-1, x.shape[-1])
+        scaled = (float32(x) * broadcast_scales(inverse, x.shape, axis)).reshape(-1, x.shape[-1])
         return scaled[::stride] if scaled.shape[0] >= _SAMPLE_ROWS * stride else scaled.reshape(-1)[::stride]
     if x.ndim < 2:  # a vector (scales per value, if any) or a scalar
-        return x.reshape(-1)[::stride] * (inverse if axis is None else inverse[::stride])
+        return float32(x.reshape(-1)[::stride]) * (inverse if axis is None else inverse[::stride])
     view = x.reshape(x.shape[0], -1) if axis == 0 else x.reshape(-1, x.shape[-1])
     if view.shape[0] >= _SAMPLE_ROWS * stride:
         if axis is None:
-            return view[::stride] * inverse
+            return float32(view[::stride]) * inverse
         factors = inverse[::stride].reshape(-1, 1) if axis == 0 else inverse.reshape(1, -1)
-        return view[::stride] * factors
+        return float32(view[::stride]) * factors
     # Too few rows to sample rows from: every `stride`-th value.
     flat = x.reshape(-1)
     positions = np.arange(0, flat.size, stride)
+    sample = float32(flat[positions])
     if axis is None:
-        return flat[positions] * inverse
+        return sample * inverse
     if axis == 0:
-        return flat[positions] * inverse[positions // view.shape[1]]
-    return flat[positions] * inverse[positions % x.shape[-1]]
+        return sample * inverse[positions // view.shape[1]]
+    return sample * inverse[positions % x.shape[-1]]
 
 
 def encode(values, step, axis=None, keep_decoded=True, digest=False, stored=None):
@@ -286,7 +311,7 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False, stored=None
     """
     # float32 throughout, block by block: codes only need to be a
     # deterministic function of the values, and decoding is float32 anyway.
-    x = np.ascontiguousarray(values, np.float32)  # blocks are views of it
+    x = working(values)  # blocks are views of it
     flat = x.reshape(-1)
     if flat.size == 0:
         return _empty(x, step, axis, keep_decoded, digest)
@@ -305,6 +330,7 @@ def encode(values, step, axis=None, keep_decoded=True, digest=False, stored=None
     hasher = hashlib.sha256() if digest else None
     outliers, lo, hi = [], None, None
     for start, block, factors, block_scale, mode, first in _blocks(x, inverse, scales, axis):
+        block = float32(block)
         block_codes = codes[start: start + block.size]
         out, index, low, high = _code_block(block, factors, block_scale, mode, table, block_codes, sums, first)
         if index is not None:
@@ -387,7 +413,7 @@ def _empty(x, step, axis, keep_decoded, digest):
     scales = None if axis is None else np.ones(x.shape[axis], np.float32)
     sha256 = hashlib.sha256().hexdigest() if digest else None
     return UniformCode(np.zeros(0, np.uint8), np.zeros(1, np.float32), scales, axis, np.zeros(0, np.int64),
-                       x.copy() if keep_decoded else None, step, entropy_bits=0.0,
+                       x.astype(np.float32) if keep_decoded else None, step, entropy_bits=0.0,
                        measured=ErrorSums(None).result(), sha256=sha256)
 
 
