@@ -44,6 +44,22 @@ def test_the_c_search_and_state_machine_equal_numpy_bit_for_bit(segment, size, m
     assert np.array_equal(m, trellis.reconstruction(k, segment))
 
 
+@pytest.mark.parametrize("segment, size", [(1, 5000), (1024, 5000), (1024, 9 * 1024 + 5), (1000, 20_000)])
+def test_the_c_search_counts_and_sums_each_level_as_numpy_does(segment, size, monkeypatch):
+    # The C search takes each value's grid from its path back, not from the state machine.
+    if trellis._trellis is None:
+        pytest.skip("the C extension is not built")
+    y = _values(size)
+    codes = np.empty(size, np.uint8)
+    fast = trellis._search_chunk(y, segment, codes)
+    monkeypatch.setattr(trellis, "_trellis", None)
+    slow_codes = np.empty(size, np.uint8)
+    slow = trellis._search_chunk(y, segment, slow_codes)
+    assert np.array_equal(codes, slow_codes)
+    for a, b in zip(fast, slow):
+        assert np.array_equal(a, b)
+
+
 def test_the_search_finds_a_path_closer_than_either_grid_alone():
     y = _values(8192, scale=8.0)
     m = trellis.reconstruction(trellis.levels(y, 1024), 1024).astype(np.float64)

@@ -168,9 +168,11 @@ work_free(Work *w)
 }
 
 /* One segment of `length` values: the levels of least squared error, from
- * state 0, ending in the cheapest state (the lowest among equals). */
+ * state 0, ending in the cheapest state (the lowest among equals); and, if
+ * `grid` is not NULL, each value's grid (0: Q0, 1: Q1), which the state
+ * the path reaches with it tells (Q0 reaches states 0 and 2). */
 static void
-search(const float *y, Py_ssize_t length, int16_t *out, Work *w)
+search(const float *y, Py_ssize_t length, int16_t *out, uint8_t *grid, Work *w)
 {
     float cost[4] = {0.0f, INFINITY, INFINITY, INFINITY};
     for (Py_ssize_t j = 0; j < length; j++)
@@ -178,6 +180,8 @@ search(const float *y, Py_ssize_t length, int16_t *out, Work *w)
     int state = cheapest(cost);
     for (Py_ssize_t j = length - 1; j >= 0; j--) {
         out[j] = w->back_level[4 * j + state];
+        if (grid)
+            grid[j] = (uint8_t)(state & 1);
         state = w->back_state[4 * j + state];
     }
 }
@@ -191,7 +195,7 @@ search(const float *y, Py_ssize_t length, int16_t *out, Work *w)
  * value, so the same levels. Each segment's steps depend on the one before,
  * so one segment keeps a core waiting; eight in step keep it busy. */
 __attribute__((target("avx2"))) static void
-search_group(const float *y, Py_ssize_t length, int16_t *out, Work *w)
+search_group(const float *y, Py_ssize_t length, int16_t *out, uint8_t *grid, Work *w)
 {
     float *lanes = w->lanes, *levels_at = w->lane_levels;
     uint8_t *turns = w->lane_turns;
@@ -267,14 +271,23 @@ search_group(const float *y, Py_ssize_t length, int16_t *out, Work *w)
     _mm256_storeu_ps(ends[1], c1);
     _mm256_storeu_ps(ends[2], c2);
     _mm256_storeu_ps(ends[3], c3);
+    /* The lanes' paths back, side by side: each step of one waits on the
+     * load before it, so eight at once keep the core busy. */
+    int state[GROUP];
     for (int l = 0; l < GROUP; l++) {
         const float cost[4] = {ends[0][l], ends[1][l], ends[2][l], ends[3][l]};
-        int state = cheapest(cost);
-        int16_t *lane_out = out + l * length;
-        for (Py_ssize_t j = length - 1; j >= 0; j--) {
-            lane_out[j] = (int16_t)levels_at[(4 * j + state) * GROUP + l];
+        state[l] = cheapest(cost);
+    }
+    for (Py_ssize_t j = length - 1; j >= 0; j--) {
+        const float *at = levels_at + 4 * GROUP * j;
+        const uint8_t *turn = turns + 4 * j;
+        for (int l = 0; l < GROUP; l++) {
+            const int s = state[l];
+            out[l * length + j] = (int16_t)at[s * GROUP + l];
+            if (grid)
+                grid[l * length + j] = (uint8_t)(s & 1);
             /* states 0 and 2 come from 0 or 1; states 1 and 3 from 2 or 3 */
-            state = 2 * (state & 1) + ((turns[4 * j + state] >> l) & 1);
+            state[l] = 2 * (s & 1) + ((turn[s] >> l) & 1);
         }
     }
 }
@@ -293,18 +306,19 @@ use_groups(void)
 #endif
 
 /* The levels of `n` values, segment by segment (`search` each; GROUP
- * segments at once where the processor can). */
+ * segments at once where the processor can), and their grids if `grid`
+ * is not NULL. */
 static void
-levels_of(const float *y, Py_ssize_t n, Py_ssize_t segment, int16_t *out, Work *w)
+levels_of(const float *y, Py_ssize_t n, Py_ssize_t segment, int16_t *out, uint8_t *grid, Work *w)
 {
     Py_ssize_t start = 0;
 #ifdef HAVE_GROUPS
     if (use_groups())
         for (; n - start >= GROUP * segment; start += GROUP * segment)
-            search_group(y + start, segment, out + start, w);
+            search_group(y + start, segment, out + start, grid ? grid + start : NULL, w);
 #endif
     for (; start < n; start += segment)
-        search(y + start, start + segment < n ? segment : n - start, out + start, w);
+        search(y + start, start + segment < n ? segment : n - start, out + start, grid ? grid + start : NULL, w);
 }
 
 /* levels(y, segment, out): see trellis.levels. */
@@ -333,7 +347,7 @@ levels(PyObject *self, PyObject *args)
             return PyErr_NoMemory();
         }
         Py_BEGIN_ALLOW_THREADS
-        levels_of((const float *)y.buf, n, segment, (int16_t *)out.buf, &w);
+        levels_of((const float *)y.buf, n, segment, (int16_t *)out.buf, NULL, &w);
         Py_END_ALLOW_THREADS
         work_free(&w);
     } else if (!ok) {
@@ -392,7 +406,7 @@ search_codes(PyObject *self, PyObject *args)
     int16_t *k = NULL;
     if (ok && n) {
         const Py_ssize_t length = segment < n ? GROUP * segment : n;  /* the levels of a group at a time */
-        k = malloc(2 * (size_t)length);
+        k = malloc(3 * (size_t)length);  /* the levels (int16), then their grids */
         if (k == NULL || !work_init(&w, segment < n ? segment : n)) {
             free(k);
             work_free(&w);
@@ -408,28 +422,33 @@ search_codes(PyObject *self, PyObject *args)
         int64_t *count = (int64_t *)counts.buf;
         double *sum = (double *)sums.buf;
         int64_t *level_count = (int64_t *)level_counts.buf;
+        /* Each value counts once, by its level and grid (Q1 for a nonzero
+         * level, else Q0): both histograms follow from that one. */
+        int64_t pairs[2 * (2 * MAX_LEVEL + 1)] = {0};
+        uint8_t *grids = (uint8_t *)(k + length);
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t group = 0; group < n && ok; group += GROUP * segment) {
             const Py_ssize_t group_stop = group + GROUP * segment < n ? group + GROUP * segment : n;
-            levels_of(in + group, group_stop - group, segment, k, &w);
-            for (Py_ssize_t start = group; start < group_stop && ok; start += segment) {
-                const Py_ssize_t stop = start + segment < group_stop ? start + segment : group_stop;
-                const int16_t *kk = k + (start - group);
-                unsigned state = 0;
-                for (Py_ssize_t j = 0; j < stop - start; j++) {
-                    const int level = kk[j], sign = (level > 0) - (level < 0);
-                    const int cell = 2 * level - (int)(state >> 1) * sign + 2 * MAX_LEVEL;
-                    state = (state >> 1) | (((state ^ (unsigned)level) & 1u) << 1);
-                    if (cell < 0 || cell >= CELLS) {  /* |y| beyond LIMIT + 0.5: the caller's error */
-                        ok = 0;
-                        break;
-                    }
-                    count[cell]++;
-                    sum[cell] += (double)in[start + j];
-                    level_count[level + MAX_LEVEL]++;
-                    codes[start + j] = (uint8_t)(level + MAX_LEVEL);
+            levels_of(in + group, group_stop - group, segment, k, grids, &w);
+            for (Py_ssize_t j = 0; j < group_stop - group; j++) {
+                const int level = k[j], sign = (level > 0) - (level < 0);
+                const int cell = 2 * level - grids[j] * sign + 2 * MAX_LEVEL;
+                if (cell < 0 || cell >= CELLS) {  /* |y| beyond LIMIT + 0.5: the caller's error */
+                    ok = 0;
+                    break;
                 }
+                pairs[2 * (level + MAX_LEVEL) + (cell & 1)]++;  /* odd cells: Q1's nonzero levels */
+                sum[cell] += (double)in[group + j];
+                codes[group + j] = (uint8_t)(level + MAX_LEVEL);
             }
+        }
+        for (int level = -MAX_LEVEL; level <= MAX_LEVEL; level++) {
+            const int64_t *pair = pairs + 2 * (level + MAX_LEVEL);
+            const int sign = (level > 0) - (level < 0);
+            level_count[level + MAX_LEVEL] += pair[0] + pair[1];
+            count[2 * level + 2 * MAX_LEVEL] += pair[0];
+            if (pair[1])
+                count[2 * level - sign + 2 * MAX_LEVEL] += pair[1];
         }
         Py_END_ALLOW_THREADS
     }
