@@ -10,6 +10,7 @@ from PIL import Image
 
 from weightroll._entropy import bits_per_code
 from weightroll._format import image
+from weightroll._format.pixels import Pixels
 from weightroll.errors import ArchiveError
 
 def _idat_stream(png):
@@ -257,3 +258,24 @@ def test_damaged_streams_give_what_zlib_ng_gives(rng, monkeypatch):
         with_c = _outcome(bad, width, height, codes.size)
         monkeypatch.setattr(image, "_fast_inflate", None)
         assert with_c == _outcome(bad, width, height, codes.size)
+
+
+def test_pixels_read_slice_and_sample_as_the_joined_codes_do():
+    rng = np.random.default_rng(3)
+    parts = [rng.integers(0, 256, n, dtype=np.uint8) for n in (5, 0, 1, 4096, 77, 3)]
+    whole = np.concatenate(parts)
+    px = Pixels(parts)
+    assert px.size == whole.size and np.array_equal(px.joined(), whole)
+    for begin, end in [(0, 5), (3, 9), (5, 6), (0, whole.size), (4000, 4200), (4180, whole.size + 10), (7, 7)]:
+        assert np.array_equal(px.read(begin, end), whole[begin:end])
+        assert np.array_equal(px.slice(begin, end).joined(), whole[begin:end])
+    for stride in (1, 2, 7, 100, 5000):
+        assert np.array_equal(px.every(stride), whole[::stride])
+
+
+@pytest.mark.parametrize("sizes", [(1000,), (300_000, 1, 4095, 250_000), (64 * 4096 + 5, 128 * 4096 - 5, 777)])
+def test_an_image_of_pixels_in_parts_is_the_image_of_the_joined_codes(sizes):
+    # Parts that end inside rows and inside the 128-row pieces deflated apart.
+    rng = np.random.default_rng(4)
+    parts = [rng.integers(0, 40, n, dtype=np.uint8) for n in sizes]
+    assert image.encode_png(Pixels(parts)) == image.encode_png(np.concatenate(parts))

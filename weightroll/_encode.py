@@ -12,6 +12,7 @@ from weightroll import _progress, report
 from weightroll._entropy import bits_per_code
 from weightroll._format import manifest as mf
 from weightroll._format.digest import coding_sha256, little_endian_bytes, reference_key, tensor_digest  # noqa: F401
+from weightroll._format.pixels import Pixels
 from weightroll._parallel import parallel_map
 from weightroll.coders import codebook, error, mlp, select, uniform
 from weightroll.errors import WrollError
@@ -99,7 +100,7 @@ class Encoded:
     """Everything the archive needs about the weights, before serialisation."""
 
     tensors: list  # manifest entries, without "error"
-    codes: np.ndarray  # uint8, all coded tensors' codes in order
+    codes: Pixels  # uint8, all coded tensors' codes in image order
     decoder: dict  # manifest "decoder" section, without member names
     decoder_arrays: list  # numpy arrays, packed into decoder.bin(.zst) in order
     exact_bytes: bytes
@@ -440,21 +441,20 @@ def _assemble(results, section, arrays):
 
 
 def _lay_out(parts):
-    """Concatenate tensors' codes into the image, setting each entry's offset.
+    """Order tensors' codes in the image, setting each entry's offset: the
+    image's `Pixels`, the codes' own arrays in that order (not joined).
 
     Tensors whose codes have similar statistics sit together (ordered by code
     entropy, in tenths of a bit, then archive order): deflate adapts its
     Huffman tables block by block, so neighbours alike code tighter.
     """
     order = sorted(range(len(parts)), key=lambda i: (-round(parts[i][2], 1), i))
-    out = np.empty(sum(codes.size for _, codes, _ in parts), np.uint8)
     offset = 0
     for i in order:
-        (entry, codes, _), parts[i] = parts[i], None  # each tensor's codes go once copied
+        entry, codes, _ = parts[i]
         entry["codes"]["offset"] = offset
-        out[offset: offset + codes.size] = codes
         offset += codes.size
-    return out
+    return Pixels([parts[i][1] for i in order])
 
 
 def _code(path, array, bits, tolerance, keep=True, dependent=True):

@@ -15,6 +15,7 @@ from zlib_ng import zlib_ng
 
 from weightroll._entropy import bits_per_code
 from weightroll._format import limits, rules
+from weightroll._format.pixels import Pixels
 from weightroll._parallel import MAX_WORKERS, parallel_map
 from weightroll.errors import ArchiveError, LimitError
 
@@ -60,15 +61,16 @@ _ZLIB_HEADER_LEVEL_9 = b"\x78\xda"
 _ADLER_BASE = 65521
 
 
-def _raw_rows(codes, width, first, stop):
-    """Scanlines `[first, stop)` of the image: filter byte 0, then the row's
-    codes (padding 0 after the last code)."""
+def _raw_rows(pixels, width, first, stop):
+    """Scanlines `[first, stop)` of the image of `Pixels`: filter byte 0,
+    then the row's codes (padding 0 after the last code)."""
     rows = np.zeros((stop - first, width + 1), dtype=np.uint8)
-    begin, end = first * width, min(stop * width, codes.size)
+    begin, end = first * width, min(stop * width, pixels.size)
+    codes = pixels.read(begin, end)
     full = (end - begin) // width
-    rows[:full, 1:] = codes[begin: begin + full * width].reshape(full, width)
-    if begin + full * width < end:
-        rows[full, 1: 1 + end - begin - full * width] = codes[begin + full * width: end]
+    rows[:full, 1:] = codes[: full * width].reshape(full, width)
+    if full * width < end - begin:
+        rows[full, 1: 1 + end - begin - full * width] = codes[full * width:]
     return memoryview(rows.reshape(-1))
 
 
@@ -82,7 +84,7 @@ def _adler32_concat(first, second, second_length):
     return (b << 16) | a
 
 
-def _deflate_rows(codes, width, height, level, strategy):
+def _deflate_rows(pixels, width, height, level, strategy):
     """The image's zlib stream, as a list of byte strings to concatenate.
 
     An image of up to `_PIECE_ROWS` rows is one zlib stream. A taller one is
@@ -102,12 +104,12 @@ def _deflate_rows(codes, width, height, level, strategy):
     """
     if height <= _PIECE_ROWS:
         packer = zlib_ng.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
-        raw = _raw_rows(codes, width, 0, height)
+        raw = _raw_rows(pixels, width, 0, height)
         return [packer.compress(raw) + packer.flush()]
 
     def piece(first):
         stop = min(first + _PIECE_ROWS, height)
-        raw = _raw_rows(codes, width, first, stop)
+        raw = _raw_rows(pixels, width, first, stop)
         packer = zlib_ng.compressobj(level, zlib.DEFLATED, -15, 9, strategy)
         data = (packer.compress(raw), packer.flush(zlib.Z_FINISH if stop == height else zlib.Z_FULL_FLUSH))
         return data, zlib_ng.adler32(raw), len(raw)  # the two byte strings kept apart: no copy joins them
@@ -149,7 +151,7 @@ def _png_from_stream(parts, width, height):
 
 
 def encode_png(codes, compress_level=9):
-    """Encode a 1-D uint8 array of codes as PNG bytes.
+    """Encode codes (a 1-D uint8 array, or `pixels.Pixels`) as PNG bytes.
 
     Every row uses PNG filter type 0 (None): codes are close to independent,
     and the predictive filters only add entropy to them. The zlib stream is
@@ -160,10 +162,10 @@ def encode_png(codes, compress_level=9):
     Returns:
         `(png_bytes, width, height)`; the bytes are a `bytearray`.
     """
-    codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
+    codes = Pixels.of(codes)
     width, height = image_shape(codes.size)
     strategies = [zlib.Z_HUFFMAN_ONLY]
-    if bits_per_code(codes[:: max(1, codes.size >> 16)]) < _TRY_LZ77_BELOW_BITS:  # on <= 128k codes
+    if bits_per_code(codes.every(max(1, codes.size >> 16))) < _TRY_LZ77_BELOW_BITS:  # on <= 128k codes
         strategies.append(zlib.Z_DEFAULT_STRATEGY)
     best, best_size = None, None
     for strategy in strategies:

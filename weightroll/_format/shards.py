@@ -21,6 +21,7 @@ import types
 import numpy as np
 
 from weightroll._format import limits, paths, rules
+from weightroll._format.pixels import Pixels
 from weightroll._format.reader import RolledArchive
 from weightroll._format.schema import SHARD_SUFFIX, itemsize
 from weightroll.errors import ArchiveError, LimitError, short
@@ -60,7 +61,7 @@ def subset(encoded, indices):
             span["offset"], byte_offset = byte_offset, byte_offset + span["size"]
         elif entry["storage"] == "coded":
             span = entry["codes"]
-            code_parts.append(codes[span["offset"]: span["offset"] + span["count"]])
+            code_parts += codes.slice(span["offset"], span["offset"] + span["count"]).parts
             span["offset"], code_offset = code_offset, code_offset + span["count"]
             if "outliers" in entry:
                 o = entry["outliers"]
@@ -82,7 +83,7 @@ def subset(encoded, indices):
     else:
         arrays = encoded.decoder_arrays  # the MLP is global: every shard carries it
     return types.SimpleNamespace(
-        tensors=entries, codes=np.concatenate(code_parts) if code_parts else np.zeros(0, np.uint8),
+        tensors=entries, codes=Pixels(code_parts),
         decoder=encoded.decoder, decoder_arrays=arrays, exact_bytes=b"".join(exact_parts))
 
 

@@ -350,7 +350,7 @@ def _estimated_bytes(snap, plan, base_keys):
     for entry in encoded.tensors:
         if entry["storage"] == "coded":
             start = entry["codes"]["offset"]
-            total += select.entropy_bytes(encoded.codes[start:start + entry["codes"]["count"]])
+            total += select.entropy_bytes(encoded.codes.read(start, start + entry["codes"]["count"]))
     return total
 
 
