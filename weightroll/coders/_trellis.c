@@ -422,33 +422,37 @@ search_codes(PyObject *self, PyObject *args)
         int64_t *count = (int64_t *)counts.buf;
         double *sum = (double *)sums.buf;
         int64_t *level_count = (int64_t *)level_counts.buf;
-        /* Each value counts once, by its level and grid (Q1 for a nonzero
-         * level, else Q0): both histograms follow from that one. */
-        int64_t pairs[2 * (2 * MAX_LEVEL + 1)] = {0};
+        /* A reconstruction level m is one level's alone (k = m / 2 for an
+         * even m, (m + sign(m)) / 2 for an odd one): the levels' counts
+         * follow from the cells'. */
+        int64_t cell_count[CELLS] = {0};
         uint8_t *grids = (uint8_t *)(k + length);
+        uint16_t *cells = (uint16_t *)k;  /* each level's cell, in its place */
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t group = 0; group < n && ok; group += GROUP * segment) {
             const Py_ssize_t group_stop = group + GROUP * segment < n ? group + GROUP * segment : n;
             levels_of(in + group, group_stop - group, segment, k, grids, &w);
-            for (Py_ssize_t j = 0; j < group_stop - group; j++) {
+            unsigned beyond = 0;
+            for (Py_ssize_t j = 0; j < group_stop - group; j++) {  /* no dependence: vectorised */
                 const int level = k[j], sign = (level > 0) - (level < 0);
                 const int cell = 2 * level - grids[j] * sign + 2 * MAX_LEVEL;
-                if (cell < 0 || cell >= CELLS) {  /* |y| beyond LIMIT + 0.5: the caller's error */
-                    ok = 0;
-                    break;
-                }
-                pairs[2 * (level + MAX_LEVEL) + (cell & 1)]++;  /* odd cells: Q1's nonzero levels */
-                sum[cell] += (double)in[group + j];
+                beyond |= (unsigned)cell >= CELLS;  /* |y| beyond LIMIT + 0.5: the caller's error */
                 codes[group + j] = (uint8_t)(level + MAX_LEVEL);
+                cells[j] = (uint16_t)cell;
+            }
+            if (beyond) {
+                ok = 0;
+                break;
+            }
+            for (Py_ssize_t j = 0; j < group_stop - group; j++) {
+                cell_count[cells[j]]++;
+                sum[cells[j]] += (double)in[group + j];
             }
         }
-        for (int level = -MAX_LEVEL; level <= MAX_LEVEL; level++) {
-            const int64_t *pair = pairs + 2 * (level + MAX_LEVEL);
-            const int sign = (level > 0) - (level < 0);
-            level_count[level + MAX_LEVEL] += pair[0] + pair[1];
-            count[2 * level + 2 * MAX_LEVEL] += pair[0];
-            if (pair[1])
-                count[2 * level - sign + 2 * MAX_LEVEL] += pair[1];
+        for (int cell = 0; cell < CELLS; cell++) {
+            const int m = cell - 2 * MAX_LEVEL;
+            count[cell] += cell_count[cell];
+            level_count[(m & 1 ? (m + (m > 0) - (m < 0)) / 2 : m / 2) + MAX_LEVEL] += cell_count[cell];
         }
         Py_END_ALLOW_THREADS
     }
