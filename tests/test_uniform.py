@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from weightroll._entropy import bits_per_code
-from weightroll.coders import select, uniform
+from weightroll.coders import error, select, uniform
 from weightroll.coders.error import CHANNEL_FACTOR
 
 SHAPES_AND_AXES = [
@@ -318,3 +318,19 @@ def test_the_kernel_rejects_inconsistent_buffers(coder):
     with pytest.raises(ValueError, match="C-contiguous"):
         KERNEL.code(np.ones((4, 10), np.float32)[:, ::2], 5, np.ones(1, np.float32), 0, table, None, None, None,
                     0, 0, None, None, False, False)
+
+
+@pytest.mark.parametrize("shape, dtype", [((5000,), "float32"), ((300, 70), "float32"), ((2, 70_001), "float32"),
+                                          ((64, 3, 3, 5), "float32"), ((300, 70), "bfloat16"), ((300, 70), "float16")])
+def test_kernel_and_numpy_measure_a_decoded_tensor_alike(rng, coder, shape, dtype):
+    # The kernel sums the values' and the errors' squares in one pass, in numpy's order.
+    if coder == "numpy" or KERNEL is None:
+        pytest.skip("compares the kernel with numpy")
+    import ml_dtypes
+
+    dt = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    x = _heavy(rng, shape).astype(dt)
+    decoded = (x.astype(np.float32) + rng.normal(0, 0.01, shape)).astype(np.float32)
+    fast = _with(KERNEL, error.measure, x, decoded)
+    slow = _with(None, error.measure, x, decoded)
+    assert fast == slow and fast.error > 0

@@ -547,10 +547,126 @@ reference(PyObject *self, PyObject *args)
     return PyFloat_FromDouble(total);
 }
 
+/* The errors of a decoded block (`decoded` minus nothing: `values - decoded`
+ * in float32, as numpy subtracts), summed as `code` sums its own, with the
+ * values' squares as `reference` sums them and the largest absolute error. */
+struct measure_state {
+    struct code_state sums; /* sq / sq_c and ref / ref_c, as `code` keeps them */
+    const float *decoded;   /* decoded value 0 of the walk */
+};
+
+VECTOR_CLONES static void
+measure_visit(const struct segment *g, Py_ssize_t channel, void *p)
+{
+    struct measure_state *ms = (struct measure_state *)p;
+    struct code_state *st = &ms->sums;
+    const Py_ssize_t m = g->count;
+    const float *v = g->values, *out = ms->decoded + (v - st->origin);
+    if (st->sq_c) {
+        double *sums = st->sq_c + channel;
+        for (Py_ssize_t k = 0; k < m; k++) {
+            float e = v[k] - out[k];
+            sums[k] += (double)e * (double)e;
+        }
+    } else {
+        double sq[LANES] = {0.0};
+        Py_ssize_t i = 0;
+        for (; i + LANES <= m; i += LANES)
+            for (int l = 0; l < LANES; l++) {
+                float e = v[i + l] - out[i + l];
+                sq[l] += (double)e * (double)e;
+            }
+        for (; i < m; i++) {
+            float e = v[i] - out[i];
+            sq[0] += (double)e * (double)e;
+        }
+        for (int l = 0; l < LANES; l++)
+            st->sq[l] += sq[l];
+    }
+    float max_abs[LANES] = {0.0f};
+    Py_ssize_t i = 0;
+    for (; i + LANES <= m; i += LANES)
+        for (int l = 0; l < LANES; l++) {
+            float a = fabsf(v[i + l] - out[i + l]);
+            max_abs[l] = a > max_abs[l] ? a : max_abs[l];
+        }
+    for (; i < m; i++) {
+        float a = fabsf(v[i] - out[i]);
+        max_abs[0] = a > max_abs[0] ? a : max_abs[0];
+    }
+    for (int l = 0; l < LANES; l++)
+        st->max_abs = max_abs[l] > st->max_abs ? max_abs[l] : st->max_abs;
+    add_reference(st, v, m, channel);
+}
+
+/* measure(values, decoded, width, channels, first, sq_c, ref_c) -> (sq, ref, max_abs)
+ *
+ * One pass for what `reference` of the values and `reference` of their
+ * errors give (to sq_c and ref_c when given, with channels as in `code`,
+ * else to the totals), and the largest absolute error. */
+static PyObject *
+measure(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *dobj, *sqco, *refco;
+    Py_ssize_t width, channels, first;
+    if (!PyArg_ParseTuple(args, "OOnnnOO", &xo, &dobj, &width, &channels, &first, &sqco, &refco))
+        return NULL;
+    Py_buffer x, d, sqc, refc;
+    const int have_c = sqco != Py_None && refco != Py_None;
+    if (get_buffer(xo, &x, 0, 'f', "values") < 0)
+        return NULL;
+    if (get_buffer(dobj, &d, 0, 'f', "decoded") < 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    if (have_c && get_buffer(sqco, &sqc, 1, 'd', "sq_c") < 0) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&d);
+        return NULL;
+    }
+    if (have_c && get_buffer(refco, &refc, 1, 'd', "ref_c") < 0) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&d);
+        PyBuffer_Release(&sqc);
+        return NULL;
+    }
+    Py_ssize_t n = x.len / 4, rows = width > 0 ? n / width : 0;
+    int ok = width > 0 && rows * width == n && d.len == x.len && channels >= 0 && first >= 0 &&
+             (!have_c || (channels > 0 && sqc.len / 8 == channels && refc.len / 8 == channels));
+    double sq = 0.0, ref = 0.0, high = 0.0;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "measure: bad sizes");
+    } else {
+        const float one = 1.0f;
+        struct measure_state ms = {{NULL, NULL, NULL, (const float *)x.buf, have_c ? (double *)sqc.buf : NULL,
+                                    have_c ? (double *)refc.buf : NULL, 1, 1, {0}, {0}, 0.0f, HALF_RANGE,
+                                    -HALF_RANGE, 0},
+                                   (const float *)d.buf};
+        Py_BEGIN_ALLOW_THREADS
+        walk((const float *)x.buf, rows, width, &one, NULL, 0, have_c ? channels : 0, first, measure_visit, &ms);
+        Py_END_ALLOW_THREADS
+        for (int l = 0; l < LANES; l++) {
+            sq += ms.sums.sq[l];
+            ref += ms.sums.ref[l];
+        }
+        high = (double)ms.sums.max_abs;
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&d);
+    if (have_c) {
+        PyBuffer_Release(&sqc);
+        PyBuffer_Release(&refc);
+    }
+    if (!ok)
+        return NULL;
+    return Py_BuildValue("ddd", sq, ref, high);
+}
+
 static PyMethodDef methods[] = {
     {"level_sums", level_sums, METH_VARARGS, "Per-level counts and sums of scaled values (see the module comment)."},
     {"code", code, METH_VARARGS, "Code, decode and measure one block (see the module comment)."},
     {"reference", reference, METH_VARARGS, "Sums of squared values, as `code` adds them."},
+    {"measure", measure, METH_VARARGS, "Sums of squared values and errors of a decoded block, in one pass."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -192,11 +192,11 @@ class ErrorSums:
         float32 matrix block is summed by it: the same sums, in one pass each.
         """
         if kernel is not None and original.ndim == 2 and original.dtype == np.float32 and original.size:
-            e = np.subtract(original, decoded, dtype=np.float32)
             channels = self.channels or 0
-            ref = kernel.reference(original, original.shape[1], channels, first, self.ref_c if channels else None)
-            sq = kernel.reference(e, e.shape[1], channels, first, self.sq_c if channels else None)
-            self.add_totals(sq, ref, float(np.abs(e).max()))
+            sq, ref, max_abs = kernel.measure(original, np.ascontiguousarray(decoded, np.float32).reshape(
+                original.shape), original.shape[1], channels, first, self.sq_c if channels else None,
+                self.ref_c if channels else None)
+            self.add_totals(sq, ref, max_abs)
             return
         self.add_reference(original, first)
         self.add_error(original - decoded, first)
