@@ -279,3 +279,28 @@ def test_an_image_of_pixels_in_parts_is_the_image_of_the_joined_codes(sizes):
     rng = np.random.default_rng(4)
     parts = [rng.integers(0, 40, n, dtype=np.uint8) for n in sizes]
     assert image.encode_png(Pixels(parts)) == image.encode_png(np.concatenate(parts))
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+def test_a_png_of_parts_is_zipped_and_hashed_as_its_joined_bytes_are(seekable):
+    from weightroll._format import container
+
+    class Unseekable(io.RawIOBase):  # a stream: zipfile writes data descriptors
+        def __init__(self):
+            self.out = io.BytesIO()
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            return self.out.write(b)
+
+    codes = np.random.default_rng(5).integers(0, 30, 300 * 4096 + 17).astype(np.uint8)  # three 128-row pieces
+    png, _, _ = image.encode_png_parts(codes)
+    assert len(png.parts) > 10 and png.sha256 == hashlib.sha256(bytes(png)).hexdigest()
+    written = []
+    for data in (png, bytes(png)):
+        target = io.BytesIO() if seekable else Unseekable()
+        container.write_members(target, [("a.json", b"{}"), ("weights.png", data), ("b", b"x")])
+        written.append((target if seekable else target.out).getvalue())
+    assert written[0] == written[1]

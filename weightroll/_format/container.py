@@ -21,9 +21,12 @@ _UNIX = 3  # "version made by" host system: keeps external attributes portable
 
 
 def write_members(fileobj, members):
-    """Write `members`, a sequence of `(name, bytes)`, as a zip to `fileobj`.
+    """Write `members`, a sequence of `(name, data)`, as a zip to `fileobj`.
 
-    The output depends only on the names, their order and their bytes.
+    `data` is bytes-like, or an object of `len(data)` bytes whose `parts`
+    are byte strings that make them, in order (written one after the other:
+    never joined). The output depends only on the names, their order and
+    their bytes.
     """
     with zipfile.ZipFile(fileobj, mode="w", compression=zipfile.ZIP_STORED) as zf:
         for name, data in members:
@@ -31,7 +34,13 @@ def write_members(fileobj, members):
             info.compress_type = zipfile.ZIP_STORED
             info.external_attr = _FILE_MODE
             info.create_system = _UNIX
-            zf.writestr(info, data)
+            if not hasattr(data, "parts"):
+                zf.writestr(info, data)
+                continue
+            info.file_size = len(data)  # as writestr sets it: the same headers, ZIP64 or not
+            with zf.open(info, mode="w") as member:
+                for part in data.parts:
+                    member.write(part)
 
 
 # General-purpose flag bits a reader cannot honour: 0 (encrypted), 5 (patched

@@ -68,7 +68,7 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
     kind = encoded.decoder["kind"]
     n_codes = int(encoded.codes.size)
     held, encoded.codes = [encoded.codes], None
-    png, width, height = image.encode_png(held.pop(), compress_level=compress_level)  # its only holder
+    png, width, height = image.encode_png_parts(held.pop(), compress_level=compress_level)  # its only holder
     weight_entries, decoder_bin = _pack_arrays(
         encoded.decoder_arrays, decoder_array_names(kind, len(encoded.decoder_arrays))
     )
@@ -106,7 +106,8 @@ def build_members(encoded, decoder_config_json, architecture_json, producer, mod
                         weights_member=weights_member, weights=weight_entries),
         "tensors": encoded.tensors,
         "members": {
-            name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in payload
+            name: {"size": len(data), "sha256": data.sha256 if isinstance(data, image.Png) else
+                   hashlib.sha256(data).hexdigest()} for name, data in payload
         },
         "roll_value": roll_value,
         "settings": settings or {},
