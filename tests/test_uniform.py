@@ -334,3 +334,19 @@ def test_kernel_and_numpy_measure_a_decoded_tensor_alike(rng, coder, shape, dtyp
     fast = _with(KERNEL, error.measure, x, decoded)
     slow = _with(None, error.measure, x, decoded)
     assert fast == slow and fast.error > 0
+
+
+@pytest.mark.parametrize("shape, axis", [((300, 70), None), ((300, 70), 1), ((300, 70), 0), ((70_000, 3), 0),
+                                         ((600, 300), 0), ((3, 70_001), 1), ((50_000,), None)])
+def test_16_bit_floats_get_the_scales_of_their_float32_values_by_kernel_and_numpy(rng, coder, shape, axis):
+    if coder == "numpy" or KERNEL is None:
+        pytest.skip("compares the kernel with numpy")
+    import ml_dtypes
+
+    x = _heavy(rng, shape).astype(ml_dtypes.bfloat16)
+    kernel = _with(KERNEL, uniform._scaling, uniform.working(x), axis)
+    by_numpy = _with(None, uniform._scaling, uniform.working(x), axis)
+    wide = _with(KERNEL, uniform._scaling, x.astype(np.float32), axis)
+    for scales in (by_numpy, wide):
+        assert kernel[0] == scales[0]
+        assert (kernel[1] is None and scales[1] is None) or np.array_equal(kernel[1], scales[1])

@@ -115,8 +115,10 @@ def float32(block):
 
 
 def _kernel_takes(m):
-    """Whether the kernel can sum `m` (in float32 blocks): C-contiguous values."""
-    return _kernel is not None and m.dtype.kind == "f" and m.dtype.itemsize <= 4 and m.flags.c_contiguous and m.size
+    """Whether the kernel can sum `m` (in float32 blocks): C-contiguous
+    float32 or 16-bit float values (bfloat16's dtype is not of kind "f")."""
+    return (_kernel is not None and (m.dtype == np.float32 or m.dtype.name in error.SIXTEEN_BIT_FLOATS)
+            and m.flags.c_contiguous and m.size)
 
 
 def _sum_of_squares(flat):
@@ -146,15 +148,22 @@ def _column_sums(m):
 
 def _row_sums(m):
     """`error.row_sums` of a 2-D array, by the kernel where it is built: the
-    rows are its channels, summed a few columns at a time (transposed)."""
+    rows are its channels, summed a tile of `_TILE` rows by as many columns
+    at a time (transposed), each row's tiles in order. (Tiles of all the rows
+    by one column each read a 205M-value embedding at 9 ns a value.)"""
     if not _kernel_takes(m):
         return error.row_sums(m)
     sums = np.zeros(m.shape[0])
-    columns = max(1, _BLOCK // m.shape[0])
-    for start in range(0, m.shape[1], columns):
-        piece = np.ascontiguousarray(m[:, start: start + columns].T, np.float32)
-        _kernel.reference(piece, m.shape[0], m.shape[0], 0, sums)
+    columns = max(1, _BLOCK // _TILE)
+    for first in range(0, m.shape[0], _TILE):
+        rows = sums[first: first + _TILE]
+        for start in range(0, m.shape[1], columns):
+            piece = np.ascontiguousarray(m[first: first + _TILE, start: start + columns].T, np.float32)
+            _kernel.reference(piece, rows.size, rows.size, 0, rows)
     return sums
+
+
+_TILE = 256
 
 
 def broadcast_scales(scales, shape, axis):
