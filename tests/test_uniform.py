@@ -350,3 +350,20 @@ def test_16_bit_floats_get_the_scales_of_their_float32_values_by_kernel_and_nump
     for scales in (by_numpy, wide):
         assert kernel[0] == scales[0]
         assert (kernel[1] is None and scales[1] is None) or np.array_equal(kernel[1], scales[1])
+
+
+@pytest.mark.parametrize("distinct", [3, 256, 257, 5000])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_kernel_and_numpy_find_the_same_lossless_code_of_16_bit_floats(rng, coder, distinct, dtype):
+    if coder == "numpy" or KERNEL is None:
+        pytest.skip("compares the kernel with numpy")
+    import ml_dtypes
+
+    dt = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    patterns = rng.choice(np.arange(0x3000, 0x3000 + 6000, dtype=np.uint16), distinct, replace=False)
+    w = patterns[rng.integers(0, distinct, 300_000)].view(dt)
+    fast = _with(KERNEL, select._lossless, w)
+    slow = _with(None, select._lossless, w)
+    assert (fast[0] is None) == (slow[0] is None) == (distinct > 256)
+    if distinct <= 256:
+        assert np.array_equal(fast[0], slow[0]) and np.array_equal(fast[1], slow[1])

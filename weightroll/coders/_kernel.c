@@ -662,10 +662,51 @@ measure(PyObject *self, PyObject *args)
     return Py_BuildValue("ddd", sq, ref, high);
 }
 
+/* mark(patterns, seen) -> count
+ *
+ * Sets seen[p] = 1 for each uint16 pattern p, and returns how many entries
+ * of `seen` (65,536 bytes) are set afterwards: the distinct bit patterns of
+ * a 16-bit tensor, a chunk at a time (select._lossless_16). */
+static PyObject *
+mark(PyObject *self, PyObject *args)
+{
+    PyObject *po, *so;
+    if (!PyArg_ParseTuple(args, "OO", &po, &so))
+        return NULL;
+    Py_buffer p, seen;
+    if (PyObject_GetBuffer(po, &p, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (get_buffer(so, &seen, 1, 'B', "seen") < 0) {
+        PyBuffer_Release(&p);
+        return NULL;
+    }
+    const int ok = p.len % 2 == 0 && seen.len == 65536;
+    Py_ssize_t count = 0;
+    if (ok) {
+        const uint16_t *in = (const uint16_t *)p.buf;
+        uint8_t *set = (uint8_t *)seen.buf;
+        const Py_ssize_t n = p.len / 2;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++)
+            set[in[i]] = 1;
+        for (Py_ssize_t i = 0; i < 65536; i++)
+            count += set[i];
+        Py_END_ALLOW_THREADS
+    } else {
+        PyErr_SetString(PyExc_ValueError, "mark: bad sizes");
+    }
+    PyBuffer_Release(&p);
+    PyBuffer_Release(&seen);
+    if (!ok)
+        return NULL;
+    return PyLong_FromSsize_t(count);
+}
+
 static PyMethodDef methods[] = {
     {"level_sums", level_sums, METH_VARARGS, "Per-level counts and sums of scaled values (see the module comment)."},
     {"code", code, METH_VARARGS, "Code, decode and measure one block (see the module comment)."},
     {"reference", reference, METH_VARARGS, "Sums of squared values, as `code` adds them."},
+    {"mark", mark, METH_VARARGS, "Marks 16-bit patterns seen; returns how many are (see the comment)."},
     {"measure", measure, METH_VARARGS, "Sums of squared values and errors of a decoded block, in one pass."},
     {NULL, NULL, 0, NULL},
 };
