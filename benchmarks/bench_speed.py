@@ -31,7 +31,9 @@ into their own README section; each needs several GB and minutes per round:
   50,000 x 4,096 Embedding, four 4,096-wide Dense layers, a 50,000-way
   output Dense), in float32 (1.9 GB) and in bfloat16;
 - `gemma_bfloat16`: a KerasHub `GemmaBackbone` built from a config (no
-  preset), 6 layers of width 1,536, in bfloat16.
+  preset) of 1,021,904,896 values, the ~1B of issue 16: Gemma 2B's layer
+  shape (width 2,048, 8 query heads of 256, one key-value head, FFN 16,384)
+  in 16 layers with a 32,000-token vocabulary, in bfloat16.
 
 Their memory probes run one at a time, not side by side.
 """
@@ -108,8 +110,8 @@ def build(name):
         import keras_hub
 
         return keras_hub.models.GemmaBackbone(
-            vocabulary_size=32_000, num_layers=6, num_query_heads=8, num_key_value_heads=1, hidden_dim=1536,
-            intermediate_dim=16_384, head_dim=192, dtype="bfloat16")
+            vocabulary_size=32_000, num_layers=16, num_query_heads=8, num_key_value_heads=1, hidden_dim=2048,
+            intermediate_dim=16_384, head_dim=256, dtype="bfloat16")
     if name == "tiny":  # for warming up a subprocess
         return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="tiny")
     raise ValueError(name)
