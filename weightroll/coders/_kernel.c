@@ -237,6 +237,54 @@ add_reference(struct code_state *st, const float *v, Py_ssize_t m, Py_ssize_t ch
     }
 }
 
+/* The errors `v - out` of `m` decoded values: squared, to their channel's
+ * sum or (a vector) to the totals; the largest absolute one, with
+ * `extremes`; and the values' squares (`add_reference`). */
+static inline void
+add_errors(struct code_state *st, const float *v, const float *out, Py_ssize_t m, Py_ssize_t channel)
+{
+    /* Squared errors go to their channel's sum or, for a vector, to the
+     * total; the totals of a tensor with channels are the channels' sums. */
+    if (st->sq_c) {
+        double *sums = st->sq_c + channel;
+        for (Py_ssize_t k = 0; k < m; k++) {
+            float e = v[k] - out[k];
+            sums[k] += (double)e * (double)e;
+        }
+    } else {
+        /* Local partial sums: a single chain of float64 additions waits on itself. */
+        double sq[LANES] = {0.0};
+        Py_ssize_t i = 0;
+        for (; i + LANES <= m; i += LANES)
+            for (int l = 0; l < LANES; l++) {
+                float e = v[i + l] - out[i + l];
+                sq[l] += (double)e * (double)e;
+            }
+        for (; i < m; i++) {
+            float e = v[i] - out[i];
+            sq[0] += (double)e * (double)e;
+        }
+        for (int l = 0; l < LANES; l++)
+            st->sq[l] += sq[l];
+    }
+    if (st->extremes) {
+        float max_abs[LANES] = {0.0f};
+        Py_ssize_t i = 0;
+        for (; i + LANES <= m; i += LANES)
+            for (int l = 0; l < LANES; l++) {
+                float a = fabsf(v[i + l] - out[i + l]);
+                max_abs[l] = a > max_abs[l] ? a : max_abs[l];
+            }
+        for (; i < m; i++) {
+            float a = fabsf(v[i] - out[i]);
+            max_abs[0] = a > max_abs[0] ? a : max_abs[0];
+        }
+        for (int l = 0; l < LANES; l++)
+            st->max_abs = max_abs[l] > st->max_abs ? max_abs[l] : st->max_abs;
+    }
+    add_reference(st, v, m, channel);
+}
+
 VECTOR_CLONES static void
 reference_visit(const struct segment *g, Py_ssize_t channel, void *p)
 {
@@ -308,46 +356,7 @@ code_visit(const struct segment *g, Py_ssize_t channel, void *p)
     }
     if (st->decoded)
         memcpy(st->decoded + at, out, (size_t)m * sizeof(float));
-    /* Squared errors go to their channel's sum or, for a vector, to the
-     * total; the totals of a tensor with channels are the channels' sums. */
-    if (st->sq_c) {
-        double *sums = st->sq_c + channel;
-        for (Py_ssize_t k = 0; k < m; k++) {
-            float e = v[k] - out[k];
-            sums[k] += (double)e * (double)e;
-        }
-    } else {
-        /* Local partial sums: a single chain of float64 additions waits on itself. */
-        double sq[LANES] = {0.0};
-        Py_ssize_t i = 0;
-        for (; i + LANES <= m; i += LANES)
-            for (int l = 0; l < LANES; l++) {
-                float e = v[i + l] - out[i + l];
-                sq[l] += (double)e * (double)e;
-            }
-        for (; i < m; i++) {
-            float e = v[i] - out[i];
-            sq[0] += (double)e * (double)e;
-        }
-        for (int l = 0; l < LANES; l++)
-            st->sq[l] += sq[l];
-    }
-    if (st->extremes) {
-        float max_abs[LANES] = {0.0f};
-        Py_ssize_t i = 0;
-        for (; i + LANES <= m; i += LANES)
-            for (int l = 0; l < LANES; l++) {
-                float a = fabsf(v[i + l] - out[i + l]);
-                max_abs[l] = a > max_abs[l] ? a : max_abs[l];
-            }
-        for (; i < m; i++) {
-            float a = fabsf(v[i] - out[i]);
-            max_abs[0] = a > max_abs[0] ? a : max_abs[0];
-        }
-        for (int l = 0; l < LANES; l++)
-            st->max_abs = max_abs[l] > st->max_abs ? max_abs[l] : st->max_abs;
-    }
-    add_reference(st, v, m, channel);
+    add_errors(st, v, out, m, channel);
 }
 
 
@@ -559,44 +568,7 @@ VECTOR_CLONES static void
 measure_visit(const struct segment *g, Py_ssize_t channel, void *p)
 {
     struct measure_state *ms = (struct measure_state *)p;
-    struct code_state *st = &ms->sums;
-    const Py_ssize_t m = g->count;
-    const float *v = g->values, *out = ms->decoded + (v - st->origin);
-    if (st->sq_c) {
-        double *sums = st->sq_c + channel;
-        for (Py_ssize_t k = 0; k < m; k++) {
-            float e = v[k] - out[k];
-            sums[k] += (double)e * (double)e;
-        }
-    } else {
-        double sq[LANES] = {0.0};
-        Py_ssize_t i = 0;
-        for (; i + LANES <= m; i += LANES)
-            for (int l = 0; l < LANES; l++) {
-                float e = v[i + l] - out[i + l];
-                sq[l] += (double)e * (double)e;
-            }
-        for (; i < m; i++) {
-            float e = v[i] - out[i];
-            sq[0] += (double)e * (double)e;
-        }
-        for (int l = 0; l < LANES; l++)
-            st->sq[l] += sq[l];
-    }
-    float max_abs[LANES] = {0.0f};
-    Py_ssize_t i = 0;
-    for (; i + LANES <= m; i += LANES)
-        for (int l = 0; l < LANES; l++) {
-            float a = fabsf(v[i + l] - out[i + l]);
-            max_abs[l] = a > max_abs[l] ? a : max_abs[l];
-        }
-    for (; i < m; i++) {
-        float a = fabsf(v[i] - out[i]);
-        max_abs[0] = a > max_abs[0] ? a : max_abs[0];
-    }
-    for (int l = 0; l < LANES; l++)
-        st->max_abs = max_abs[l] > st->max_abs ? max_abs[l] : st->max_abs;
-    add_reference(st, v, m, channel);
+    add_errors(&ms->sums, g->values, ms->decoded + (g->values - ms->sums.origin), g->count, channel);
 }
 
 /* measure(values, decoded, width, channels, first, sq_c, ref_c) -> (sq, ref, max_abs)
