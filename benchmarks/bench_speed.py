@@ -438,6 +438,8 @@ def _status_kb(field):
 
 
 def _probe(op, name, metric, folder, tiny_folder):
+    import atexit
+    import shutil
     import tempfile
     import tracemalloc
 
@@ -446,6 +448,7 @@ def _probe(op, name, metric, folder, tiny_folder):
     import weightroll  # noqa: F401  (imported before measuring)
 
     out = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, out, True)  # a saved big model is GBs: never left behind
     if op in ("save", "roll"):
         model = build(name)
         run = {"save": op_save, "roll": op_roll}[op]
