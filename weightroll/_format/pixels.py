@@ -68,7 +68,3 @@ class Pixels:
             phase = -start % stride
             picked.append(part[phase::stride])
         return np.concatenate(picked) if picked else np.zeros(0, np.uint8)
-
-    def joined(self):
-        """All the codes as one array (a copy unless one part holds them)."""
-        return self.read(0, self.size)
